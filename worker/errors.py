@@ -1,0 +1,235 @@
+"""The one exception hierarchy of Scenario Runner.
+
+Every error SR raises on purpose derives from :class:`SRError`. Two independent axes
+classify it:
+
+* **retryability** — :class:`RetryableError` (a transient fault of a server: retry with
+  bounded backoff) versus :class:`PermanentError` (retrying cannot help: dead-letter,
+  reject, fail or quarantine);
+* **system** — which boundary produced it (Kafka, Postgres, S3, input validation, the
+  embedded stack).
+
+Adapters translate third-party exceptions into these at their edge with
+``raise ... from exc``; tenacity policies retry only :class:`RetryableError`.
+
+Each class carries a stable ``code`` used as the ``sr-error-class`` DLQ header and as a
+``reason_code`` where it becomes a run status.
+"""
+
+from __future__ import annotations
+
+
+class SRError(Exception):
+    """Root of every error Scenario Runner raises deliberately."""
+
+    code: str = "SR_ERROR"
+
+
+class RetryableError(SRError):
+    """A transient fault: the same operation may succeed if retried later."""
+
+    code = "RETRYABLE"
+
+
+class PermanentError(SRError):
+    """A fault that retrying cannot fix (bad input, integrity violation, fencing)."""
+
+    code = "PERMANENT"
+
+
+# --------------------------------------------------------------------------- input
+class InputError(PermanentError):
+    """Hostile or malformed input: it gets a defined outcome, never a crash."""
+
+    code = "INVALID_INPUT"
+
+
+class DecodeError(InputError):
+    """A message's bytes are not a valid encoding of a known schema."""
+
+    code = "DECODE_ERROR"
+
+
+class UnknownSchemaError(DecodeError):
+    """The message names a schema fingerprint or registry id SR does not know."""
+
+    code = "UNKNOWN_SCHEMA"
+
+
+class MessageTooLargeError(InputError):
+    """A message or object exceeds its configured byte cap."""
+
+    code = "MESSAGE_TOO_LARGE"
+
+
+class IntentInvalidError(InputError):
+    """A decoded intent or trigger fails semantic validation."""
+
+    code = "INTENT_INVALID"
+
+
+class CanonicalJSONError(InputError):
+    """A value cannot be represented as canonical JSON (NaN, Infinity, bad key type...)."""
+
+    code = "CANONICAL_JSON"
+
+
+class UnsafeKeyError(InputError):
+    """An object-key segment is empty, too long, or could escape its prefix."""
+
+    code = "UNSAFE_KEY"
+
+
+class PolicyError(PermanentError):
+    """The policy file is malformed or references unknown gates/methods."""
+
+    code = "POLICY_INVALID"
+
+
+class ConfigError(PermanentError):
+    """Configuration is missing or invalid."""
+
+    code = "CONFIG_INVALID"
+
+
+class AuthorizationError(PermanentError):
+    """An operator or tenant is not allowed to do what it asked."""
+
+    code = "FORBIDDEN"
+
+
+# --------------------------------------------------------------------------- evidence
+class EvidenceError(PermanentError):
+    """Evidence is unusable; ``reason_code`` says how the run is classified."""
+
+    code = "EVIDENCE_ERROR"
+
+
+class EvidenceRootForbiddenError(EvidenceError):
+    """The intent's evidence_root is outside the tenant's allowed prefixes."""
+
+    code = "EVIDENCE_ROOT_FORBIDDEN"
+
+
+# --------------------------------------------------------------------------- kafka
+class KafkaError(SRError):
+    """A fault at the Kafka boundary."""
+
+    code = "KAFKA_ERROR"
+
+
+class KafkaUnavailableError(KafkaError, RetryableError):
+    """The broker could not be reached or did not acknowledge in time."""
+
+    code = "KAFKA_UNAVAILABLE"
+
+
+class KafkaFatalError(KafkaError, PermanentError):
+    """A non-retriable client error (fenced producer, authorization, bad config)."""
+
+    code = "KAFKA_FATAL"
+
+
+# --------------------------------------------------------------------------- postgres
+class PostgresError(SRError):
+    """A fault at the Postgres boundary."""
+
+    code = "POSTGRES_ERROR"
+
+
+class PostgresUnavailableError(PostgresError, RetryableError):
+    """Postgres could not be reached, or the connection dropped mid-operation."""
+
+    code = "POSTGRES_UNAVAILABLE"
+
+
+class LeaseError(PostgresError, PermanentError):
+    """A lease operation failed in a way the caller must not retry blindly."""
+
+    code = "LEASE_ERROR"
+
+
+class LeaseBusyError(LeaseError):
+    """Another worker holds the run's advisory lock right now."""
+
+    code = "LEASE_BUSY"
+
+
+class StaleEpochError(LeaseError):
+    """A write carried a lease epoch older than the current one: the writer was fenced."""
+
+    code = "STALE_EPOCH"
+
+
+class LeaseLostError(LeaseError):
+    """The session holding the advisory lock is gone (connection lost, server restart)."""
+
+    code = "LEASE_LOST"
+
+
+# --------------------------------------------------------------------------- s3
+class S3Error(SRError):
+    """A fault at the object-store boundary."""
+
+    code = "S3_ERROR"
+
+
+class S3UnavailableError(S3Error, RetryableError):
+    """The object store could not be reached or answered 5xx / throttled."""
+
+    code = "S3_UNAVAILABLE"
+
+
+class ObjectNotFoundError(S3Error, PermanentError):
+    """The requested object does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class PreconditionFailedError(S3Error, PermanentError):
+    """A conditional write lost (412): the key exists, or its ETag changed."""
+
+    code = "PRECONDITION_FAILED"
+
+
+class DriftError(S3Error, PermanentError):
+    """A write-once key already holds different bytes: truth drifted, fail closed."""
+
+    code = "DRIFT"
+
+
+class IntegrityError(S3Error, PermanentError):
+    """Stored bytes do not match their recorded hash, or the ledger chain is broken."""
+
+    code = "INTEGRITY"
+
+
+class S3AccessError(S3Error, PermanentError):
+    """Access denied, bad bucket, or another non-transient client error."""
+
+    code = "S3_ACCESS"
+
+
+# --------------------------------------------------------------------------- embedded stack
+class StackError(SRError):
+    """The embedded development stack could not be started."""
+
+    code = "STACK_ERROR"
+
+
+class BinaryMissingError(StackError):
+    """A server binary is not installed (names the extra that provides it)."""
+
+    code = "BINARY_MISSING"
+
+
+class PortInUseError(StackError):
+    """A requested port is already bound by another process."""
+
+    code = "PORT_IN_USE"
+
+
+class ServerUnhealthyError(StackError):
+    """A server process exited or did not become healthy in time."""
+
+    code = "SERVER_UNHEALTHY"
