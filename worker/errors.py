@@ -233,3 +233,52 @@ class ServerUnhealthyError(StackError):
     """A server process exited or did not become healthy in time."""
 
     code = "SERVER_UNHEALTHY"
+
+
+# --------------------------------------------------------------------------- additions (pure core, codec)
+class InvalidJSONError(InputError):
+    """Bytes are not strict JSON: bad UTF-8, syntax, NaN/Infinity, duplicate keys, too deep."""
+
+    code = "INVALID_JSON"
+
+
+class EncodeError(PermanentError):
+    """A datum does not conform to the Avro schema it is being encoded with (a caller bug)."""
+
+    code = "ENCODE_ERROR"
+
+
+class SchemaRegistryError(SRError):
+    """A fault at the schema-registry boundary."""
+
+    code = "SCHEMA_REGISTRY_ERROR"
+
+
+class SchemaRegistryUnavailableError(SchemaRegistryError, RetryableError):
+    """The schema registry could not be reached or answered 5xx."""
+
+    code = "SCHEMA_REGISTRY_UNAVAILABLE"
+
+
+class SchemaRegistryRejectedError(SchemaRegistryError, PermanentError):
+    """The schema registry refused a request (4xx other than an unknown id)."""
+
+    code = "SCHEMA_REGISTRY_REJECTED"
+
+
+class UnknownOutputError(EvidenceError):
+    """An intent asks for an output the policy does not define."""
+
+    code = "UNKNOWN_OUTPUT"
+
+
+class BadFlagError(EvidenceError):
+    """A gate's ``_passed.flag`` is not exactly one ``sha256_hex=<hex64>`` line."""
+
+    code = "BAD_FLAG"
+
+
+class BadIndexError(EvidenceError):
+    """A gate's ``index.json`` is malformed, unsafe, duplicated or oversized."""
+
+    code = "BAD_INDEX"

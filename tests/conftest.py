@@ -1,0 +1,170 @@
+"""Shared fixtures: session-scoped real servers, per-test isolation, orphan-process checks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.servers import Servers, make_topics, resolve_servers, unavailable, unique
+
+pytest_plugins: list[str] = []
+
+
+# ----------------------------------------------------------------------------- servers
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The session's Kafka, Postgres and S3 (env > Docker > embedded), stopped at the end.
+
+    Teardown verifies that every process the session started is gone.
+    """
+    with resolve_servers(tmp_path_factory.mktemp("stack")) as found:
+        yield found
+    still_alive = [pid for pid in found.started_pids if _alive(pid)]
+    if still_alive:
+        raise RuntimeError(f"server processes still alive after teardown: {still_alive}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return False
+    return proc.status() != psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture
+def kafka_bootstrap(servers: Servers) -> str:
+    """Bootstrap servers of the session's Kafka (skips/fails when unavailable)."""
+    if not servers.kafka_bootstrap:
+        unavailable(f"kafka: {servers.problems.get('kafka', 'not configured')}")
+    return servers.kafka_bootstrap or ""
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> dict[str, str]:
+    """A fresh, uniquely named set of the SR topics (logical name -> real name)."""
+    return make_topics(kafka_bootstrap)
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
+    """Create a unique topic: ``topic_factory("hint", partitions=4) -> name``."""
+    from worker.embedded.stack import TopicSpec, create_topics
+
+    def _make(hint: str = "t", partitions: int = 1) -> str:
+        name = unique(f"{hint}.")
+        create_topics(kafka_bootstrap, [TopicSpec(name, partitions)])
+        return name
+
+    return _make
+
+
+@pytest.fixture
+def group_id() -> str:
+    """A unique consumer group id."""
+    return unique("g-")
+
+
+@pytest.fixture
+def pg_server_dsn(servers: Servers) -> str:
+    """DSN of the session's Postgres server (the maintenance database)."""
+    if not servers.pg_dsn:
+        unavailable(f"postgres: {servers.problems.get('postgres', 'not configured')}")
+    return servers.pg_dsn or ""
+
+
+def _dsn_for_db(server_dsn: str, dbname: str) -> str:
+    import psycopg.conninfo
+
+    params = psycopg.conninfo.conninfo_to_dict(server_dsn)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+
+
+@pytest.fixture(scope="session")
+def pg_template(servers: Servers) -> str | None:
+    """Name of a template database with SR's migrations applied (built once per session)."""
+    if not servers.pg_dsn:
+        return None
+    import psycopg
+
+    name = f"sr_template_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    template_dsn = _dsn_for_db(servers.pg_dsn, name)
+    try:
+        from worker.adapters.postgres import migrate
+    except ImportError:
+        migrate = None
+    if migrate is not None:
+        migrate(template_dsn)
+    return name
+
+
+@pytest.fixture
+def pg_dsn(pg_server_dsn: str, pg_template: str | None) -> Iterator[str]:
+    """A fresh database for this test, copied from the migrated template; dropped afterwards."""
+    import psycopg
+
+    name = unique("sr_t_")
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"' if pg_template
+                     else f'CREATE DATABASE "{name}"')
+    yield _dsn_for_db(pg_server_dsn, name)
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def s3_client(servers: Servers) -> Any:
+    """A boto3 S3 client for the session's object store."""
+    if not servers.s3_endpoint:
+        unavailable(f"s3: {servers.problems.get('s3', 'not configured')}")
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=servers.s3_endpoint,
+        aws_access_key_id=servers.s3_access_key,
+        aws_secret_access_key=servers.s3_secret_key,
+        region_name=servers.s3_region,
+        config=Config(retries={"max_attempts": 2}, max_pool_connections=32),
+    )
+    try:
+        client.head_bucket(Bucket=servers.s3_bucket)
+    except Exception:
+        client.create_bucket(Bucket=servers.s3_bucket)
+    return client
+
+
+@pytest.fixture
+def s3_prefix() -> str:
+    """A unique key prefix for this test inside the shared test bucket."""
+    return unique("t-")
+
+
+# ----------------------------------------------------------------------------- orphan check
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any child process of the test session outlived it."""
+    me = psutil.Process()
+    leftovers = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append(f"{child.pid}:{' '.join(child.cmdline()[:3])}")
+        except psutil.NoSuchProcess:
+            continue
+    if leftovers:
+        session.config.pluginmanager.get_plugin("terminalreporter")
+        print(f"\nERROR: processes started by the test session are still alive: {leftovers}")
+        for child in me.children(recursive=True):
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
