@@ -223,7 +223,7 @@ def test_worker_service(services: dict[str, dict[str, Any]]) -> None:
     env = _env(worker)
     missing = [k for k in WORKER_ENV if not env.get(k)]
     assert not missing, f"worker env not set: {missing}"
-    assert env["SR_S3_BUCKET"] == "sr"
+    assert env["SR_S3_BUCKET"] == "scenario-runner"
     assert env["SR_S3_PREFIX"] == "sr"
     assert env["SR_POLICY_FILE"] == "/app/schemas/policy.example.toml"
     assert env["SR_KAFKA_BOOTSTRAP"] == "kafka:19092"

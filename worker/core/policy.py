@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -83,12 +84,18 @@ def _safe(check: Any, value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """A validated, immutable policy. Build with :func:`load_policy` or :func:`build_policy`."""
+    """A validated, immutable policy. Build with :func:`load_policy` or :func:`build_policy`.
+
+    (Constructing it directly skips validation and the ``policy_rev`` computation.)
+    """
 
     outputs: Mapping[str, tuple[str, ...]]
     gates: Mapping[str, GateSpec]
     policy_rev: str
-    _closure: Mapping[str, frozenset[str]] = field(repr=False, compare=False)
+
+    @cached_property
+    def _closure(self) -> Mapping[str, frozenset[str]]:
+        return MappingProxyType(_closures(self.gates))
 
     def required_gates(self, output_ids: Iterable[str]) -> tuple[str, ...]:
         """The transitive closure of gates required by ``output_ids``, sorted.
@@ -189,7 +196,7 @@ def build_policy(outputs: Mapping[str, Iterable[str]], gates: Iterable[GateSpec]
         output_map[output_id] = tuple(sorted(listed))
     if not output_map:
         raise PolicyError("policy defines no outputs")
-    closure = _closures(gate_map)
+    _closures(gate_map)  # rejects cycles now rather than on first use
     sorted_gates = {gid: gate_map[gid] for gid in sorted(gate_map)}
     sorted_outputs = {oid: output_map[oid] for oid in sorted(output_map)}
     rev = sha256_hex(canonical_json(_normalised(sorted_outputs, sorted_gates)))
@@ -197,7 +204,6 @@ def build_policy(outputs: Mapping[str, Iterable[str]], gates: Iterable[GateSpec]
         outputs=MappingProxyType(sorted_outputs),
         gates=MappingProxyType(sorted_gates),
         policy_rev=rev,
-        _closure=MappingProxyType(closure),
     )
 
 

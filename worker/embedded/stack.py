@@ -495,7 +495,7 @@ def create_topics(bootstrap: str, topics: Iterable[TopicSpec], *, timeout: float
         ServerUnhealthyError: the broker did not create them in time.
     """
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     wanted = list(topics)
     if not wanted:

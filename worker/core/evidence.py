@@ -1,0 +1,269 @@
+"""Pure parts of evidence verification (DESIGN §4): flags, indexes, digests, classification.
+
+The I/O side (listing bundles, streaming members with byte caps) lives in the runtime; it
+feeds bytes and digests into these functions and gets typed outcomes back. Everything here
+fails closed: anything unexpected is an error or a non-PASS outcome, never a PASS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.core.canonical import parse_json_strict
+from worker.core.keys import validate_relative_key
+from worker.core.models import Hex64, Identifier, to_utc
+from worker.core.policy import GateMethod
+from worker.errors import BadFlagError, BadIndexError, InvalidJSONError, MessageTooLargeError, UnsafeKeyError
+
+__all__ = [
+    "FLAG_NAME",
+    "INDEX_NAME",
+    "Classification",
+    "ClassificationResult",
+    "GateOutcome",
+    "GateResult",
+    "IndexEntry",
+    "bundle_member_order",
+    "classify",
+    "member_concat_digest",
+    "parse_index_json",
+    "parse_passed_flag",
+]
+
+FLAG_NAME: Final = "_passed.flag"
+INDEX_NAME: Final = "index.json"
+DEFAULT_INDEX_MAX_BYTES: Final = 16 * 1024 * 1024
+
+_FLAG_RE: Final = re.compile(rb"sha256_hex=([0-9a-f]{64})\n?")
+_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_passed_flag(data: bytes) -> str:
+    """Return the digest in a ``_passed.flag``.
+
+    The content must be exactly ``sha256_hex=<64 lowercase hex>`` optionally followed by a
+    single ``\\n`` — no CR, BOM, spaces, second line or uppercase hex.
+
+    Raises:
+        BadFlagError: anything else.
+    """
+    if not isinstance(data, bytes | bytearray) or len(data) > 100:
+        raise BadFlagError("_passed.flag is not a single 'sha256_hex=<hex64>' line")
+    match = _FLAG_RE.fullmatch(bytes(data))
+    if match is None:
+        raise BadFlagError("_passed.flag is not a single 'sha256_hex=<hex64>' line")
+    return match.group(1).decode("ascii")
+
+
+class IndexEntry(BaseModel):
+    """One member of a ``sha256_member_digest_concat`` bundle's ``index.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256_hex: Hex64
+
+
+def parse_index_json(
+    data: bytes, *, max_entries: int = 100_000, max_bytes: int = DEFAULT_INDEX_MAX_BYTES
+) -> tuple[IndexEntry, ...]:
+    """Parse a bundle's ``index.json``: a non-empty JSON array of ``{"path", "sha256_hex"}``.
+
+    Paths are relative keys of safe segments (no ``..``, no leading ``/``), unique, and
+    neither ``_passed.flag`` nor ``index.json``; digests are 64 lowercase hex.
+    Array order is preserved (it defines the concatenation order).
+
+    Raises:
+        BadIndexError: anything else, including invalid JSON, more than ``max_entries``
+            entries, or more than ``max_bytes`` bytes.
+    """
+    try:
+        doc = parse_json_strict(data, max_bytes=max_bytes, max_depth=3)
+    except (InvalidJSONError, MessageTooLargeError) as exc:
+        raise BadIndexError(f"index.json: {exc}") from exc
+    if not isinstance(doc, list):
+        raise BadIndexError("index.json must be a JSON array")
+    if not doc:
+        # An empty index would let an empty bundle pass: fail closed.
+        raise BadIndexError("index.json lists no members")
+    if len(doc) > max_entries:
+        raise BadIndexError(f"index.json has {len(doc)} entries, cap is {max_entries}")
+    entries: list[IndexEntry] = []
+    seen: set[str] = set()
+    for position, item in enumerate(doc):
+        if not isinstance(item, dict) or set(item) != {"path", "sha256_hex"}:
+            raise BadIndexError(f"index.json entry {position} must be exactly {{'path', 'sha256_hex'}}")
+        path, digest = item["path"], item["sha256_hex"]
+        if not isinstance(digest, str) or _HEX64_RE.fullmatch(digest) is None:
+            raise BadIndexError(f"index.json entry {position}: sha256_hex must be 64 lowercase hex")
+        try:
+            validate_relative_key(path)
+        except UnsafeKeyError as exc:
+            raise BadIndexError(f"index.json entry {position}: unsafe path: {exc}") from exc
+        if path in (FLAG_NAME, INDEX_NAME):
+            raise BadIndexError(f"index.json entry {position}: {path!r} cannot be a member")
+        if path in seen:
+            raise BadIndexError(f"index.json entry {position}: duplicate path {path!r}")
+        seen.add(path)
+        entries.append(IndexEntry(path=path, sha256_hex=digest))
+    return tuple(entries)
+
+
+def bundle_member_order(relative_keys: Iterable[str]) -> list[str]:
+    """Members of a ``sha256_bundle_digest`` bundle in digest order.
+
+    Excludes the bundle-root ``_passed.flag`` and sorts by the UTF-8 bytes of the relative
+    key (= ASCII order, since safe keys are ASCII).
+
+    Raises:
+        UnsafeKeyError: a listed key is not a safe relative key (hostile bundle contents).
+        BadIndexError: a key is listed twice.
+    """
+    members: list[str] = []
+    for key in relative_keys:
+        validate_relative_key(key)
+        if key != FLAG_NAME:
+            members.append(key)
+    if len(set(members)) != len(members):
+        raise BadIndexError("bundle listing contains a key twice")
+    return sorted(members, key=lambda k: k.encode("utf-8"))
+
+
+def member_concat_digest(hexes: Iterable[str]) -> str:
+    """sha256 over the concatenated member hex digests, in the given (index) order.
+
+    Raises:
+        BadIndexError: an element is not 64 lowercase hex characters.
+    """
+    digest = hashlib.sha256()
+    for value in hexes:
+        if not isinstance(value, str) or _HEX64_RE.fullmatch(value) is None:
+            raise BadIndexError("member digest must be 64 lowercase hex characters")
+        digest.update(value.encode("ascii"))
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- outcomes
+class GateOutcome(str, Enum):
+    """Result of verifying one gate bundle."""
+
+    PASS = "PASS"
+    MISSING = "MISSING"
+    MISMATCH = "MISMATCH"
+    BAD_FLAG = "BAD_FLAG"
+    BAD_INDEX = "BAD_INDEX"
+    TOO_LARGE = "TOO_LARGE"
+
+
+class GateResult(BaseModel):
+    """What verifying one gate found (the raw material of a facts-view receipt)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gate_id: Identifier
+    method: GateMethod
+    bundle_uri: str
+    outcome: GateOutcome
+    expected_digest: Hex64 | None = None
+    computed_digest: Hex64 | None = None
+    member_count: int = Field(default=0, ge=0)
+    byte_count: int = Field(default=0, ge=0)
+    detail: str = ""
+
+
+class Classification(str, Enum):
+    """Classification of a run from its gate results."""
+
+    COMPLETE = "COMPLETE"
+    WAITING = "WAITING"
+    FAILED = "FAILED"
+    QUARANTINED = "QUARANTINED"
+
+
+class ClassificationResult(BaseModel):
+    """A classification plus the ``reason_code``/``detail`` of the status event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    classification: Classification
+    reason_code: str
+    detail: str
+
+
+# Deterministic precedence among the FAILED outcomes.
+_FAILED_ORDER: Final = (GateOutcome.BAD_FLAG, GateOutcome.BAD_INDEX, GateOutcome.TOO_LARGE)
+
+
+def _gates_with(results: Sequence[GateResult], outcome: GateOutcome) -> list[str]:
+    return sorted(r.gate_id for r in results if r.outcome is outcome)
+
+
+def classify(results: Sequence[GateResult], *, deadline: datetime | None, now: datetime) -> ClassificationResult:
+    """Classify a run from its gate results (fail closed).
+
+    Precedence: any MISMATCH → QUARANTINED/DIGEST_MISMATCH; else any BAD_FLAG, BAD_INDEX or
+    TOO_LARGE → FAILED with that reason (in that order); else any MISSING → WAITING/
+    EVIDENCE_MISSING before the deadline, FAILED/EVIDENCE_MISSING_DEADLINE at or after it;
+    else COMPLETE/ALL_GATES_PASS. No results at all is FAILED/NO_GATES, never COMPLETE.
+    A PASS without matching expected/computed digests is treated as a MISMATCH.
+
+    Raises:
+        ValueError: ``now`` or ``deadline`` is naive, or a gate id appears twice (caller bugs).
+    """
+    now_utc = to_utc(now)
+    deadline_utc = None if deadline is None else to_utc(deadline)
+    ids = [r.gate_id for r in results]
+    if len(set(ids)) != len(ids):
+        raise ValueError("classify: a gate appears twice in results")
+    if not results:
+        return ClassificationResult(
+            classification=Classification.FAILED, reason_code="NO_GATES", detail="no gate results to judge"
+        )
+    # A "PASS" whose digests disagree (or are absent) is evidence we cannot trust.
+    bogus = sorted(
+        r.gate_id
+        for r in results
+        if r.outcome is GateOutcome.PASS
+        and (r.expected_digest is None or r.expected_digest != r.computed_digest)
+    )
+    mismatched = sorted({*_gates_with(results, GateOutcome.MISMATCH), *bogus})
+    if mismatched:
+        return ClassificationResult(
+            classification=Classification.QUARANTINED,
+            reason_code="DIGEST_MISMATCH",
+            detail=f"digest mismatch in gate(s): {', '.join(mismatched)}",
+        )
+    for outcome in _FAILED_ORDER:
+        failed = _gates_with(results, outcome)
+        if failed:
+            return ClassificationResult(
+                classification=Classification.FAILED,
+                reason_code=outcome.value,
+                detail=f"{outcome.value} in gate(s): {', '.join(failed)}",
+            )
+    missing = _gates_with(results, GateOutcome.MISSING)
+    if missing:
+        listed = ", ".join(missing)
+        if deadline_utc is None or now_utc < deadline_utc:
+            return ClassificationResult(
+                classification=Classification.WAITING,
+                reason_code="EVIDENCE_MISSING",
+                detail=f"evidence missing for gate(s): {listed}",
+            )
+        return ClassificationResult(
+            classification=Classification.FAILED,
+            reason_code="EVIDENCE_MISSING_DEADLINE",
+            detail=f"evidence still missing at deadline {deadline_utc.isoformat()} for gate(s): {listed}",
+        )
+    return ClassificationResult(
+        classification=Classification.COMPLETE,
+        reason_code="ALL_GATES_PASS",
+        detail=f"{len(results)} gate(s) passed",
+    )

@@ -1,0 +1,336 @@
+"""The run ledger: append-only, hash-chained, write-once entries (DESIGN §5).
+
+Entry ``seq`` lives at ``record/<seq:012d>.json`` and carries ``prev_hash`` = sha256 of the
+exact bytes of entry ``seq-1``; entries are canonical JSON, so an edited, missing, reordered
+or re-formatted entry is detected by :func:`parse_ledger`. Status is *derived* from the
+ledger by :func:`derive_state`; nothing else is authoritative.
+
+Body conventions (all values canonical-JSON data):
+
+============  ==============================================================
+kind          body
+============  ==============================================================
+ADMITTED      ``plan_hash`` (optional), anything else informational
+WAITING       ``reason_code``, ``detail``
+READY         ``facts_view_hash``, ``plan_hash`` (both required)
+FAILED        ``reason_code``, ``detail``
+QUARANTINED   ``reason_code``, ``detail``
+REJECTED      ``reason_code``, ``detail``
+SUPERSEDED    ``old_facts_view_hash`` (null if the run never was READY),
+              ``new_facts_view_hash`` (required)
+TRIGGER       informational (``kind``, ``reason``, ``requested_by``...)
+PUBLISHED     ``facts_view_hash``, ``event_type``
+============  ==============================================================
+
+Fencing: an entry whose ``lease_epoch`` is lower than an epoch already seen earlier in the
+chain was written by a fenced (stale) lease holder; :func:`derive_state` ignores it and lists
+its seq in :attr:`RunState.fenced_seqs`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any, Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
+from worker.core.models import Hex64, RunId, RunStatus
+from worker.errors import CanonicalJSONError, IntegrityError, InvalidJSONError, MessageTooLargeError
+
+__all__ = [
+    "LEDGER_FORMAT_VERSION",
+    "LedgerEntry",
+    "LedgerKind",
+    "RunState",
+    "derive_state",
+    "entry_bytes",
+    "entry_hash",
+    "next_entry",
+    "parse_entry",
+    "parse_ledger",
+]
+
+LEDGER_FORMAT_VERSION: Final = 1
+MAX_ENTRY_BYTES: Final = 1024 * 1024
+_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+
+
+class LedgerKind(str, Enum):
+    """Kind of a ledger entry."""
+
+    ADMITTED = "ADMITTED"
+    WAITING = "WAITING"
+    READY = "READY"
+    FAILED = "FAILED"
+    QUARANTINED = "QUARANTINED"
+    REJECTED = "REJECTED"
+    TRIGGER = "TRIGGER"
+    SUPERSEDED = "SUPERSEDED"
+    PUBLISHED = "PUBLISHED"
+
+
+class LedgerEntry(BaseModel):
+    """One immutable ledger entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: Literal[1] = LEDGER_FORMAT_VERSION
+    run_id: RunId
+    seq: int = Field(ge=0, le=10**12 - 1, strict=True)
+    prev_hash: Hex64 | None
+    kind: LedgerKind
+    at_ms: int = Field(ge=0, strict=True)
+    lease_epoch: int = Field(ge=0, strict=True)
+    body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("body")
+    @classmethod
+    def _canonical_body(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            canonical_json(value)
+        except CanonicalJSONError as exc:
+            raise ValueError(f"body is not canonical-JSON data: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _chain_start(self) -> Self:
+        if (self.seq == 0) != (self.prev_hash is None):
+            raise ValueError("prev_hash must be null exactly at seq 0")
+        return self
+
+
+def entry_bytes(entry: LedgerEntry) -> bytes:
+    """The exact stored bytes of an entry (canonical JSON)."""
+    return canonical_json(entry.model_dump(mode="json"))
+
+
+def entry_hash(entry: LedgerEntry) -> str:
+    """sha256 of :func:`entry_bytes` (the next entry's ``prev_hash``)."""
+    return sha256_hex(entry_bytes(entry))
+
+
+def next_entry(
+    run_id: str,
+    previous: LedgerEntry | None,
+    *,
+    kind: LedgerKind,
+    at_ms: int,
+    lease_epoch: int,
+    body: dict[str, Any] | None = None,
+) -> LedgerEntry:
+    """Build the entry that follows ``previous`` (or the first entry if ``None``).
+
+    Raises:
+        IntegrityError: ``previous`` belongs to another run.
+        pydantic.ValidationError: invalid field values (a caller bug).
+    """
+    if previous is not None and previous.run_id != run_id:
+        raise IntegrityError("previous ledger entry belongs to another run")
+    return LedgerEntry(
+        run_id=run_id,
+        seq=0 if previous is None else previous.seq + 1,
+        prev_hash=None if previous is None else entry_hash(previous),
+        kind=kind,
+        at_ms=at_ms,
+        lease_epoch=lease_epoch,
+        body=body or {},
+    )
+
+
+def parse_entry(data: bytes, *, run_id: str, seq: int) -> LedgerEntry:
+    """Parse one stored entry and check it is canonical and belongs at ``(run_id, seq)``.
+
+    Raises:
+        IntegrityError: invalid JSON/shape, non-canonical bytes, or wrong run_id/seq.
+    """
+    try:
+        entry = LedgerEntry.model_validate(parse_json_strict(data, max_bytes=MAX_ENTRY_BYTES))
+    except (InvalidJSONError, MessageTooLargeError, ValidationError) as exc:
+        raise IntegrityError(f"ledger entry seq {seq} of run {run_id} is invalid: {exc}") from exc
+    if entry_bytes(entry) != bytes(data):
+        raise IntegrityError(f"ledger entry seq {seq} of run {run_id} is not in canonical form")
+    if entry.run_id != run_id:
+        raise IntegrityError(f"ledger entry seq {seq} names run {entry.run_id}, expected {run_id}")
+    if entry.seq != seq:
+        raise IntegrityError(f"ledger entry at seq {seq} claims seq {entry.seq}")
+    return entry
+
+
+def parse_ledger(raw: Sequence[bytes], *, run_id: str) -> tuple[LedgerEntry, ...]:
+    """Parse and verify a run's ledger (the raw bytes of entries ``0..n-1`` in order).
+
+    Raises:
+        IntegrityError: an entry is invalid, out of place, not canonical, for another run, or
+            its ``prev_hash`` is not the sha256 of the previous entry's bytes (the message
+            names the seq).
+    """
+    entries: list[LedgerEntry] = []
+    previous_hash: str | None = None
+    for seq, data in enumerate(raw):
+        entry = parse_entry(data, run_id=run_id, seq=seq)
+        if entry.prev_hash != previous_hash:
+            raise IntegrityError(f"ledger hash chain of run {run_id} broken at seq {seq}")
+        previous_hash = sha256_hex(bytes(data))
+        entries.append(entry)
+    return tuple(entries)
+
+
+# --------------------------------------------------------------------------- derived state
+class RunState(BaseModel):
+    """Status of a run as derived from its ledger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    status: RunStatus
+    facts_view_hash: str | None = None
+    ready_at_ms: int | None = None
+    facts_history: tuple[str, ...] = ()
+    last_reason_code: str | None = None
+    plan_hash: str | None = None
+    pending_supersede: tuple[str | None, str] | None = None
+    published: tuple[tuple[str, str], ...] = ()
+    last_seq: int
+    lease_epoch: int
+    fenced_seqs: tuple[int, ...] = ()
+
+
+_TERMINAL: Final = frozenset({RunStatus.FAILED, RunStatus.QUARANTINED, RunStatus.REJECTED})
+_KIND_STATUS: Final = {
+    LedgerKind.ADMITTED: RunStatus.ADMITTED,
+    LedgerKind.WAITING: RunStatus.WAITING,
+    LedgerKind.FAILED: RunStatus.FAILED,
+    LedgerKind.QUARANTINED: RunStatus.QUARANTINED,
+    LedgerKind.REJECTED: RunStatus.REJECTED,
+}
+
+
+def _hash_field(entry: LedgerEntry, name: str, *, nullable: bool = False) -> str | None:
+    value = entry.body.get(name)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or _HEX64_RE.fullmatch(value) is None:
+        raise IntegrityError(f"ledger entry seq {entry.seq} ({entry.kind.value}) lacks a valid {name}")
+    return value
+
+
+class _Deriver:
+    """Mutable accumulator behind :func:`derive_state` (kept out of the public API)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.status: RunStatus | None = None
+        self.facts: str | None = None
+        self.ready_at: int | None = None
+        self.history: list[str] = []
+        self.reason: str | None = None
+        self.plan_hash: str | None = None
+        self.pending: tuple[str | None, str] | None = None
+        self.published: set[tuple[str, str]] = set()
+
+    def apply(self, entry: LedgerEntry) -> None:
+        kind = entry.kind
+        if kind is LedgerKind.READY:
+            self._ready(entry)
+        elif kind is LedgerKind.SUPERSEDED:
+            old = _hash_field(entry, "old_facts_view_hash", nullable=True)
+            new = _hash_field(entry, "new_facts_view_hash")
+            if old != self.facts or new == old:
+                raise IntegrityError(f"ledger seq {entry.seq}: SUPERSEDED {old}->{new} does not fit state")
+            assert new is not None  # noqa: S101 - narrowed by _hash_field(nullable=False)
+            self.pending = (old, new)
+        elif kind is LedgerKind.PUBLISHED:
+            fv = _hash_field(entry, "facts_view_hash")
+            event_type = entry.body.get("event_type")
+            if fv is None or event_type not in ("READY", "SUPERSEDE"):
+                raise IntegrityError(f"ledger seq {entry.seq}: PUBLISHED lacks facts_view_hash/event_type")
+            self.published.add((fv, str(event_type)))
+        elif kind is LedgerKind.TRIGGER:
+            pass  # audit only: a trigger asks for work, it is not a state change
+        else:
+            self._status_entry(entry, _KIND_STATUS[kind])
+
+    def _status_entry(self, entry: LedgerEntry, status: RunStatus) -> None:
+        plan = entry.body.get("plan_hash")
+        if status is RunStatus.ADMITTED and isinstance(plan, str) and _HEX64_RE.fullmatch(plan):
+            self.plan_hash = plan
+        if self.status in _TERMINAL:
+            return  # terminal: only a READY via supersede leaves it
+        if self.status is RunStatus.READY and status is not RunStatus.QUARANTINED:
+            return  # committed facts are immutable; only contradicting evidence demotes them
+        if status is RunStatus.ADMITTED and self.status is not None:
+            return  # re-admission of a known run is a no-op
+        self.status = status
+        reason = entry.body.get("reason_code")
+        if isinstance(reason, str):
+            self.reason = reason
+
+    def _ready(self, entry: LedgerEntry) -> None:
+        fv = _hash_field(entry, "facts_view_hash")
+        plan = _hash_field(entry, "plan_hash")
+        assert fv is not None  # noqa: S101 - narrowed by _hash_field(nullable=False)
+        if self.pending is not None:
+            if fv != self.pending[1]:
+                raise IntegrityError(f"ledger seq {entry.seq}: READY {fv} does not match pending supersede")
+            self.pending = None
+        elif self.status is RunStatus.READY and fv == self.facts:
+            return  # idempotent repeat of the current fact
+        elif self.status is RunStatus.READY or self.status in _TERMINAL:
+            raise IntegrityError(
+                f"ledger seq {entry.seq}: READY {fv} on a {self.status.value} run without SUPERSEDED"
+            )
+        self.status = RunStatus.READY
+        self.facts = fv
+        self.ready_at = entry.at_ms
+        self.plan_hash = plan
+        self.reason = None
+        self.history.append(fv)
+
+
+def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
+    """Fold a verified ledger (from :func:`parse_ledger`) into the run's state.
+
+    Rules: ADMITTED→ADMITTED; WAITING→WAITING; READY(facts, plan)→READY; SUPERSEDED(old→new)
+    then READY(new)→READY with the new hash; FAILED/QUARANTINED/REJECTED are terminal unless
+    a later READY follows a SUPERSEDED; a READY run only leaves READY for QUARANTINED;
+    TRIGGER and PUBLISHED never change status. Entries of fenced lease holders are skipped.
+
+    Raises:
+        IntegrityError: empty ledger, mixed run ids, or an entry that contradicts the state
+            (READY on a READY/terminal run without SUPERSEDED, SUPERSEDED from a hash that
+            is not current, missing body fields).
+    """
+    if not entries:
+        raise IntegrityError("cannot derive state from an empty ledger")
+    run_id = entries[0].run_id
+    deriver = _Deriver(run_id)
+    max_epoch = -1
+    fenced: list[int] = []
+    for entry in entries:
+        if entry.run_id != run_id:
+            raise IntegrityError(f"ledger seq {entry.seq} belongs to run {entry.run_id}")
+        if entry.lease_epoch < max_epoch:
+            fenced.append(entry.seq)
+            continue
+        max_epoch = entry.lease_epoch
+        deriver.apply(entry)
+    if deriver.status is None:
+        # Only TRIGGER/PUBLISHED/SUPERSEDED entries: nothing ever admitted the run.
+        raise IntegrityError(f"ledger of run {run_id} never establishes a status")
+    return RunState(
+        run_id=run_id,
+        status=deriver.status,
+        facts_view_hash=deriver.facts,
+        ready_at_ms=deriver.ready_at,
+        facts_history=tuple(deriver.history),
+        last_reason_code=deriver.reason,
+        plan_hash=deriver.plan_hash,
+        pending_supersede=deriver.pending,
+        published=tuple(sorted(deriver.published)),
+        last_seq=entries[-1].seq,
+        lease_epoch=max_epoch,
+        fenced_seqs=tuple(fenced),
+    )

@@ -1,0 +1,150 @@
+"""The run plan: a content-addressed, deterministic description of what SR will verify.
+
+The plan is a pure function of the fingerprinted intent fields and the policy — no clock, no
+worker id, no deadline — so two workers racing on the same run write byte-identical
+``plan.json`` and the write-once ``If-None-Match: *`` PUT of the loser is a no-op, not DRIFT.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
+from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for
+from worker.core.keys import parse_s3_uri
+from worker.core.models import Hex64, Identifier, Pins, RunId, RunIntent, Strategy, millis
+from worker.core.policy import GateMethod, Policy
+from worker.errors import IntegrityError, IntentInvalidError, InvalidJSONError, MessageTooLargeError
+
+__all__ = [
+    "PLAN_FORMAT_VERSION",
+    "Plan",
+    "PlanGate",
+    "PlanOutput",
+    "build_plan",
+    "parse_plan",
+    "plan_bytes",
+    "plan_hash",
+]
+
+PLAN_FORMAT_VERSION: Final = 1
+MAX_PLAN_BYTES: Final = 4 * 1024 * 1024
+
+_FROZEN: Final = ConfigDict(frozen=True, extra="forbid")
+
+
+class PlanGate(BaseModel):
+    """A required gate, resolved against the intent's evidence_root."""
+
+    model_config = _FROZEN
+
+    gate_id: Identifier
+    method: GateMethod
+    bundle_uri: str
+    depends_on: tuple[Identifier, ...]
+
+
+class PlanOutput(BaseModel):
+    """An output and the prefix it lives under (``<evidence_root>/outputs/<id>/``)."""
+
+    model_config = _FROZEN
+
+    output_id: Identifier
+    uri: str
+
+
+class Plan(BaseModel):
+    """The immutable plan of a run (serialised as canonical JSON to ``plan.json``)."""
+
+    model_config = _FROZEN
+
+    format_version: Literal[1] = PLAN_FORMAT_VERSION
+    run_id: RunId
+    run_equivalence_key: Hex64
+    intent_fingerprint: Hex64
+    tenant_id: Identifier
+    namespace: Identifier
+    scenario_id: Identifier
+    pins: Pins
+    window_start_ms: int
+    window_end_ms: int
+    output_ids: Annotated[tuple[Identifier, ...], Field(min_length=1)]
+    strategy: Strategy
+    evidence_root: str
+    policy_rev: Hex64
+    gates: Annotated[tuple[PlanGate, ...], Field(min_length=1)]
+    outputs: tuple[PlanOutput, ...]
+
+
+def build_plan(intent: RunIntent, policy: Policy, *, run_id: str) -> Plan:
+    """Build the plan of ``intent`` under ``policy``.
+
+    Raises:
+        IntentInvalidError: ``run_id`` is not the run id derived from ``intent``.
+        UnknownOutputError: an output id is not defined by the policy.
+        UnsafeKeyError: a derived URI would be unsafe (cannot happen for validated inputs).
+    """
+    key = run_equivalence_key(intent)
+    if run_id_for(key) != run_id:
+        raise IntentInvalidError(f"run_id {run_id!r} is not derived from this intent")
+    root = parse_s3_uri(intent.evidence_root)
+    required = policy.required_gates(intent.output_ids)
+    gates = tuple(
+        PlanGate(
+            gate_id=gate_id,
+            method=policy.gates[gate_id].method,
+            bundle_uri=root.join(policy.gates[gate_id].bundle).uri,
+            depends_on=policy.gates[gate_id].depends_on,
+        )
+        for gate_id in required
+    )
+    output_ids = tuple(sorted(intent.output_ids))
+    outputs = tuple(
+        PlanOutput(output_id=oid, uri=root.join("outputs", oid).uri + "/") for oid in output_ids
+    )
+    return Plan(
+        run_id=run_id,
+        run_equivalence_key=key,
+        intent_fingerprint=intent_fingerprint(intent),
+        tenant_id=intent.tenant_id,
+        namespace=intent.namespace,
+        scenario_id=intent.scenario_id,
+        pins=intent.pins,
+        window_start_ms=millis(intent.window_start),
+        window_end_ms=millis(intent.window_end),
+        output_ids=output_ids,
+        strategy=intent.strategy,
+        evidence_root=intent.evidence_root,
+        policy_rev=policy.policy_rev,
+        gates=gates,
+        outputs=outputs,
+    )
+
+
+def plan_bytes(plan: Plan) -> bytes:
+    """The exact bytes of ``plan.json`` (canonical JSON)."""
+    return canonical_json(plan.model_dump(mode="json"))
+
+
+def plan_hash(plan: Plan) -> str:
+    """sha256 of :func:`plan_bytes` — the plan's content address."""
+    return sha256_hex(plan_bytes(plan))
+
+
+def parse_plan(data: bytes, *, expected_hash: str | None = None) -> Plan:
+    """Parse stored ``plan.json`` bytes, verifying they are canonical (and the hash if given).
+
+    Raises:
+        IntegrityError: the bytes are not a canonical plan, or do not hash to ``expected_hash``.
+    """
+    if expected_hash is not None and sha256_hex(data) != expected_hash:
+        raise IntegrityError(f"plan bytes do not hash to {expected_hash}")
+    try:
+        plan = Plan.model_validate(parse_json_strict(data, max_bytes=MAX_PLAN_BYTES))
+    except (InvalidJSONError, MessageTooLargeError, ValidationError) as exc:
+        raise IntegrityError(f"stored plan is invalid: {exc}") from exc
+    if plan_bytes(plan) != bytes(data):
+        raise IntegrityError("stored plan is not in canonical form")
+    return plan
