@@ -282,3 +282,9 @@ class BadIndexError(EvidenceError):
     """A gate's ``index.json`` is malformed, unsafe, duplicated or oversized."""
 
     code = "BAD_INDEX"
+
+
+class RunNotFoundError(PostgresError, PermanentError):
+    """The run id is not in the index (a lease or trigger named a run SR never admitted)."""
+
+    code = "RUN_NOT_FOUND"

@@ -17,12 +17,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``sr`` argument parser with every sub-command registered."""
-    from worker.cli import dev
+    from worker.cli import dev, ops
 
     parser = argparse.ArgumentParser(prog="sr", description="Scenario Runner: the run readiness authority.")
     parser.add_argument("--config", help="TOML config file (environment variables override it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev.register(sub)
+    ops.register(sub)
     return parser
 
 
@@ -32,6 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        if args.command != "dev":
+            import os
+            from pathlib import Path
+
+            from worker.settings import load_settings
+
+            # Configuration is read exactly once, here.
+            args.settings = load_settings(Path(args.config) if args.config else None, os.environ)
         return handler(args)
     except SRError as exc:
         print(f"sr: error: {exc}", file=sys.stderr)

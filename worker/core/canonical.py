@@ -49,9 +49,7 @@ def _normalise(value: object, depth: int) -> object:
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        raise CanonicalJSONError(
-            f"floats are not allowed in canonical JSON (got {value!r}); use integers or strings"
-        )
+        raise CanonicalJSONError(f"floats are not allowed in canonical JSON (got {value!r}); use integers or strings")
     if isinstance(value, list | tuple):
         return [_normalise(item, depth + 1) for item in value]
     if isinstance(value, dict):

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -151,10 +151,10 @@ def member_concat_digest(hexes: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------------------- outcomes
-class GateOutcome(str, Enum):
+class GateOutcome(StrEnum):
     """Result of verifying one gate bundle."""
 
-    PASS = "PASS"
+    PASS = "PASS"  # noqa: S105 - an outcome, not a password
     MISSING = "MISSING"
     MISMATCH = "MISMATCH"
     BAD_FLAG = "BAD_FLAG"
@@ -178,7 +178,7 @@ class GateResult(BaseModel):
     detail: str = ""
 
 
-class Classification(str, Enum):
+class Classification(StrEnum):
     """Classification of a run from its gate results."""
 
     COMPLETE = "COMPLETE"
@@ -230,8 +230,7 @@ def classify(results: Sequence[GateResult], *, deadline: datetime | None, now: d
     bogus = sorted(
         r.gate_id
         for r in results
-        if r.outcome is GateOutcome.PASS
-        and (r.expected_digest is None or r.expected_digest != r.computed_digest)
+        if r.outcome is GateOutcome.PASS and (r.expected_digest is None or r.expected_digest != r.computed_digest)
     )
     mismatched = sorted({*_gates_with(results, GateOutcome.MISMATCH), *bogus})
     if mismatched:

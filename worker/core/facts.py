@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.evidence import GateOutcome, GateResult
 from worker.core.models import Hex64, Identifier, Pins, RunId
-from worker.core.plan import Plan, plan_hash as compute_plan_hash
+from worker.core.plan import Plan
+from worker.core.plan import plan_hash as compute_plan_hash
 from worker.core.policy import GateMethod
 from worker.errors import EvidenceError, IntegrityError, InvalidJSONError, MessageTooLargeError
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,7 +58,7 @@ MAX_ENTRY_BYTES: Final = 1024 * 1024
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 
-class LedgerKind(str, Enum):
+class LedgerKind(StrEnum):
     """Kind of a ledger entry."""
 
     ADMITTED = "ADMITTED"
@@ -208,10 +208,13 @@ _KIND_STATUS: Final = {
 }
 
 
-def _hash_field(entry: LedgerEntry, name: str, *, nullable: bool = False) -> str | None:
+def _optional_hash(entry: LedgerEntry, name: str) -> str | None:
     value = entry.body.get(name)
-    if value is None and nullable:
-        return None
+    return None if value is None else _required_hash(entry, name)
+
+
+def _required_hash(entry: LedgerEntry, name: str) -> str:
+    value = entry.body.get(name)
     if not isinstance(value, str) or _HEX64_RE.fullmatch(value) is None:
         raise IntegrityError(f"ledger entry seq {entry.seq} ({entry.kind.value}) lacks a valid {name}")
     return value
@@ -236,16 +239,15 @@ class _Deriver:
         if kind is LedgerKind.READY:
             self._ready(entry)
         elif kind is LedgerKind.SUPERSEDED:
-            old = _hash_field(entry, "old_facts_view_hash", nullable=True)
-            new = _hash_field(entry, "new_facts_view_hash")
+            old = _optional_hash(entry, "old_facts_view_hash")
+            new = _required_hash(entry, "new_facts_view_hash")
             if old != self.facts or new == old:
                 raise IntegrityError(f"ledger seq {entry.seq}: SUPERSEDED {old}->{new} does not fit state")
-            assert new is not None  # noqa: S101 - narrowed by _hash_field(nullable=False)
             self.pending = (old, new)
         elif kind is LedgerKind.PUBLISHED:
-            fv = _hash_field(entry, "facts_view_hash")
+            fv = _required_hash(entry, "facts_view_hash")
             event_type = entry.body.get("event_type")
-            if fv is None or event_type not in ("READY", "SUPERSEDE"):
+            if event_type not in ("READY", "SUPERSEDE"):
                 raise IntegrityError(f"ledger seq {entry.seq}: PUBLISHED lacks facts_view_hash/event_type")
             self.published.add((fv, str(event_type)))
         elif kind is LedgerKind.TRIGGER:
@@ -269,9 +271,8 @@ class _Deriver:
             self.reason = reason
 
     def _ready(self, entry: LedgerEntry) -> None:
-        fv = _hash_field(entry, "facts_view_hash")
-        plan = _hash_field(entry, "plan_hash")
-        assert fv is not None  # noqa: S101 - narrowed by _hash_field(nullable=False)
+        fv = _required_hash(entry, "facts_view_hash")
+        plan = _required_hash(entry, "plan_hash")
         if self.pending is not None:
             if fv != self.pending[1]:
                 raise IntegrityError(f"ledger seq {entry.seq}: READY {fv} does not match pending supersede")
@@ -279,9 +280,7 @@ class _Deriver:
         elif self.status is RunStatus.READY and fv == self.facts:
             return  # idempotent repeat of the current fact
         elif self.status is RunStatus.READY or self.status in _TERMINAL:
-            raise IntegrityError(
-                f"ledger seq {entry.seq}: READY {fv} on a {self.status.value} run without SUPERSEDED"
-            )
+            raise IntegrityError(f"ledger seq {entry.seq}: READY {fv} on a {self.status.value} run without SUPERSEDED")
         self.status = RunStatus.READY
         self.facts = fv
         self.ready_at = entry.at_ms

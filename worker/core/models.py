@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Final, Self
 
 from pydantic import (
@@ -66,7 +66,7 @@ _INT64_MAX: Final = 2**63 - 1
 
 
 # --------------------------------------------------------------------------- enums
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """How the run obtains its outputs (carried through to the plan; SR only verifies)."""
 
     AUTO = "AUTO"
@@ -74,7 +74,7 @@ class Strategy(str, Enum):
     REUSE = "REUSE"
 
 
-class TriggerKind(str, Enum):
+class TriggerKind(StrEnum):
     """Why an operator or upstream asks SR to look at a run again."""
 
     EVIDENCE_ARRIVED = "EVIDENCE_ARRIVED"
@@ -83,14 +83,14 @@ class TriggerKind(str, Enum):
     SUPERSEDE = "SUPERSEDE"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     """Type of a :class:`ReadyEvent`."""
 
     READY = "READY"
     SUPERSEDE = "SUPERSEDE"
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Status of a run in the index and as derived from the ledger."""
 
     ADMITTED = "ADMITTED"
@@ -101,7 +101,7 @@ class RunStatus(str, Enum):
     REJECTED = "REJECTED"
 
 
-class StatusEventStatus(str, Enum):
+class StatusEventStatus(StrEnum):
     """Statuses announced on ``sr.run-status`` (READY goes to ``sr.ready`` instead)."""
 
     WAITING = "WAITING"
@@ -138,10 +138,11 @@ def datetime_from_millis(ms: int) -> datetime:
     """Aware UTC datetime of epoch milliseconds (no OS ``fromtimestamp`` limits involved).
 
     Raises:
-        ValueError: ``ms`` is not an int or lies outside years 1–9999.
+        TypeError: ``ms`` is not an int.
+        ValueError: ``ms`` lies outside years 1–9999.
     """
     if isinstance(ms, bool) or not isinstance(ms, int):
-        raise ValueError(f"epoch milliseconds must be an integer, got {type(ms).__name__}")
+        raise TypeError(f"epoch milliseconds must be an integer, got {type(ms).__name__}")
     try:
         return EPOCH + timedelta(milliseconds=ms)
     except OverflowError as exc:
@@ -151,7 +152,7 @@ def datetime_from_millis(ms: int) -> datetime:
 def _coerce_datetime(value: object) -> object:
     """Before-validator: accept millis / aware datetime / ISO string with offset."""
     if isinstance(value, bool):
-        raise ValueError("a boolean is not a timestamp")
+        raise ValueError("a boolean is not a timestamp")  # noqa: TRY004 - pydantic wraps only ValueError
     if isinstance(value, int):
         return datetime_from_millis(value)
     if isinstance(value, str):
@@ -183,7 +184,7 @@ ReasonCode = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Z][A-Z0-9_
 
 def _check_s3_uri(value: object, *, need_prefix: bool) -> str:
     if not isinstance(value, str):
-        raise ValueError("must be an s3:// URI string")
+        raise ValueError("must be an s3:// URI string")  # noqa: TRY004 - pydantic wraps only ValueError
     try:
         location = parse_s3_uri(value)
     except UnsafeKeyError as exc:
@@ -490,4 +491,3 @@ class RunStatusEvent(BaseModel):
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             raise DecodeError(f"invalid RunStatusEvent: {_validation_summary(exc)}") from exc
-

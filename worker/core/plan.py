@@ -101,9 +101,7 @@ def build_plan(intent: RunIntent, policy: Policy, *, run_id: str) -> Plan:
         for gate_id in required
     )
     output_ids = tuple(sorted(intent.output_ids))
-    outputs = tuple(
-        PlanOutput(output_id=oid, uri=root.join("outputs", oid).uri + "/") for oid in output_ids
-    )
+    outputs = tuple(PlanOutput(output_id=oid, uri=root.join("outputs", oid).uri + "/") for oid in output_ids)
     return Plan(
         run_id=run_id,
         run_equivalence_key=key,

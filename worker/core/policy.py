@@ -19,7 +19,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
@@ -36,7 +36,7 @@ MAX_POLICY_BYTES: Final = 1024 * 1024
 POLICY_FORMAT: Final = 1
 
 
-class GateMethod(str, Enum):
+class GateMethod(StrEnum):
     """How a gate bundle's ``_passed.flag`` digest is computed."""
 
     SHA256_BUNDLE_DIGEST = "sha256_bundle_digest"

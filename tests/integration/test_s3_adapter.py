@@ -1,0 +1,231 @@
+"""The S3 adapter against a real S3 server (SeaweedFS / MinIO / env-provided): no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tests.evidence_fixtures import s3_config_for
+from tests.servers import Servers
+from worker.adapters.s3 import ObjectMeta, ObjectStore, S3Config, WriteOutcome
+from worker.errors import (
+    DriftError,
+    MessageTooLargeError,
+    ObjectNotFoundError,
+    RetryableError,
+    S3AccessError,
+    S3UnavailableError,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(servers: Servers, s3_client: Any) -> Iterator[ObjectStore]:
+    with ObjectStore(s3_config_for(servers)) as opened:
+        yield opened
+
+
+@pytest.fixture
+def bucket(servers: Servers, s3_client: Any) -> str:
+    return servers.s3_bucket
+
+
+def test_create_is_write_once(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    key = f"{s3_prefix}/once.json"
+    assert store.create(bucket, key, b"first") is True
+    assert store.create(bucket, key, b"second") is False
+    assert store.get(bucket, key, max_bytes=100) == b"first"
+
+
+def test_put_write_once_identical_and_drift(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    key = f"{s3_prefix}/plan.json"
+    assert store.put_write_once(bucket, key, b'{"a":1}') is WriteOutcome.CREATED
+    assert store.put_write_once(bucket, key, b'{"a":1}') is WriteOutcome.EXISTING_IDENTICAL
+    with pytest.raises(DriftError, match=key):
+        store.put_write_once(bucket, key, b'{"a":2}')
+    # Existing object longer than the new payload: detected from the capped read alone.
+    with pytest.raises(DriftError, match=key):
+        store.put_write_once(bucket, key, b"{}")
+    # Existing object shorter than the new payload.
+    with pytest.raises(DriftError, match=key):
+        store.put_write_once(bucket, key, b'{"a":1,"b":2}')
+    assert store.get(bucket, key, max_bytes=100) == b'{"a":1}'
+
+
+def test_identical_write_costs_one_put_and_one_get(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    key = f"{s3_prefix}/x.json"
+    store.put_write_once(bucket, key, b"abc")
+    store.counter.reset()
+    store.put_write_once(bucket, key, b"abc")
+    snap = store.counter.snapshot()
+    assert (snap["PUT"], snap["GET"], snap["HEAD"], snap["LIST"]) == (1, 1, 0, 0)
+
+
+def test_racing_creates_exactly_one_wins(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    for round_no in range(3):
+        key = f"{s3_prefix}/race-{round_no}.json"
+        barrier = threading.Barrier(8)
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def racer(i: int, key: str = key, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            won = store.create(bucket, key, f"writer-{i}".encode())
+            with lock:
+                results.append(won)
+
+        threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False] * 7 + [True], results
+        assert store.get(bucket, key, max_bytes=100).startswith(b"writer-")
+
+
+def test_racing_identical_write_once_all_succeed(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    key = f"{s3_prefix}/facts.json"
+    barrier = threading.Barrier(8)
+    outcomes: list[WriteOutcome] = []
+    lock = threading.Lock()
+
+    def racer() -> None:
+        barrier.wait()
+        outcome = store.put_write_once(bucket, key, b"same deterministic bytes")
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(WriteOutcome.CREATED) == 1
+    assert outcomes.count(WriteOutcome.EXISTING_IDENTICAL) == 7
+
+
+def test_get_byte_cap_does_not_read_the_body(store: ObjectStore, bucket: str, s3_prefix: str,
+                                             s3_client: Any) -> None:
+    key = f"{s3_prefix}/big.bin"
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"x" * (8 * 1024 * 1024))
+    store.counter.reset()
+    with pytest.raises(MessageTooLargeError):
+        store.get(bucket, key, max_bytes=1024)
+    with pytest.raises(MessageTooLargeError):
+        list(store.iter_chunks(bucket, key, max_bytes=1024))
+    with pytest.raises(MessageTooLargeError):
+        store.sha256(bucket, key, max_bytes=8 * 1024 * 1024 - 1)
+    snap = store.counter.snapshot()
+    assert snap["GET"] == 3  # not retried: too large is permanent
+    assert snap["bytes_in"] < 1024 * 1024  # the 8 MiB bodies were not read
+    # Exactly at the cap is fine.
+    assert len(store.get(bucket, key, max_bytes=8 * 1024 * 1024)) == 8 * 1024 * 1024
+
+
+def test_streamed_reads_and_hash(store: ObjectStore, bucket: str, s3_prefix: str, s3_client: Any) -> None:
+    key = f"{s3_prefix}/data.bin"
+    body = bytes(range(256)) * 10_000  # 2.56 MB, several chunks
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    chunks = list(store.iter_chunks(bucket, key, max_bytes=len(body), chunk_size=1024 * 1024))
+    assert b"".join(chunks) == body
+    assert len(chunks) >= 3 and all(len(c) <= 1024 * 1024 for c in chunks)
+    assert store.sha256(bucket, key, max_bytes=len(body)) == (hashlib.sha256(body).hexdigest(), len(body))
+    empty = f"{s3_prefix}/empty.bin"
+    s3_client.put_object(Bucket=bucket, Key=empty, Body=b"")
+    assert store.get(bucket, empty, max_bytes=0) == b""
+    assert store.sha256(bucket, empty, max_bytes=10) == (hashlib.sha256(b"").hexdigest(), 0)
+
+
+def test_not_found_head_list_delete(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        store.get(bucket, f"{s3_prefix}/nope", max_bytes=10)
+    with pytest.raises(ObjectNotFoundError):
+        store.sha256(bucket, f"{s3_prefix}/nope", max_bytes=10)
+    assert store.head(bucket, f"{s3_prefix}/nope") is None
+    keys = [f"{s3_prefix}/list/{name}" for name in ("b", "a", "c/d", "e", "f")]
+    for key in keys:
+        assert store.create(bucket, key, key.encode())
+    store.counter.reset()
+    listed = list(store.list(bucket, f"{s3_prefix}/list/", page_size=2))
+    assert [m.key for m in listed] == sorted(keys)
+    assert all(isinstance(m, ObjectMeta) and m.size == len(m.key) and m.etag for m in listed)
+    assert store.counter.snapshot()["LIST"] == 3  # 5 keys, 2 per page
+    meta = store.head(bucket, keys[0])
+    assert meta is not None and meta.size == len(keys[0]) and meta.etag == listed[1].etag
+    after = [m.key for m in store.list(bucket, f"{s3_prefix}/list/", start_after=f"{s3_prefix}/list/c/d")]
+    assert after == [f"{s3_prefix}/list/e", f"{s3_prefix}/list/f"]
+    store.delete(bucket, keys[0])
+    assert store.head(bucket, keys[0]) is None
+    assert list(store.list(bucket, f"{s3_prefix}/nothing-here/")) == []
+
+
+def test_request_counter_counts_by_verb(store: ObjectStore, bucket: str, s3_prefix: str) -> None:
+    store.counter.reset()
+    store.create(bucket, f"{s3_prefix}/a", b"12345")
+    store.create(bucket, f"{s3_prefix}/a", b"12345")  # 412: still a PUT attempt
+    store.get(bucket, f"{s3_prefix}/a", max_bytes=10)
+    store.sha256(bucket, f"{s3_prefix}/a", max_bytes=10)
+    with pytest.raises(ObjectNotFoundError):
+        store.get(bucket, f"{s3_prefix}/missing", max_bytes=10)  # not retried
+    store.head(bucket, f"{s3_prefix}/a")
+    list(store.list(bucket, f"{s3_prefix}/"))
+    store.delete(bucket, f"{s3_prefix}/a")
+    assert store.counter.snapshot() == {
+        "PUT": 2, "GET": 3, "HEAD": 1, "LIST": 1, "DELETE": 1, "bytes_in": 10, "bytes_out": 10,
+    }
+    assert store.counter.requests == 8
+
+
+def test_missing_bucket_is_access_error(store: ObjectStore, s3_prefix: str) -> None:
+    with pytest.raises(S3AccessError):
+        list(store.list("sr-no-such-bucket-" + s3_prefix[2:], "x/"))
+    assert store.counter.snapshot()["LIST"] == 1  # permanent: not retried
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_endpoint_retries_boundedly_then_unavailable() -> None:
+    config = S3Config(
+        endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+        region="us-east-1",
+        access_key_id=SecretStr("unused"),
+        secret_access_key=SecretStr("unused"),
+        max_attempts=3,
+        backoff_initial=0.001,
+        backoff_max=0.01,
+        connect_timeout=1,
+        read_timeout=1,
+    )
+    with ObjectStore(config) as store:
+        started = time.monotonic()
+        with pytest.raises(S3UnavailableError) as info:
+            store.get("some-bucket", "k", max_bytes=10)
+        assert isinstance(info.value, RetryableError)
+        assert isinstance(info.value.__cause__, Exception)
+        with pytest.raises(S3UnavailableError):
+            store.create("some-bucket", "k", b"x")
+        with pytest.raises(S3UnavailableError):
+            list(store.list("some-bucket", ""))
+        assert time.monotonic() - started < 10
+        snap = store.counter.snapshot()
+        assert (snap["GET"], snap["PUT"], snap["LIST"]) == (3, 3, 3)
+
+
+def test_store_requires_open() -> None:
+    store = ObjectStore(S3Config(endpoint_url="http://127.0.0.1:1"))
+    with pytest.raises(S3AccessError):
+        store.head("some-bucket", "k")
+    assert store.counter.snapshot()["HEAD"] == 1
+    store.close()  # idempotent without open

@@ -1,0 +1,65 @@
+"""Shared fixtures and builders for the pure-core unit tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from worker.core.models import RunIntent, parse_intent
+from worker.core.policy import Policy, load_policy
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "schemas"
+
+settings.register_profile("unit", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("unit")
+
+H1 = "a" * 64
+H2 = "b" * 64
+
+BASE_INTENT: dict[str, Any] = {
+    "request_id": "req-1",
+    "tenant_id": "t1",
+    "namespace": "ns",
+    "scenario_id": "scen",
+    "pins": {"manifest_fingerprint": H1, "parameter_hash": H2, "seed": 7},
+    "window_start": 1_700_000_000_000,
+    "window_end": 1_700_086_400_000,
+    "output_ids": ["transactions", "accounts"],
+    "strategy": "AUTO",
+    "evidence_root": "s3://sr-dev/evidence/t1/run1",
+    "deadline": None,
+    "submitted_at": 1_700_090_000_000,
+    "submitted_by": "producer",
+}
+
+
+def intent_dict(**overrides: Any) -> dict[str, Any]:
+    """A fresh, valid Avro-shaped intent dict with ``overrides`` applied."""
+    data = copy.deepcopy(BASE_INTENT)
+    data.update(overrides)
+    return data
+
+
+def make_intent(**overrides: Any) -> RunIntent:
+    """A valid RunIntent with ``overrides`` applied."""
+    return parse_intent(intent_dict(**overrides))
+
+
+@pytest.fixture
+def intent() -> RunIntent:
+    return make_intent()
+
+
+@pytest.fixture(scope="session")
+def policy_bytes() -> bytes:
+    return (SCHEMAS / "policy.example.toml").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def policy(policy_bytes: bytes) -> Policy:
+    return load_policy(policy_bytes)

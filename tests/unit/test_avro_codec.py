@@ -1,0 +1,436 @@
+"""Avro codec: framing, strictness, hostile input, Confluent registry."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.adapters.avro import (
+    RECORD_NAMES,
+    AvroCodec,
+    HttpSchemaRegistry,
+    SchemaRegistry,
+    default_schema_dir,
+)
+from worker.core.models import (
+    ReadyEvent,
+    RunStatusEvent,
+    RunTrigger,
+    StatusEventStatus,
+    TriggerKind,
+)
+from worker.errors import (
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    InputError,
+    IntentInvalidError,
+    MessageTooLargeError,
+    SchemaRegistryRejectedError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
+
+from .conftest import H1, H2, SCHEMAS, intent_dict, make_intent
+
+RUN = "0123456789abcdef0123456789abcdef"
+FINGERPRINTS = {
+    "RunIntent": "aac02643562afb30",
+    "RunTrigger": "d291691704416d0e",
+    "ReadyEvent": "dea00c0dc91b6ecb",
+    "RunStatusEvent": "b11a32c6edbcf532",
+}
+
+
+@pytest.fixture(scope="module")
+def codec() -> AvroCodec:
+    return AvroCodec()
+
+
+def sample_trigger() -> RunTrigger:
+    return RunTrigger(
+        run_id=RUN, kind=TriggerKind.REEMIT, reason="ops", requested_by="alice", requested_at=1_700_000_000_000
+    )  # type: ignore[arg-type]
+
+
+def sample_ready() -> ReadyEvent:
+    return ReadyEvent.from_avro(
+        {
+            "event_type": "READY",
+            "run_id": RUN,
+            "facts_view_hash": "c" * 64,
+            "facts_view_uri": f"s3://sr-dev/sr/run/{RUN}/facts/{'c' * 64}.json",
+            "supersedes_facts_view_hash": None,
+            "tenant_id": "t1",
+            "namespace": "ns",
+            "scenario_id": "scen",
+            "pins": {"manifest_fingerprint": H1, "parameter_hash": H2, "seed": -5},
+            "policy_rev": "d" * 64,
+            "plan_hash": "e" * 64,
+            "emitted_at": 1_700_000_000_000,
+        }
+    )
+
+
+def sample_status() -> RunStatusEvent:
+    return RunStatusEvent(
+        run_id=RUN,
+        status=StatusEventStatus.REJECTED,
+        reason_code="EQUIV_KEY_COLLISION",
+        detail="collision",
+        tenant_id="t1",
+        namespace="ns",
+        scenario_id="scen",
+        emitted_at=1_700_000_000_000,  # type: ignore[arg-type]
+    )
+
+
+def test_default_schema_dir_is_repo_schemas() -> None:
+    assert default_schema_dir().resolve() == SCHEMAS.resolve()
+
+
+def test_fingerprints_pinned(codec: AvroCodec) -> None:
+    for name in RECORD_NAMES:
+        assert codec.fingerprint(name).hex() == FINGERPRINTS[name]
+        schema = json.loads(codec.schema_json(name))
+        assert schema["namespace"] == "sr.v1"
+
+
+def test_fingerprint_matches_avro_spec_example() -> None:
+    # Known CRC-64-AVRO of the primitive schema "int" (Avro spec / Java reference).
+    pcf = fastavro.schema.to_parsing_canonical_form("int")
+    assert (
+        int.from_bytes(bytes.fromhex(fastavro.schema.fingerprint(pcf, "CRC-64-AVRO")), "little") == 0x7275D51A3F395C8F
+    )
+
+
+def test_roundtrips(codec: AvroCodec) -> None:
+    intent = make_intent(deadline=1_800_000_000_000)
+    frame = codec.encode_intent(intent)
+    assert frame[:2] == b"\xc3\x01" and frame[2:10].hex() == FINGERPRINTS["RunIntent"]
+    assert codec.decode_intent(frame) == intent
+    assert codec.decode(frame) == ("RunIntent", intent.to_avro())
+    assert codec.decode_trigger(codec.encode_trigger(sample_trigger())) == sample_trigger()
+    assert codec.decode_ready(codec.encode_ready(sample_ready())) == sample_ready()
+    assert codec.decode_status(codec.encode_status(sample_status())) == sample_status()
+
+
+def test_encoding_is_deterministic(codec: AvroCodec) -> None:
+    assert codec.encode_ready(sample_ready()) == codec.encode_ready(sample_ready())
+
+
+def test_samples_encode(codec: AvroCodec) -> None:
+    for name in ("complete", "waiting", "tampered", "collision"):
+        data = json.loads((SCHEMAS / "samples" / f"{name}.json").read_text())
+        assert codec.decode(codec.encode("RunIntent", data), expected="RunIntent")[1] == data
+
+
+def test_expected_mismatch(codec: AvroCodec) -> None:
+    frame = codec.encode_trigger(sample_trigger())
+    with pytest.raises(DecodeError, match="expected a RunIntent"):
+        codec.decode(frame, expected="RunIntent")
+    with pytest.raises(DecodeError):
+        codec.decode_intent(frame)
+    with pytest.raises(DecodeError):
+        codec.decode(frame, expected="Nope")
+
+
+def test_semantically_invalid_intent(codec: AvroCodec) -> None:
+    frame = codec.encode("RunIntent", intent_dict(tenant_id="../etc"))
+    with pytest.raises(IntentInvalidError):
+        codec.decode_intent(frame)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc3",
+        b"\xc3\x01",
+        b"\xc3\x01\xaa\xc0\x26\x43\x56\x2a\xfb",  # truncated fingerprint
+        b"\xc3\x02" + bytes(8),
+        b"\x01garbage",
+        b"{json}",
+    ],
+)
+def test_bad_frames(codec: AvroCodec, data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(data)
+
+
+def test_unknown_fingerprint(codec: AvroCodec) -> None:
+    with pytest.raises(UnknownSchemaError):
+        codec.decode(b"\xc3\x01" + bytes(8) + b"\x00")
+    with pytest.raises(UnknownSchemaError):
+        codec.decode(b"\x00\x00\x00\x00\x01\x00")  # Confluent frame without a registry
+
+
+def test_truncated_and_trailing(codec: AvroCodec) -> None:
+    frame = codec.encode_intent(make_intent())
+    for cut in range(10, len(frame)):
+        with pytest.raises(DecodeError):
+            codec.decode(frame[:cut])
+    with pytest.raises(DecodeError, match="trailing"):
+        codec.decode(frame + b"\x00")
+
+
+def test_bad_utf8_and_enum_index(codec: AvroCodec) -> None:
+    header = b"\xc3\x01" + codec.fingerprint("RunTrigger")
+    body = b"\x40" + b"a" * 32 + b"\x00" + b"\x04\xff\xfe" + b"\x02a" + b"\x02"
+    with pytest.raises(DecodeError):
+        codec.decode(header + body)  # invalid UTF-8 in reason
+    bad_enum = b"\x40" + b"a" * 32 + b"\x7e" + b"\x00\x02a\x02"
+    with pytest.raises(DecodeError):
+        codec.decode(header + bad_enum)
+
+
+def test_huge_array_count(codec: AvroCodec) -> None:
+    writer = io.BytesIO()
+    fastavro.schemaless_writer(writer, fastavro.parse_schema({"type": "long"}), 2**60)
+    header = b"\xc3\x01" + codec.fingerprint("RunIntent")
+    # request_id null, three short strings, pins, two timestamps, then a 2^60-item array.
+    body = b"\x00" + b"\x02a" * 3 + b"\x80\x01" + b"a" * 64 + b"\x80\x01" + b"b" * 64 + b"\x02" + b"\x02\x04"
+    with pytest.raises(DecodeError):
+        codec.decode(header + body + writer.getvalue() + b"\x02a")
+
+
+def test_oversize_before_parsing() -> None:
+    small = AvroCodec(max_message_bytes=64)
+    with pytest.raises(MessageTooLargeError):
+        small.decode(b"\xc3\x01" + bytes(100))
+    with pytest.raises(MessageTooLargeError):
+        small.encode_intent(make_intent())
+    with pytest.raises(ConfigError):
+        AvroCodec(max_message_bytes=1)
+
+
+def test_non_bytes(codec: AvroCodec) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode("text")  # type: ignore[arg-type]
+    assert codec.decode(bytearray(codec.encode_trigger(sample_trigger())))[0] == "RunTrigger"
+
+
+def test_encode_rejects_bad_datum(codec: AvroCodec) -> None:
+    with pytest.raises(EncodeError):
+        codec.encode("RunIntent", {"tenant_id": "x"})
+    with pytest.raises(EncodeError):
+        codec.encode("RunIntent", intent_dict(window_start="yesterday"))
+    with pytest.raises(EncodeError):
+        codec.encode("Nope", {})
+
+
+def test_bad_schema_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        AvroCodec(tmp_path)
+    for name in RECORD_NAMES:
+        shutil.copy(SCHEMAS / f"{name}.avsc", tmp_path)
+    (tmp_path / "RunTrigger.avsc").write_text("{not json")
+    with pytest.raises(ConfigError):
+        AvroCodec(tmp_path)
+    (tmp_path / "RunTrigger.avsc").write_text(json.dumps({"type": "record", "name": "Other", "fields": []}))
+    with pytest.raises(ConfigError):
+        AvroCodec(tmp_path)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes(data: bytes) -> None:
+    codec = _SHARED
+    try:
+        codec.decode(data)
+    except InputError:
+        pass
+
+
+@given(st.binary(max_size=200), st.sampled_from(RECORD_NAMES))
+def test_random_bodies_with_valid_header(body: bytes, record: str) -> None:
+    codec = _SHARED
+    try:
+        name, datum = codec.decode(b"\xc3\x01" + codec.fingerprint(record) + body)
+    except InputError:
+        return
+    assert name == record and isinstance(datum, dict)
+
+
+@given(st.data())
+def test_bit_flips_never_crash(data: st.DataObject) -> None:
+    frame = bytearray(_SHARED.encode_intent(make_intent()))
+    position = data.draw(st.integers(0, len(frame) - 1))
+    frame[position] ^= data.draw(st.integers(1, 255))
+    try:
+        _SHARED.decode_intent(bytes(frame))
+    except InputError:
+        pass
+
+
+_SHARED = AvroCodec()
+
+
+# ----------------------------------------------------------------------- Confluent registry
+class _Registry:
+    def __init__(self) -> None:
+        self.schemas: dict[int, str] = {}
+        self.subjects: dict[str, list[int]] = {}
+        self.fail_next = 0
+        self.calls = 0
+
+
+def _handler(state: _Registry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self) -> None:
+            state.calls += 1
+            if state.fail_next:
+                state.fail_next -= 1
+                self._send(503, {"error_code": 50301, "message": "unavailable"})
+                return
+            parts = self.path.split("/")
+            if len(parts) != 4 or parts[1] != "subjects" or parts[3] != "versions":
+                self._send(404, {"error_code": 40401})
+                return
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            schema = body["schema"]
+            if "Incompatible" in schema:
+                self._send(409, {"error_code": 409})
+                return
+            known = [i for i, text in state.schemas.items() if text == schema]
+            schema_id = known[0] if known else len(state.schemas) + 1
+            state.schemas[schema_id] = schema
+            state.subjects.setdefault(parts[2], []).append(schema_id)
+            self._send(200, {"id": schema_id})
+
+        def do_GET(self) -> None:
+            state.calls += 1
+            prefix = "/schemas/ids/"
+            if self.path.startswith(prefix):
+                schema_id = int(self.path[len(prefix) :])
+                if schema_id in state.schemas:
+                    self._send(200, {"schema": state.schemas[schema_id]})
+                    return
+            self._send(404, {"error_code": 40403, "message": "Schema not found"})
+
+    return Handler
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[HttpSchemaRegistry, _Registry]]:
+    state = _Registry()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield HttpSchemaRegistry(f"http://127.0.0.1:{server.server_address[1]}/", timeout=5), state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_registry_protocol(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    assert isinstance(registry[0], SchemaRegistry)
+
+
+def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, state = registry
+    producer = AvroCodec(registry=client)
+    frame = producer.encode_ready(sample_ready(), subject="sr.ready-value")
+    assert frame[0] == 0
+    schema_id = struct.unpack(">I", frame[1:5])[0]
+    assert state.subjects == {"sr.ready-value": [schema_id]}
+    calls = state.calls
+    producer.encode_ready(sample_ready(), subject="sr.ready-value")
+    assert state.calls == calls  # id cached
+    consumer = AvroCodec(registry=client)  # fresh cache: must fetch the schema by id
+    assert consumer.decode_ready(frame) == sample_ready()
+    assert consumer.decode_ready(frame) == sample_ready()
+    # Single-object frames are still accepted by a registry-configured codec.
+    assert consumer.decode_ready(_SHARED.encode_ready(sample_ready())) == sample_ready()
+    with pytest.raises(DecodeError):
+        consumer.decode(frame, expected="RunIntent")
+    with pytest.raises(DecodeError):
+        consumer.decode(frame[:3])
+    with pytest.raises(DecodeError):
+        consumer.decode(frame + b"\x01")
+
+
+def test_confluent_needs_subject(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    with pytest.raises(ConfigError):
+        AvroCodec(registry=registry[0]).encode_status(sample_status())
+
+
+def test_confluent_unknown_id(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    codec = AvroCodec(registry=registry[0])
+    with pytest.raises(UnknownSchemaError):
+        codec.decode(b"\x00\x00\x00\x30\x39\x00")
+
+
+def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, state = registry
+    foreign = client.register("other-value", json.dumps({"type": "record", "name": "Foo", "fields": []}))
+    broken = client.register("x-value", '{"type": "record", "name": "sr.v1.RunIntent", "fields": [{"name": "a"}]}')
+    codec = AvroCodec(registry=client)
+    for schema_id in (foreign, broken):
+        with pytest.raises(UnknownSchemaError):
+            codec.decode(b"\x00" + schema_id.to_bytes(4, "big") + b"\x00")
+    assert state.schemas
+
+
+def test_confluent_evolved_writer_schema(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, _ = registry
+    # A newer producer added an optional field: we resolve it into our reader schema.
+    evolved = json.loads((SCHEMAS / "RunTrigger.avsc").read_text())
+    evolved["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None})
+    schema_id = client.register("sr.triggers-value", json.dumps(evolved))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(evolved), {**sample_trigger().to_avro(), "ticket": "T-1"})
+    frame = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
+    assert AvroCodec(registry=client).decode_trigger(frame) == sample_trigger()
+
+
+def test_registry_errors(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, state = registry
+    state.fail_next = 1
+    with pytest.raises(SchemaRegistryUnavailableError):
+        client.register("s-value", '"string"')
+    with pytest.raises(SchemaRegistryRejectedError):
+        client.register("s-value", '{"doc": "Incompatible"}')
+    with pytest.raises(UnknownSchemaError):
+        client.get_schema(999)
+    assert client.register("s-value", '"string"') == client.register("t-value", '"string"')
+
+
+def test_registry_unreachable_and_config() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = HttpSchemaRegistry(f"http://127.0.0.1:{port}", timeout=2, basic_auth=("user", "secret"))
+    assert "secret" not in repr(client)
+    with pytest.raises(SchemaRegistryUnavailableError) as info:
+        client.get_schema(1)
+    assert "secret" not in str(info.value)
+    for bad in ("file:///etc/passwd", "ftp://x", "http://", "registry:8081"):
+        with pytest.raises(ConfigError):
+            HttpSchemaRegistry(bad)

@@ -1,0 +1,376 @@
+"""Kafka adapter: a thin typed wrapper over confluent-kafka (librdkafka).
+
+* :class:`EventProducer` — idempotent (``enable.idempotence``, ``acks=all``) producer whose
+  :meth:`~EventProducer.send` returns a future resolved by the delivery report; a background
+  thread serves delivery callbacks so many callers can wait concurrently.
+* :class:`IntakeConsumer` — a group consumer with manual offset *storage*
+  (``enable.auto.offset.store=false``, ``enable.auto.commit=false``): offsets are stored only
+  after a message's effects are durable and committed explicitly. Rebalance callbacks commit
+  on revoke and drop state on lost.
+
+Errors are translated at this edge: a retriable/transport fault becomes
+:class:`~worker.errors.KafkaUnavailableError`, anything fatal :class:`~worker.errors.KafkaFatalError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.errors import KafkaFatalError, KafkaUnavailableError
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def _ms(seconds: float) -> int:
+    """Seconds (SR's unit everywhere) to librdkafka milliseconds."""
+    return max(1, round(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Connection settings shared by SR's Kafka clients.
+
+    ``client_extra`` holds librdkafka pass-through properties (SASL/TLS...), applied last.
+    """
+
+    bootstrap: str
+    client_extra: Mapping[str, str] = field(default_factory=dict)
+    session_timeout: float = 10.0
+    max_poll_interval: float = 300.0
+    delivery_timeout: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def base(self) -> dict[str, Any]:
+        """librdkafka properties common to producers and consumers."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "socket.keepalive.enable": True,
+            "reconnect.backoff.max.ms": 2000,
+        }
+        conf.update(self.client_extra)
+        return conf
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed message, copied out of librdkafka into plain Python types."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Record:
+        """Copy a confluent-kafka message."""
+        raw_headers: list[tuple[str, Any]] = list(cast(Any, msg.headers()) or [])
+        headers = tuple((str(k), bytes(v) if v is not None else b"") for k, v in raw_headers)
+        ts_type, ts = msg.timestamp()
+        return cls(
+            topic=str(msg.topic()),
+            partition=int(msg.partition() or 0),
+            offset=int(msg.offset() or 0),
+            key=msg.key(),
+            value=msg.value(),
+            headers=headers,
+            timestamp_ms=ts if ts_type else None,
+        )
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called ``name``, if any."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where the broker stored a produced message."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _translate(err: KafkaError, what: str) -> Exception:
+    """Map a librdkafka error to SR's retryable/permanent Kafka errors."""
+    if err.code() in _TRANSIENT_CODES or (err.retriable() and not err.fatal()):
+        return KafkaUnavailableError(f"{what}: {err.str()}")
+    return KafkaFatalError(f"{what}: {err.str()}")
+
+
+_TRANSIENT_CODES = frozenset({
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+})
+
+
+class EventProducer:
+    """Idempotent producer with per-message delivery futures.
+
+    No I/O in ``__init__``; the client is created in ``__enter__`` and flushed in ``__exit__``.
+    """
+
+    def __init__(self, config: KafkaConfig, *, linger: float = 0.005) -> None:
+        self._config = config
+        self._linger = linger
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def __enter__(self) -> EventProducer:
+        conf = self._config.base()
+        conf.update({
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": _ms(self._linger),
+            "delivery.timeout.ms": _ms(self._config.delivery_timeout),
+            "message.max.bytes": self._config.max_message_bytes + 64 * 1024,
+            "compression.type": "none",
+        })
+        conf.update(self._config.client_extra)
+        try:
+            self._producer = Producer(conf)
+        except KafkaException as exc:
+            raise KafkaFatalError(f"cannot create producer: {exc}") from exc
+        self._stop.clear()
+        self._poller = threading.Thread(target=self._serve_callbacks, name="sr-producer-poll", daemon=True)
+        self._poller.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush outstanding messages (up to ``timeout`` seconds) and stop the poll thread."""
+        if self._producer is None:
+            return
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout)
+        self._producer.flush(timeout)
+        self._producer = None
+
+    def _serve_callbacks(self) -> None:
+        while not self._stop.is_set():
+            producer = self._producer
+            if producer is None:
+                return
+            producer.poll(0.05)
+
+    def send(self, topic: str, *, key: bytes | None, value: bytes, headers: Headers | None = None) -> Future[Delivered]:
+        """Queue one message; the future resolves when the broker acknowledged it (acks=all).
+
+        Raises:
+            KafkaUnavailableError: the local queue stayed full (broker unreachable).
+            KafkaFatalError: the message was refused outright (e.g. too large).
+        """
+        producer = self._require()
+        fut: Future[Delivered] = Future()
+
+        def _on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                fut.set_exception(_translate(err, f"delivery to {topic} failed"))
+            else:
+                fut.set_result(Delivered(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)))
+
+        for _attempt in range(100):
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers or [], on_delivery=_on_delivery)
+                return fut
+            except BufferError:
+                producer.poll(0.1)  # local queue full: let deliveries drain, then try again
+            except KafkaException as exc:
+                raise _translate(exc.args[0], f"produce to {topic} refused") from exc
+        raise KafkaUnavailableError(f"producer queue for {topic} stayed full")
+
+    def send_and_wait(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: Headers | None = None,
+        timeout: float | None = None,
+    ) -> Delivered:
+        """:meth:`send` and block until acknowledged.
+
+        Raises:
+            KafkaUnavailableError: not acknowledged within ``timeout`` (default: the delivery timeout).
+            KafkaFatalError: permanently refused.
+        """
+        fut = self.send(topic, key=key, value=value, headers=headers)
+        wait = timeout if timeout is not None else self._config.delivery_timeout + 5.0
+        try:
+            return fut.result(wait)
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(f"no delivery report from {topic} within {wait:.0f}s") from exc
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still queued."""
+        return int(self._require().flush(timeout))
+
+    def _require(self) -> Producer:
+        if self._producer is None:
+            raise KafkaFatalError("producer is not open (use it as a context manager)")
+        return self._producer
+
+
+RebalanceHook = Callable[[list[TopicPartition]], None]
+
+
+class IntakeConsumer:
+    """Group consumer with manual offset storage and explicit commits.
+
+    ``on_revoke`` is called (from inside :meth:`poll_batch`) before partitions go away, after
+    this class has committed the offsets stored so far; ``on_lost`` when they were lost
+    without a chance to commit (their in-flight work must be dropped, not committed).
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        on_assign: RebalanceHook | None = None,
+        on_revoke: RebalanceHook | None = None,
+        on_lost: RebalanceHook | None = None,
+    ) -> None:
+        self._config = config
+        self._group_id = group_id
+        self._topics = list(topics)
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self._consumer: Consumer | None = None
+
+    def __enter__(self) -> IntakeConsumer:
+        conf = self._config.base()
+        conf.update({
+            "group.id": self._group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": _ms(self._config.session_timeout),
+            "heartbeat.interval.ms": _ms(max(0.5, self._config.session_timeout / 5)),
+            "max.poll.interval.ms": _ms(self._config.max_poll_interval),
+            # Oversized messages must still be fetched so they can be dead-lettered, not stall.
+            "fetch.message.max.bytes": self._config.max_message_bytes + 64 * 1024,
+            "isolation.level": "read_committed",
+        })
+        conf.update(self._config.client_extra)
+        try:
+            self._consumer = Consumer(conf)
+            self._consumer.subscribe(
+                self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+            )
+        except KafkaException as exc:
+            raise KafkaFatalError(f"cannot create consumer: {exc}") from exc
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # rebalance callbacks run inside poll/consume on the calling thread
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_assign:
+            self._on_assign(partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit what is stored before the partitions move, so the next owner starts there.
+        self._commit(consumer)
+        if self._on_revoke:
+            self._on_revoke(partitions)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_lost:
+            self._on_lost(partitions)
+
+    def poll_batch(self, max_messages: int, timeout: float) -> list[Record]:
+        """Up to ``max_messages`` records, waiting at most ``timeout`` seconds.
+
+        Partition EOF and other non-fatal per-message errors are skipped; fatal client
+        errors raise.
+
+        Raises:
+            KafkaFatalError: the consumer hit a fatal error.
+        """
+        consumer = self._require()
+        try:
+            messages = consumer.consume(num_messages=max_messages, timeout=timeout)
+        except KafkaException as exc:
+            raise _translate(exc.args[0], "consume failed") from exc
+        records: list[Record] = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaFatalError(f"consumer fatal error: {err.str()}")
+                continue
+            records.append(Record.from_message(msg))
+        return records
+
+    def store(self, topic: str, partition: int, next_offset: int) -> None:
+        """Mark everything before ``next_offset`` on that partition as done (committed later)."""
+        try:
+            self._require().store_offsets(offsets=[TopicPartition(topic, partition, next_offset)])
+        except KafkaException as exc:
+            # Storing for a partition we no longer own fails; its work will be redone by the new owner.
+            err = exc.args[0]
+            if err.code() in (KafkaError._STATE, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+                return
+            raise _translate(err, "store offsets failed") from exc
+
+    def commit(self) -> None:
+        """Synchronously commit the stored offsets (no-op when nothing new is stored).
+
+        Raises:
+            KafkaUnavailableError: the commit did not go through (retry later).
+        """
+        self._commit(self._require())
+
+    @staticmethod
+    def _commit(consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == KafkaError._NO_OFFSET:
+                return
+            raise _translate(err, "commit failed") from exc
+
+    def assignment(self) -> list[TopicPartition]:
+        """Partitions currently assigned to this member."""
+        return list(self._require().assignment())
+
+    def close(self) -> None:
+        """Leave the group (triggers a final revoke → commit) and release the client."""
+        if self._consumer is None:
+            return
+        consumer, self._consumer = self._consumer, None
+        with contextlib.suppress(KafkaException, RuntimeError):
+            consumer.close()
+
+    def _require(self) -> Consumer:
+        if self._consumer is None:
+            raise KafkaFatalError("consumer is not open (use it as a context manager)")
+        return self._consumer

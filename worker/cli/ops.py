@@ -1,0 +1,168 @@
+"""Operator sub-commands: ``run``, ``submit``, ``status``, ``topics create``, ``db migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.errors import InputError
+from worker.settings import Settings
+
+
+def register(sub: Any) -> None:
+    """Register the operator sub-commands on ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("run", help="run the worker (consumer group over intents and triggers)")
+    p.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("submit", help="publish a JSON intent (file or - for stdin) as Avro to the intents topic")
+    p.add_argument("file", help="JSON file with one intent object or an array of intents; - reads stdin")
+    p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("status", help="show a run's status and its ledger timeline")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
+
+    topics = sub.add_parser("topics", help="topic administration").add_subparsers(dest="topics_cmd", required=True)
+    p = topics.add_parser("create", help="create SR's topics (idempotent)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions for intents/triggers/ready/status")
+    p.add_argument("--replication-factor", type=int, default=1)
+    p.set_defaults(handler=cmd_topics_create)
+
+    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_cmd", required=True)
+    p = db.add_parser("migrate", help="apply SR's SQL migrations (idempotent)")
+    p.set_defaults(handler=cmd_db_migrate)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings: Settings = args.settings
+    return settings
+
+
+# ----------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the worker until SIGINT/SIGTERM; a signal finishes in-flight work and commits."""
+    from worker.logs import configure_logging
+    from worker.runtime.worker import Worker, load_policy_file
+
+    configure_logging()
+    settings = _settings(args)
+    policy = load_policy_file(settings.policy_file)
+    worker = Worker(settings, policy)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run()
+    return 0
+
+
+# ----------------------------------------------------------------------------- submit
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Encode JSON intents to Avro and produce them (keyed by run_id); prints run ids."""
+    from worker.adapters.avro import AvroCodec
+    from worker.adapters.kafka import EventProducer
+    from worker.core.identity import run_id_of
+    from worker.core.models import parse_intent
+    from worker.runtime.worker import kafka_config
+
+    settings = _settings(args)
+    raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"intent file is not JSON: {exc}") from exc
+    items = doc if isinstance(doc, list) else [doc]
+    codec = AvroCodec(max_message_bytes=settings.max_message_bytes)
+    intents = [parse_intent(item) for item in items]
+    with EventProducer(kafka_config(settings)) as producer:
+        futures = []
+        for intent in intents:
+            run_id = run_id_of(intent)
+            futures.append((run_id, producer.send(settings.topics.intents, key=run_id.encode(),
+                                                  value=codec.encode_intent(intent))))
+        for run_id, fut in futures:
+            where = fut.result(60)
+            print(json.dumps({"run_id": run_id, "topic": where.topic, "partition": where.partition,
+                              "offset": where.offset}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
+    from worker.adapters.postgres import RoundTripCounter, RunIndex
+    from worker.adapters.s3 import ObjectStore
+    from worker.core.keys import run_keys
+    from worker.core.models import RunIntent, datetime_from_millis
+    from worker.runtime.truth import TruthStore
+    from worker.runtime.worker import pg_config, s3_config
+
+    settings = _settings(args)
+    console = Console()
+    with RunIndex(pg_config(settings), RoundTripCounter()) as index:
+        row = index.get(args.run_id)
+    if row is None:
+        print(f"sr: run {args.run_id} not found", file=sys.stderr)
+        return 1
+    intent = RunIntent.from_avro(row.intent)
+    keys = run_keys(settings.s3_prefix, intent.tenant_id, intent.namespace, row.run_id)
+    with ObjectStore(s3_config(settings)) as store:
+        entries = TruthStore(store, settings.s3_bucket, settings.s3_prefix).read_ledger(keys) \
+            if row.ledger_seq >= 0 else ()
+    timeline = [
+        {"seq": e.seq, "kind": e.kind.value, "at": datetime_from_millis(e.at_ms).isoformat(),
+         "epoch": e.lease_epoch, **{k: v for k, v in e.body.items() if k != "detail"}}
+        for e in entries
+    ]
+    summary = {
+        "run_id": row.run_id, "status": row.status, "reason_code": row.reason_code,
+        "tenant_id": row.tenant_id, "namespace": row.namespace, "scenario_id": row.scenario_id,
+        "plan_hash": row.plan_hash, "facts_view_hash": row.facts_view_hash, "lease_epoch": row.lease_epoch,
+        "ledger": timeline,
+    }
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0
+    console.print(f"[bold]{row.run_id}[/] {row.status} {row.reason_code or ''}", highlight=False)
+    table = Table("seq", "kind", "at", "epoch", "details")
+    for item in timeline:
+        details = ", ".join(f"{k}={v}" for k, v in item.items() if k not in {"seq", "kind", "at", "epoch"})
+        table.add_row(str(item["seq"]), str(item["kind"]), str(item["at"]), str(item["epoch"]), details)
+    console.print(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------- admin
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    """Create SR's topics if missing."""
+    from worker.embedded.stack import TopicSpec, create_topics
+
+    settings = _settings(args)
+    t = settings.topics
+    specs = [TopicSpec(name, args.partitions) for name in (t.intents, t.triggers, t.ready, t.status)]
+    specs.append(TopicSpec(t.dlq, 1))
+    create_topics(settings.kafka_bootstrap, specs)
+    for spec in specs:
+        print(f"topic {spec.name} ready ({spec.partitions} partitions)")
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations; prints the ones applied."""
+    from worker.adapters.postgres import migrate
+
+    applied = migrate(_settings(args).pg_dsn.get_secret_value())
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0

@@ -1,0 +1,108 @@
+"""Publishing control facts: the outbox rows in Postgres, produced to Kafka, marked published.
+
+A publication row holds the exact bytes to send (key, value, headers). Producing it again
+after a crash re-sends those same bytes, so every re-emission is byte-identical. The DLQ
+path lives here too: a poison message is copied to ``sr.dlq`` with error headers and the
+caller commits its offset only after the broker acknowledged the copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from worker.adapters.kafka import Delivered, EventProducer, Record
+from worker.errors import SRError
+
+log = logging.getLogger("sr.publisher")
+
+IDEMPOTENCY_HEADER = "sr-idempotency-key"
+MAX_ERROR_HEADER_CHARS = 1024
+
+
+class PublicationLike(Protocol):
+    """What the publisher needs of a stored publication row."""
+
+    @property
+    def pub_key(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def msg_key(self) -> bytes | None: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
+class PublishedSink(Protocol):
+    """Where the publisher records that a publication reached the broker."""
+
+    def mark_published(self, pub_key: str, partition: int, offset: int) -> None:
+        """Record the broker position of ``pub_key`` (idempotent)."""
+        ...
+
+
+class Publisher:
+    """Produces stored publications and dead-letters poison messages."""
+
+    def __init__(self, producer: EventProducer, sink: PublishedSink, *, dlq_topic: str) -> None:
+        self._producer = producer
+        self._sink = sink
+        self._dlq_topic = dlq_topic
+
+    def publish(self, publications: Sequence[PublicationLike]) -> list[Delivered]:
+        """Produce every publication (in order, pipelined), wait for acks, then mark them published.
+
+        Raises:
+            KafkaUnavailableError: a delivery was not acknowledged (the rows stay unpublished and
+                are re-sent by the outbox sweep or the message's re-delivery).
+        """
+        futures = [
+            self._producer.send(
+                pub.topic,
+                key=pub.msg_key,
+                value=pub.payload,
+                headers=[(k, v.encode()) for k, v in sorted(pub.headers.items())],
+            )
+            for pub in publications
+        ]
+        delivered: list[Delivered] = []
+        for pub, fut in zip(publications, futures, strict=True):
+            where = fut.result()
+            self._sink.mark_published(pub.pub_key, where.partition, where.offset)
+            delivered.append(where)
+        return delivered
+
+    def send_status(self, topic: str, run_id: str, payload: bytes) -> Delivered:
+        """Produce a status event that has no outbox row (a rejection of one message).
+
+        Raises:
+            KafkaUnavailableError: not acknowledged.
+        """
+        return self._producer.send_and_wait(topic, key=run_id.encode(), value=payload)
+
+    def dead_letter(self, record: Record, error: BaseException) -> Delivered:
+        """Copy ``record`` (original key and bytes) to the DLQ with error headers; wait for the ack.
+
+        Raises:
+            KafkaUnavailableError: the DLQ write was not acknowledged (do not commit the offset).
+        """
+        code = error.code if isinstance(error, SRError) else "INTERNAL"
+        message = str(error).replace("\n", " ")[:MAX_ERROR_HEADER_CHARS]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("sr-error-class", code.encode()),
+            ("sr-error-message", message.encode()),
+            ("sr-source-topic", record.topic.encode()),
+            ("sr-source-partition", str(record.partition).encode()),
+            ("sr-source-offset", str(record.offset).encode()),
+        ]
+        headers.extend((k, v) for k, v in record.headers if not k.startswith("sr-error"))
+        return self._producer.send_and_wait(self._dlq_topic, key=record.key, value=record.value or b"",
+                                            headers=headers)
+
+
+def error_headers(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """The ``sr-*`` headers of a DLQ record as text (for tools and tests)."""
+    return {k: v.decode(errors="replace") for k, v in headers if k.startswith("sr-")}

@@ -1,0 +1,304 @@
+"""The worker loop (``sr run``): consume intents and triggers, drive runs, commit offsets.
+
+Per batch: every record is handled concurrently (a bounded pool; the lease serialises work
+on one run), then, per partition, the offset after the longest prefix of finished records
+is stored and committed. A record's offset is therefore committed only after its effects
+are durable — READY published, DLQ copy acknowledged, or a duplicate recognised.
+
+Fault handling:
+* invalid input (any :class:`~worker.errors.PermanentError`, or an unexpected exception) →
+  dead-lettered with error headers, then committed: nothing lost, the partition flows on;
+* a transient fault (:class:`~worker.errors.RetryableError`, already retried with bounded
+  backoff inside the adapters) → the record is retried with capped backoff until it succeeds
+  or the worker is stopped; a stopped worker leaves that offset uncommitted so the next owner
+  re-drives it.
+
+:meth:`Worker.stop` only sets an event; ``run()`` finishes in-flight records, commits, and
+releases everything on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import TopicPartition
+
+from worker.adapters.avro import AvroCodec
+from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig, Record
+from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
+from worker.adapters.s3 import ObjectStore, S3Config
+from worker.core.policy import Policy, load_policy
+from worker.errors import ConfigError, MessageTooLargeError, PermanentError, RetryableError
+from worker.runtime.lease import LeaseManager
+from worker.runtime.processor import Outcome, RunProcessor, Topics
+from worker.runtime.publisher import Publisher
+from worker.runtime.truth import TruthStore
+from worker.runtime.verifier import EvidenceVerifier
+from worker.settings import Settings
+
+log = logging.getLogger("sr.worker")
+
+RETRY_BACKOFF_START = 0.2  # seconds
+RETRY_BACKOFF_MAX = 5.0  # seconds
+OUTBOX_INTERVAL = 10.0  # seconds between sweeps for publications a crash left behind
+
+
+def load_policy_file(path: Path | None) -> Policy:
+    """Read and parse the gate policy.
+
+    Raises:
+        ConfigError: no policy configured or unreadable.
+        PolicyError: the policy is invalid.
+    """
+    if path is None:
+        raise ConfigError("no policy configured: set SR_POLICY_FILE (see schemas/policy.example.toml)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {path}: {exc}") from exc
+    return load_policy(data)
+
+
+def kafka_config(settings: Settings) -> KafkaConfig:
+    """The Kafka client settings derived from SR's settings."""
+    return KafkaConfig(
+        bootstrap=settings.kafka_bootstrap,
+        client_extra=settings.kafka_client_config(),
+        session_timeout=settings.session_timeout,
+        max_message_bytes=max(settings.max_message_bytes * 4, 16 * 1024 * 1024),
+    )
+
+
+def s3_config(settings: Settings) -> S3Config:
+    """The object-store settings derived from SR's settings."""
+    return S3Config(
+        endpoint_url=settings.s3_endpoint,
+        region=settings.s3_region,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=settings.aws_secret_access_key,
+        max_pool_connections=settings.s3_max_pool_connections,
+    )
+
+
+def pg_config(settings: Settings) -> PgConfig:
+    """The Postgres settings derived from SR's settings."""
+    return PgConfig(dsn=settings.pg_dsn, pool_size=settings.pg_pool_size)
+
+
+@dataclass
+class Services:
+    """The open clients a processor runs on (also used by CLI commands)."""
+
+    settings: Settings
+    codec: AvroCodec
+    store: ObjectStore
+    index: RunIndex
+    leases: LeaseManager
+    producer: EventProducer
+    processor: RunProcessor
+    pg_counter: RoundTripCounter
+
+
+@contextmanager
+def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True) -> Iterator[Services]:
+    """Open every client SR needs, in dependency order; close them in reverse."""
+    if migrate_db:
+        migrate(settings.pg_dsn.get_secret_value())
+    codec = AvroCodec(max_message_bytes=settings.max_message_bytes)
+    counter = RoundTripCounter()
+    with ExitStack() as stack:
+        store = stack.enter_context(ObjectStore(s3_config(settings)))
+        index = stack.enter_context(RunIndex(pg_config(settings), counter))
+        leases = stack.enter_context(LeaseManager(pg_config(settings), counter))
+        producer = stack.enter_context(EventProducer(kafka_config(settings)))
+        verifier = EvidenceVerifier(store, max_meta_bytes=settings.max_meta_bytes,
+                                    max_member_bytes=settings.max_member_bytes,
+                                    concurrency=settings.verify_concurrency)
+        stack.callback(verifier.close)
+        processor = RunProcessor(
+            policy=policy,
+            codec=codec,
+            index=index,
+            leases=leases,
+            truth=TruthStore(store, settings.s3_bucket, settings.s3_prefix),
+            verifier=verifier,
+            publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq),
+            topics=Topics(ready=settings.topics.ready, status=settings.topics.status),
+            s3_bucket=settings.s3_bucket,
+            s3_prefix=settings.s3_prefix,
+            tenant_prefixes=settings.tenant_evidence_prefixes,
+            recheck_interval=settings.recheck_interval,
+            lease_wait=settings.lease_wait,
+        )
+        yield Services(settings, codec, store, index, leases, producer, processor, counter)
+
+
+@dataclass
+class _Tracker:
+    """Completion of one batch's records per partition, for in-order offset storage."""
+
+    offsets: dict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(list))
+    done: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def add(self, record: Record) -> None:
+        self.offsets[(record.topic, record.partition)].append(record.offset)
+
+    def finish(self, record: Record) -> None:
+        self.done.add((record.topic, record.partition, record.offset))
+
+    def committable(self) -> Iterator[tuple[str, int, int]]:
+        """(topic, partition, next offset) after the longest finished prefix of each partition."""
+        for (topic, partition), offsets in self.offsets.items():
+            next_offset: int | None = None
+            for offset in sorted(offsets):
+                if (topic, partition, offset) not in self.done:
+                    break
+                next_offset = offset + 1
+            if next_offset is not None:
+                yield topic, partition, next_offset
+
+
+class Worker:
+    """One SR worker process: a consumer-group member over intents and triggers."""
+
+    def __init__(self, settings: Settings, policy: Policy,
+                 on_outcome: Callable[[Record, Outcome | None], None] | None = None) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._stop = threading.Event()
+        self._on_outcome = on_outcome
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to finish in-flight work, commit and exit. Only sets an event."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`.
+
+        Raises:
+            SRError: start-up failed (configuration, migrations, clients).
+        """
+        s = self._settings
+        with open_services(s, self._policy) as services, ThreadPoolExecutor(
+            max_workers=s.run_concurrency, thread_name_prefix="sr-run"
+        ) as pool:
+            consumer = IntakeConsumer(
+                kafka_config(s),
+                group_id=s.group_id,
+                topics=[s.topics.intents, s.topics.triggers],
+                on_assign=lambda parts: log.info("partitions assigned", extra={"partitions": _names(parts)}),
+                on_revoke=lambda parts: log.info("partitions revoked", extra={"partitions": _names(parts)}),
+                on_lost=lambda parts: log.warning("partitions lost", extra={"partitions": _names(parts)}),
+            )
+            with consumer:
+                self._retrying(services.processor.flush_outbox)
+                last_sweep = time.monotonic()
+                self.ready.set()
+                log.info("worker started", extra={"group_id": s.group_id})
+                while not self._stop.is_set():
+                    records = consumer.poll_batch(s.batch_size, s.poll_timeout)
+                    if records:
+                        self._process_batch(services, consumer, pool, records)
+                    if time.monotonic() - last_sweep > OUTBOX_INTERVAL:
+                        self._retrying(services.processor.flush_outbox)
+                        last_sweep = time.monotonic()
+                consumer.commit()
+        log.info("worker stopped")
+
+    def _process_batch(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
+                       records: list[Record]) -> None:
+        tracker = _Tracker()
+        for record in records:
+            tracker.add(record)
+        futures = [(record, pool.submit(self._handle, services, record)) for record in records]
+        for record, fut in futures:
+            if fut.result():
+                tracker.finish(record)
+        for topic, partition, next_offset in tracker.committable():
+            consumer.store(topic, partition, next_offset)
+        consumer.commit()
+
+    def _handle(self, services: Services, record: Record) -> bool:
+        """Handle one record to a durable end. False only if the worker stopped first."""
+        processor = services.processor
+        backoff = RETRY_BACKOFF_START
+        while True:
+            try:
+                outcome = self._dispatch(services, record)
+            except RetryableError as exc:
+                if self._stop.is_set():
+                    log.warning("stopping with a record unfinished; it will be re-driven",
+                                extra={"topic": record.topic, "partition": record.partition,
+                                       "offset": record.offset, "error": str(exc)})
+                    return False
+                log.warning("transient fault, retrying in %.1fs", backoff, extra={"error": str(exc)})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+                continue
+            except PermanentError as exc:
+                if not self._dead_letter(processor, record, exc):
+                    return False
+                outcome = None
+            except Exception as exc:
+                # A bug must not block the partition or lose the message: dead-letter it
+                # (fail closed: nothing was published for it) and keep the traceback.
+                log.exception("unexpected error handling a record; dead-lettering it")
+                if not self._dead_letter(processor, record, exc):
+                    return False
+                outcome = None
+            if self._on_outcome is not None:
+                self._on_outcome(record, outcome)
+            return True
+
+    def _dispatch(self, services: Services, record: Record) -> Outcome:
+        size = len(record.value or b"")
+        if size > self._settings.max_message_bytes:
+            raise MessageTooLargeError(f"message of {size} bytes exceeds the cap of "
+                                       f"{self._settings.max_message_bytes} bytes")
+        if record.topic == self._settings.topics.triggers:
+            return services.processor.handle_trigger(record)
+        return services.processor.handle_intent(record)
+
+    def _dead_letter(self, processor: RunProcessor, record: Record, error: BaseException) -> bool:
+        """DLQ ``record``; False if the worker stopped before the DLQ write was acknowledged."""
+        log.warning("dead-lettering record", extra={
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "error_class": getattr(error, "code", "INTERNAL"),
+        })
+        try:
+            self._retrying(lambda: processor.dead_letter(record, error))
+        except RetryableError:
+            return False
+        return True
+
+    def _retrying(self, action: Callable[[], object]) -> None:
+        """Run ``action`` until it stops raising RetryableError (or the worker stops)."""
+        backoff = RETRY_BACKOFF_START
+        while True:
+            try:
+                action()
+                return
+            except RetryableError as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("transient fault, retrying in %.1fs", backoff, extra={"error": str(exc)})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+
+
+def _names(parts: list[TopicPartition]) -> list[str]:
+    return [f"{p.topic}[{p.partition}]" for p in parts]
