@@ -98,6 +98,7 @@ def _finish(
     bucket: str,
     prefix: str,
     digest: str,
+    *,
     flag: FlagSpec,
     tamper_after_flag: Mapping[str, bytes] | None,
 ) -> None:
@@ -134,7 +135,7 @@ def upload_bundle_gate(
     for rel, body in members.items():
         _put(client, bucket, f"{prefix}/{rel}", body)
     digest = bundle_digest(members)
-    _finish(client, bucket, prefix, digest, flag, tamper_after_flag)
+    _finish(client, bucket, prefix, digest, flag=flag, tamper_after_flag=tamper_after_flag)
     return digest
 
 
@@ -170,7 +171,7 @@ def upload_member_concat_gate(
     if not omit_index:
         _put(client, bucket, f"{prefix}/{INDEX_NAME}", index if index is not None else index_bytes(members, order))
     digest = member_concat_digest_of(members, order)
-    _finish(client, bucket, prefix, digest, flag, tamper_after_flag)
+    _finish(client, bucket, prefix, digest, flag=flag, tamper_after_flag=tamper_after_flag)
     return digest
 
 

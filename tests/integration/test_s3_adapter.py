@@ -74,13 +74,11 @@ def test_racing_creates_exactly_one_wins(store: ObjectStore, bucket: str, s3_pre
         key = f"{s3_prefix}/race-{round_no}.json"
         barrier = threading.Barrier(8)
         results: list[bool] = []
-        lock = threading.Lock()
 
-        def racer(i: int, key: str = key, barrier: threading.Barrier = barrier) -> None:
+        def racer(i: int, key: str = key, barrier: threading.Barrier = barrier,
+                  results: list[bool] = results) -> None:
             barrier.wait()
-            won = store.create(bucket, key, f"writer-{i}".encode())
-            with lock:
-                results.append(won)
+            results.append(store.create(bucket, key, f"writer-{i}".encode()))  # list.append is atomic
 
         threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
         for t in threads:

@@ -244,7 +244,7 @@ def test_foreign_object_in_ledger_is_detected(truth: TruthStore, s3_client: Any)
 
 
 def test_entry_of_another_run_is_refused(truth: TruthStore) -> None:
-    run_id, keys = new_run(truth)
+    _run_id, keys = new_run(truth)
     other_run = uuid.uuid4().hex
     with pytest.raises(IntegrityError):
         truth.append(keys, chain(other_run, 1)[0])

@@ -46,7 +46,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from worker.core.models import RunStatus
 from worker.errors import PermanentError, PostgresError, PostgresUnavailableError, RetryableError
@@ -242,12 +242,13 @@ def execute(
 def retrying(config: PgConfig) -> Retrying:
     """The retry policy for idempotent operations: only :class:`RetryableError`, bounded.
 
-    ``config.max_attempts`` attempts in all; pauses grow exponentially from 50 ms with
-    jitter, each capped at ``config.backoff_max`` seconds. The last error is re-raised.
+    ``config.max_attempts`` attempts in all; pauses are "full jitter" exponential backoff
+    (uniform in [0, 50 ms * 2**n]), each capped at ``config.backoff_max`` seconds. The last
+    error is re-raised.
     """
     return Retrying(
         stop=stop_after_attempt(config.max_attempts),
-        wait=wait_exponential_jitter(initial=_FIRST_BACKOFF, max=config.backoff_max, jitter=_FIRST_BACKOFF),
+        wait=wait_random_exponential(multiplier=_FIRST_BACKOFF, max=config.backoff_max),
         retry=retry_if_exception_type(RetryableError),
         reraise=True,
     )
@@ -692,7 +693,8 @@ class NewPublication:
         """Validate the shape (the schema enforces it too, this just fails earlier and clearer).
 
         Raises:
-            ValueError: unknown kind, or facts_view_hash/event_type inconsistent with it.
+            ValueError: unknown kind, facts_view_hash/event_type inconsistent with it, empty topic.
+            TypeError: payload is not bytes.
         """
         kind = PublicationKind(self.kind)  # ValueError on an unknown kind
         if kind is PublicationKind.STATUS:
@@ -703,7 +705,7 @@ class NewPublication:
             if self.facts_view_hash is None or self.event_type != kind.value:
                 raise ValueError(f"a {kind.value} publication needs facts_view_hash and event_type={kind.value}")
         if not isinstance(self.payload, bytes | bytearray | memoryview):
-            raise ValueError("payload must be bytes")
+            raise TypeError("payload must be bytes")
         if not self.topic:
             raise ValueError("topic must not be empty")
 

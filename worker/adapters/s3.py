@@ -402,6 +402,22 @@ class ObjectStore:
             return False
         return True
 
+    def put(self, bucket: str, key: str, body: bytes) -> None:
+        """Unconditional PUT (overwrites). SR never uses it for truth; evidence producers,
+        the demo and tools do.
+
+        Raises:
+            S3UnavailableError / S3AccessError: see :meth:`create`.
+        """
+        what = f"PUT s3://{bucket}/{key}"
+        data = bytes(body)
+
+        def put() -> None:
+            self.counter.add_bytes(bytes_out=len(data))
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+        self._call("PUT", what, put)
+
     def put_write_once(self, bucket: str, key: str, body: bytes) -> WriteOutcome:
         """Write-once PUT that is idempotent for identical content.
 

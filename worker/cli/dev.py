@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tansu-bin", type=Path, default=None, help="explicit path to the tansu binary")
     p.add_argument("--pg-bin-dir", type=Path, default=None, help="explicit PostgreSQL bin directory")
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for each server")
+    p.add_argument("--demo", action="store_true",
+                   help="also run the worker, seed sample evidence, submit sample intents and print events")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="with --demo: stop once every sample reached its expected outcome")
     p.set_defaults(handler=run_dev)
 
 
@@ -100,6 +104,12 @@ def run_dev(args: argparse.Namespace) -> int:
             print_endpoints(console, stack.endpoints, time.monotonic() - started)
             console.print("[bold green]sr dev ready[/] — Ctrl-C to stop", highlight=False)
             sys.stdout.flush()
+            if args.demo:
+                from worker.cli.demo import run_demo
+
+                ok = run_demo(stack.endpoints, console, shutdown.requested, exit_when_done=args.exit_when_done)
+                if args.exit_when_done:
+                    return 0 if ok else 1
             while not shutdown.requested.wait(0.5):
                 pass
     except KeyboardInterrupt:

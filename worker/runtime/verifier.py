@@ -281,7 +281,7 @@ class EvidenceVerifier:
         listing: dict[str, ObjectMeta] = {}
         for meta in self.store.list(bundle.bucket, list_prefix):
             rel = meta.key[len(list_prefix):]
-            if rel.endswith("/") and meta.size == 0:
+            if meta.size == 0 and (rel == "" or rel.endswith("/")):
                 continue  # directory marker: zero bytes, cannot change the digest
             listing[rel] = meta
         flag_meta = listing.get(FLAG_NAME)

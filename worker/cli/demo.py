@@ -1,0 +1,127 @@
+"""The guided demo of ``sr dev --demo``: worker + sample evidence + sample intents + live events."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.embedded.stack import Endpoints
+
+# What each sample must end as (DESIGN.md §3–§4).
+EXPECTED = Counter({"READY": 1, "WAITING": 1, "QUARANTINED": 1, "REJECTED": 1, "DLQ": 1})
+
+
+def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_when_done: bool,
+             timeout: float = 120.0) -> bool:
+    """Run the worker in-process on ``eps``, feed the samples, print events as they arrive.
+
+    Returns True when every sample reached its expected outcome within ``timeout`` seconds.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from worker.adapters.avro import AvroCodec
+    from worker.adapters.kafka import EventProducer
+    from worker.adapters.postgres import migrate
+    from worker.adapters.s3 import ObjectStore
+    from worker.core.identity import run_id_of
+    from worker.core.models import parse_intent
+    from worker.demo import SAMPLES, example_policy_path, load_sample, seed_example_evidence
+    from worker.logs import configure_logging
+    from worker.runtime.worker import Worker, kafka_config, load_policy_file, s3_config
+    from worker.settings import load_settings
+
+    configure_logging("WARNING")
+    settings = load_settings(
+        None, {},
+        kafka_bootstrap=eps.kafka_bootstrap, pg_dsn=eps.pg_dsn, s3_endpoint=eps.s3_endpoint,
+        s3_bucket=eps.s3_bucket, aws_access_key_id=eps.s3_access_key, aws_secret_access_key=eps.s3_secret_key,
+        s3_region=eps.s3_region, policy_file=example_policy_path(), session_timeout=6.0, poll_timeout=0.2,
+        group_id=f"sr-demo-{uuid.uuid4().hex[:6]}",
+    )
+    migrate(settings.pg_dsn.get_secret_value())
+    codec = AvroCodec()
+    intents = {name: parse_intent(load_sample(name)) for name in SAMPLES}
+    with ObjectStore(s3_config(settings)) as store:
+        seed_example_evidence(store, intents["complete"].evidence_root)
+        seed_example_evidence(store, intents["tampered"].evidence_root, tamper=True)
+    console.print("seeded sample evidence (complete, tampered; none for waiting)", highlight=False)
+
+    worker = Worker(settings, load_policy_file(settings.policy_file))
+    thread = threading.Thread(target=worker.run, name="sr-demo-worker", daemon=True)
+    thread.start()
+    seen: Counter[str] = Counter()
+    topics = settings.topics
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"demo-reader-{uuid.uuid4().hex}",
+                       "enable.auto.commit": False})
+    try:
+        md = reader.list_topics(timeout=10)
+        reader.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                       for t in (topics.ready, topics.status, topics.dlq) for p in md.topics[t].partitions])
+        if not worker.ready.wait(60):
+            console.print("[red]worker did not start[/]")
+            return False
+        with EventProducer(kafka_config(settings)) as producer:
+            for name in SAMPLES:
+                intent = intents[name]
+                producer.send_and_wait(topics.intents, key=run_id_of(intent).encode(),
+                                       value=codec.encode_intent(intent))
+                console.print(f"submitted [cyan]{name:<9}[/] run_id={run_id_of(intent)}", highlight=False)
+                if name == "tampered":
+                    # Let the original run commit before its duplicate and collision arrive.
+                    _drain(reader, codec, console, seen, stop, until=lambda: seen["READY"] >= 1, timeout=30)
+        deadline = time.monotonic() + timeout
+        done = _drain(reader, codec, console, seen, stop,
+                      until=lambda: all(seen[k] >= v for k, v in EXPECTED.items()),
+                      timeout=max(0.0, deadline - time.monotonic()))
+        table = Table("outcome", "expected", "seen", title="demo summary")
+        for key, want in EXPECTED.items():
+            table.add_row(key, str(want), str(seen[key]))
+        console.print(table)
+        if not exit_when_done and not stop.is_set():
+            console.print("worker keeps running; submit more with `sr submit` (Ctrl-C to stop)", highlight=False)
+            while not stop.wait(0.3):
+                _drain(reader, codec, console, seen, stop, until=lambda: False, timeout=0.3)
+        return done
+    finally:
+        reader.close()
+        worker.stop()
+        thread.join(60)
+
+
+def _drain(reader: Any, codec: Any, console: Console, seen: Counter[str], stop: threading.Event, *,
+           until: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not until():
+        if stop.is_set() or time.monotonic() > deadline:
+            return bool(until())
+        for msg in reader.consume(100, 0.2):
+            if msg.error() is not None:
+                continue
+            _print_event(msg, codec, console, seen)
+    return True
+
+
+def _print_event(msg: Any, codec: Any, console: Console, seen: Counter[str]) -> None:
+    topic = msg.topic()
+    if topic.endswith("dlq"):
+        headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or [])}
+        seen["DLQ"] += 1
+        console.print(f"[magenta]DLQ[/]        class={headers.get('sr-error-class')} "
+                      f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False)
+        return
+    record, datum = codec.decode(msg.value())
+    if record.endswith("ReadyEvent"):
+        seen[datum["event_type"]] += 1
+        console.print(f"[bold green]{datum['event_type']:<10}[/] run_id={datum['run_id']} "
+                      f"facts_view_hash={datum['facts_view_hash'][:16]}… uri={datum['facts_view_uri']}",
+                      highlight=False)
+    else:
+        seen[datum["status"]] += 1
+        console.print(f"[yellow]{datum['status']:<10}[/] run_id={datum['run_id']} reason={datum['reason_code']}",
+                      highlight=False)
