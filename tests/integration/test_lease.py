@@ -306,3 +306,18 @@ def test_closing_the_manager_frees_every_lock(config: PgConfig, run_id: str, pg_
     while advisory_locks(pg_dsn) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert advisory_locks(pg_dsn) == 0
+
+
+def test_a_dropped_lease_does_not_pin_its_lock(leases: LeaseManager, run_id: str, pg_dsn: str) -> None:
+    import gc
+
+    lease = leases.acquire(run_id)
+    assert advisory_locks(pg_dsn) == 1
+    del lease
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while advisory_locks(pg_dsn) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert advisory_locks(pg_dsn) == 0
+    with leases.acquire(run_id) as again:
+        assert again.epoch == 2

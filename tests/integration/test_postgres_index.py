@@ -280,7 +280,8 @@ def test_publications_outbox_and_mark_published(index: RunIndex, pg_dsn: str, co
     index.admit(run)
     fvh = hex64("facts")
     ready = NewPublication.ready(run.run_id, fvh, "READY", topic="sr.ready", payload=b"\xc3\x01ready",
-                                 msg_key=run.run_id.encode(), headers={"sr-idempotency-key": f"{run.run_id}:{fvh}:READY"})
+                                 msg_key=run.run_id.encode(),
+                                 headers={"sr-idempotency-key": f"{run.run_id}:{fvh}:READY"})
     status = NewPublication.status_event(run.run_id, 0, "WAITING", topic="sr.run-status", payload=b"waiting")
     assert ready.pub_key == f"{run.run_id}:{fvh}:READY"
     assert status.pub_key == f"{run.run_id}:status:0:WAITING"

@@ -52,6 +52,7 @@ from worker.core.models import RunStatus
 from worker.errors import PermanentError, PostgresError, PostgresUnavailableError, RetryableError
 
 __all__ = [
+    "MIGRATION_LOCK_KEY",
     "Admission",
     "AdmissionOutcome",
     "Connection",
@@ -67,10 +68,12 @@ __all__ = [
     "RoundTripCounter",
     "RunIndex",
     "RunRow",
+    "connect",
     "execute",
     "load_migrations",
     "load_queries",
     "migrate",
+    "publication_params",
     "query",
     "retrying",
 ]
@@ -532,7 +535,8 @@ def migrate(dsn: str, *, migrations: Sequence[Migration] | None = None, connect_
     Args:
         dsn: libpq connection string of the target database.
         migrations: override the packaged migrations (tests).
-        connect_timeout: seconds to wait for the connection.
+        connect_timeout: seconds to wait for the connection (connecting is retried with the
+            default bounded backoff; applying is not).
 
     Raises:
         MigrationError: an already-applied migration file was changed.
@@ -542,7 +546,7 @@ def migrate(dsn: str, *, migrations: Sequence[Migration] | None = None, connect_
     todo = list(migrations) if migrations is not None else load_migrations()
     config = PgConfig(dsn=SecretStr(dsn), connect_timeout=connect_timeout)
     applied: list[str] = []
-    conn = connect(config, autocommit=True, with_statement_timeout=False)
+    conn = retrying(config)(connect, config, autocommit=True, with_statement_timeout=False)
     try:
         with conn.transaction():
             conn.execute(_LOCK_SQL, {"key": MIGRATION_LOCK_KEY})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
@@ -160,6 +161,8 @@ class Lease:
         self._counter = counter
         self._backend_pid = conn.info.backend_pid
         self._lost_reason: str | None = None
+        # A lease dropped without release() must not pin its lock (and pool slot) forever.
+        self._finalizer = weakref.finalize(self, pool.discard, conn)
 
     @property
     def run_id(self) -> str:
@@ -204,6 +207,7 @@ class Lease:
         conn, self._conn = self._conn, None
         self._lost_reason = reason
         if conn is not None:
+            self._finalizer.detach()
             self._pool.discard(conn)
 
     # ------------------------------------------------------------------ writes
@@ -299,6 +303,7 @@ class Lease:
             return
         self._conn = None
         self._lost_reason = "released"
+        self._finalizer.detach()
         try:
             rows = execute(conn, query("release_lease"), {"lock_key": self._lock_key}, self._counter)
         except PostgresError:
