@@ -36,7 +36,7 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     from worker.runtime.worker import Worker, kafka_config, load_policy_file, s3_config
     from worker.settings import load_settings
 
-    configure_logging("WARNING")
+    configure_logging("ERROR")
     settings = load_settings(
         None, {},
         kafka_bootstrap=eps.kafka_bootstrap, pg_dsn=eps.pg_dsn, s3_endpoint=eps.s3_endpoint,
@@ -113,14 +113,14 @@ def _print_event(msg: Any, codec: Any, console: Console, seen: Counter[str]) -> 
         headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or [])}
         seen["DLQ"] += 1
         console.print(f"[magenta]DLQ[/]        class={headers.get('sr-error-class')} "
-                      f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False)
+                      f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False, soft_wrap=True)
         return
     record, datum = codec.decode(msg.value())
     if record.endswith("ReadyEvent"):
         seen[datum["event_type"]] += 1
         console.print(f"[bold green]{datum['event_type']:<10}[/] run_id={datum['run_id']} "
                       f"facts_view_hash={datum['facts_view_hash'][:16]}… uri={datum['facts_view_uri']}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     else:
         seen[datum["status"]] += 1
         console.print(f"[yellow]{datum['status']:<10}[/] run_id={datum['run_id']} reason={datum['reason_code']}",

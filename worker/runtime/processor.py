@@ -234,11 +234,15 @@ class RunProcessor:
               log: RunLogger) -> Outcome:
         intent = RunIntent.from_avro(row.intent)
         keys = run_keys(self._prefix, intent.tenant_id, intent.namespace, row.run_id)
+        if row.status in _FINAL and trigger is None:
+            # Nothing to decide again; finish any publication a crash left behind. The index
+            # row was written after the ledger entry, so no S3 read is needed to know this.
+            self._republish_pending(row.run_id, log)
+            return Outcome(Action.UNCHANGED, row.run_id, row.status.value)
         entries: tuple[LedgerEntry, ...] = () if fresh or row.ledger_seq < 0 else self._truth.read_ledger(keys)
         status = derive_state(entries).status if entries else RunStatus.ADMITTED
 
         if status in _FINAL:
-            # Nothing to decide again; finish any publication a crash left behind.
             self._republish_pending(row.run_id, log)
             if trigger is not None:
                 entries = self._record_trigger(lease, keys, entries, trigger)
@@ -246,7 +250,13 @@ class RunProcessor:
         if trigger is not None:
             entries = self._record_trigger(lease, keys, entries, trigger)
 
-        plan = self._plan_for(intent, row, keys)
+        try:
+            plan = self._plan_for(intent, row, keys)
+        except EvidenceError as exc:
+            # E.g. an output the policy does not know: the run cannot ever be planned.
+            failed = ClassificationResult(classification=Classification.FAILED, reason_code=exc.code,
+                                          detail=str(exc))
+            return self._commit_status(lease, intent, None, failed, keys, entries, status, log)
         p_hash = plan_hash(plan)
         results = self._verifier.verify_plan(plan)
         verdict = classify(results, deadline=intent.deadline, now=self._clock())
@@ -332,7 +342,7 @@ class RunProcessor:
         self,
         lease: Lease,
         intent: RunIntent,
-        p_hash: str,
+        p_hash: str | None,
         verdict: ClassificationResult,
         keys: RunKeys,
         entries: tuple[LedgerEntry, ...],

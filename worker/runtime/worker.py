@@ -36,7 +36,14 @@ from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig, Re
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.core.policy import Policy, load_policy
-from worker.errors import ConfigError, MessageTooLargeError, PermanentError, RetryableError
+from worker.errors import (
+    ConfigError,
+    LeaseLostError,
+    MessageTooLargeError,
+    PermanentError,
+    RetryableError,
+    StaleEpochError,
+)
 from worker.runtime.lease import LeaseManager
 from worker.runtime.processor import Outcome, RunProcessor, Topics
 from worker.runtime.publisher import Publisher
@@ -217,7 +224,9 @@ class Worker:
                         self._retrying(services.processor.flush_outbox)
                         last_sweep = time.monotonic()
                 consumer.commit()
-        log.info("worker stopped")
+            # The real cost of the work done, for operators and the cost tests.
+            log.info("worker stopped", extra={"s3_requests": services.store.counter.snapshot(),
+                                              "pg_round_trips": services.pg_counter.snapshot()})
 
     def _process_batch(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
                        records: list[Record]) -> None:
@@ -239,7 +248,9 @@ class Worker:
         while True:
             try:
                 outcome = self._dispatch(services, record)
-            except RetryableError as exc:
+            except (RetryableError, LeaseLostError, StaleEpochError) as exc:
+                # A lost/fenced lease means another worker owns the run now: handling the record
+                # again re-reads the index and sees what that worker did (never a DLQ case).
                 if self._stop.is_set():
                     log.warning("stopping with a record unfinished; it will be re-driven",
                                 extra={"topic": record.topic, "partition": record.partition,
