@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from tests.evidence_fixtures import bundle_digest, member_concat_digest_of
 from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
 from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic, replace_intent, submit
-from tests.evidence_fixtures import bundle_digest, member_concat_digest_of
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.core.identity import run_id_of
 from worker.core.keys import parse_s3_uri, run_keys

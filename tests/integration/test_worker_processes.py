@@ -78,7 +78,8 @@ def _committed_all(env: SREnv, total: int) -> bool:
     consumer = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": env.settings.group_id})
     try:
         md = consumer.list_topics(env.settings.topics.intents, timeout=10)
-        parts = [TopicPartition(env.settings.topics.intents, p) for p in md.topics[env.settings.topics.intents].partitions]
+        topic = env.settings.topics.intents
+        parts = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
         committed = consumer.committed(parts, timeout=10)
         return sum(max(tp.offset, 0) for tp in committed) >= total
     finally:

@@ -27,31 +27,14 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
 
     from worker.adapters.avro import AvroCodec
     from worker.adapters.kafka import EventProducer
-    from worker.adapters.postgres import migrate
-    from worker.adapters.s3 import ObjectStore
     from worker.core.identity import run_id_of
-    from worker.core.models import parse_intent
-    from worker.demo import SAMPLES, example_policy_path, load_sample, seed_example_evidence
+    from worker.demo import SAMPLES
     from worker.logs import configure_logging
-    from worker.runtime.worker import Worker, kafka_config, load_policy_file, s3_config
-    from worker.settings import load_settings
+    from worker.runtime.worker import Worker, kafka_config, load_policy_file
 
     configure_logging("ERROR")
-    settings = load_settings(
-        None, {},
-        kafka_bootstrap=eps.kafka_bootstrap, pg_dsn=eps.pg_dsn, s3_endpoint=eps.s3_endpoint,
-        s3_bucket=eps.s3_bucket, aws_access_key_id=eps.s3_access_key, aws_secret_access_key=eps.s3_secret_key,
-        s3_region=eps.s3_region, policy_file=example_policy_path(), session_timeout=6.0, poll_timeout=0.2,
-        group_id=f"sr-demo-{uuid.uuid4().hex[:6]}",
-    )
-    migrate(settings.pg_dsn.get_secret_value())
+    settings, intents = _prepare(eps, console)
     codec = AvroCodec()
-    intents = {name: parse_intent(load_sample(name)) for name in SAMPLES}
-    with ObjectStore(s3_config(settings)) as store:
-        seed_example_evidence(store, intents["complete"].evidence_root)
-        seed_example_evidence(store, intents["tampered"].evidence_root, tamper=True)
-    console.print("seeded sample evidence (complete, tampered; none for waiting)", highlight=False)
-
     worker = Worker(settings, load_policy_file(settings.policy_file))
     thread = threading.Thread(target=worker.run, name="sr-demo-worker", daemon=True)
     thread.start()
@@ -92,6 +75,31 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
         reader.close()
         worker.stop()
         thread.join(60)
+
+
+def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
+    """Settings for the embedded endpoints, migrated database, seeded evidence, parsed samples."""
+    from worker.adapters.postgres import migrate
+    from worker.adapters.s3 import ObjectStore
+    from worker.core.models import parse_intent
+    from worker.demo import SAMPLES, example_policy_path, load_sample, seed_example_evidence
+    from worker.runtime.worker import s3_config
+    from worker.settings import load_settings
+
+    settings = load_settings(
+        None, {},
+        kafka_bootstrap=eps.kafka_bootstrap, pg_dsn=eps.pg_dsn, s3_endpoint=eps.s3_endpoint,
+        s3_bucket=eps.s3_bucket, aws_access_key_id=eps.s3_access_key, aws_secret_access_key=eps.s3_secret_key,
+        s3_region=eps.s3_region, policy_file=example_policy_path(), session_timeout=6.0, poll_timeout=0.2,
+        group_id=f"sr-demo-{uuid.uuid4().hex[:6]}",
+    )
+    migrate(settings.pg_dsn.get_secret_value())
+    intents = {name: parse_intent(load_sample(name)) for name in SAMPLES}
+    with ObjectStore(s3_config(settings)) as store:
+        seed_example_evidence(store, intents["complete"].evidence_root)
+        seed_example_evidence(store, intents["tampered"].evidence_root, tamper=True)
+    console.print("seeded sample evidence (complete, tampered; none for waiting)", highlight=False)
+    return settings, intents
 
 
 def _drain(reader: Any, codec: Any, console: Console, seen: Counter[str], stop: threading.Event, *,

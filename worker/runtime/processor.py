@@ -161,7 +161,8 @@ class RunProcessor:
             )
         except EvidenceRootForbiddenError as exc:
             # Rejected before any evidence read and before a run exists.
-            self._reject(record, intent, run_id, exc.code, str(exc), exc, log)
+            self._reject(record=record, intent=intent, run_id=run_id, reason_code=exc.code, detail=str(exc),
+                         error=exc, log=log)
             return Outcome(Action.REJECTED, run_id, exc.code)
         admission = self._index.admit(NewRun(
             run_id=run_id,
@@ -177,7 +178,8 @@ class RunProcessor:
         if admission.outcome is AdmissionOutcome.COLLISION:
             detail = (f"run {run_id} exists with a different intent fingerprint; "
                       "the existing run is left untouched")
-            self._reject(record, intent, run_id, "EQUIV_KEY_COLLISION", detail, None, log)
+            self._reject(record=record, intent=intent, run_id=run_id, reason_code="EQUIV_KEY_COLLISION",
+                         detail=detail, error=None, log=log)
             return Outcome(Action.REJECTED, run_id, "EQUIV_KEY_COLLISION")
         if admission.outcome is AdmissionOutcome.DUPLICATE:
             return self._on_duplicate(admission, log)
@@ -256,13 +258,16 @@ class RunProcessor:
             # E.g. an output the policy does not know: the run cannot ever be planned.
             failed = ClassificationResult(classification=Classification.FAILED, reason_code=exc.code,
                                           detail=str(exc))
-            return self._commit_status(lease, intent, None, failed, keys, entries, status, log)
+            return self._commit_status(lease=lease, intent=intent, p_hash=None, verdict=failed, keys=keys,
+                                       entries=entries, current=status, log=log)
         p_hash = plan_hash(plan)
         results = self._verifier.verify_plan(plan)
         verdict = classify(results, deadline=intent.deadline, now=self._clock())
         if verdict.classification is Classification.COMPLETE:
-            return self._commit_ready(lease, intent, plan, p_hash, results, keys, entries, log)
-        return self._commit_status(lease, intent, p_hash, verdict, keys, entries, status, log)
+            return self._commit_ready(lease=lease, intent=intent, plan=plan, p_hash=p_hash, results=results,
+                                      keys=keys, entries=entries, log=log)
+        return self._commit_status(lease=lease, intent=intent, p_hash=p_hash, verdict=verdict, keys=keys,
+                                   entries=entries, current=status, log=log)
 
     def _plan_for(self, intent: RunIntent, row: RunRow, keys: RunKeys) -> Plan:
         """The run's plan: built once, written once; later steps use the stored one."""
@@ -282,6 +287,7 @@ class RunProcessor:
 
     def _commit_ready(
         self,
+        *,
         lease: Lease,
         intent: RunIntent,
         plan: Plan,
@@ -340,6 +346,7 @@ class RunProcessor:
 
     def _commit_status(
         self,
+        *,
         lease: Lease,
         intent: RunIntent,
         p_hash: str | None,
@@ -481,6 +488,7 @@ class RunProcessor:
 
     def _reject(
         self,
+        *,
         record: Record,
         intent: RunIntent,
         run_id: str,
@@ -501,11 +509,11 @@ class RunProcessor:
             emitted_at=self._clock(),
         )
         self._publisher.send_status(self._topics.status, run_id, self._codec.encode_status(event))
-        self._publisher.dead_letter(record, error or _Rejection(reason_code, detail))
+        self._publisher.dead_letter(record, error or _RejectionError(reason_code, detail))
         log.warning("intent REJECTED", extra={"reason_code": reason_code})
 
 
-class _Rejection(PermanentError):
+class _RejectionError(PermanentError):
     """Carries a rejection reason code into the DLQ headers."""
 
     def __init__(self, code: str, detail: str) -> None:
