@@ -71,11 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- submit
 def cmd_submit(args: argparse.Namespace) -> int:
     """Encode JSON intents to Avro and produce them (keyed by run_id); prints run ids."""
-    from worker.adapters.avro import AvroCodec
     from worker.adapters.kafka import EventProducer
     from worker.core.identity import run_id_of
     from worker.core.models import parse_intent
-    from worker.runtime.worker import kafka_config
+    from worker.runtime.worker import kafka_config, make_codec
 
     settings = _settings(args)
     raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -84,14 +83,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise InputError(f"intent file is not JSON: {exc}") from exc
     items = doc if isinstance(doc, list) else [doc]
-    codec = AvroCodec(max_message_bytes=settings.max_message_bytes)
+    codec = make_codec(settings)
+    subject = f"{settings.topics.intents}-value"
     intents = [parse_intent(item) for item in items]
     with EventProducer(kafka_config(settings)) as producer:
         futures = []
         for intent in intents:
             run_id = run_id_of(intent)
             futures.append((run_id, producer.send(settings.topics.intents, key=run_id.encode(),
-                                                  value=codec.encode_intent(intent))))
+                                                  value=codec.encode_intent(intent, subject=subject))))
         for run_id, fut in futures:
             where = fut.result(60)
             print(json.dumps({"run_id": run_id, "topic": where.topic, "partition": where.partition,

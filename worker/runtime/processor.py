@@ -329,7 +329,7 @@ class RunProcessor:
             event_type=EventType.READY.value,
             topic=self._topics.ready,
             msg_key=event.run_id.encode(),
-            payload=self._codec.encode_ready(event),
+            payload=self._codec.encode_ready(event, subject=f"{self._topics.ready}-value"),
             headers={IDEMPOTENCY_HEADER: event.idempotency_key},
         )
         stored = lease.advance(
@@ -385,7 +385,7 @@ class RunProcessor:
             event_type=None,
             topic=self._topics.status,
             msg_key=lease.run_id.encode(),
-            payload=self._codec.encode_status(event),
+            payload=self._codec.encode_status(event, subject=f"{self._topics.status}-value"),
             headers={IDEMPOTENCY_HEADER: f"{lease.run_id}:status:{entry.seq}:{status.value}"},
         )
         stored = lease.advance(
@@ -508,7 +508,8 @@ class RunProcessor:
             scenario_id=intent.scenario_id,
             emitted_at=self._clock(),
         )
-        self._publisher.send_status(self._topics.status, run_id, self._codec.encode_status(event))
+        self._publisher.send_status(self._topics.status, run_id,
+                                    self._codec.encode_status(event, subject=f"{self._topics.status}-value"))
         self._publisher.dead_letter(record, error or _RejectionError(reason_code, detail))
         log.warning("intent REJECTED", extra={"reason_code": reason_code})
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
-from worker.adapters.avro import AvroCodec
+from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
 from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig, Record
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.s3 import ObjectStore, S3Config
@@ -100,6 +100,12 @@ def pg_config(settings: Settings) -> PgConfig:
     return PgConfig(dsn=settings.pg_dsn, pool_size=settings.pg_pool_size)
 
 
+def make_codec(settings: Settings) -> AvroCodec:
+    """The Avro codec: single-object encoding, or the Confluent wire format with a registry."""
+    registry = HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    return AvroCodec(registry=registry, max_message_bytes=settings.max_message_bytes)
+
+
 @dataclass
 class Services:
     """The open clients a processor runs on (also used by CLI commands)."""
@@ -119,7 +125,7 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
     """Open every client SR needs, in dependency order; close them in reverse."""
     if migrate_db:
         migrate(settings.pg_dsn.get_secret_value())
-    codec = AvroCodec(max_message_bytes=settings.max_message_bytes)
+    codec = make_codec(settings)
     counter = RoundTripCounter()
     with ExitStack() as stack:
         store = stack.enter_context(ObjectStore(s3_config(settings)))
