@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
 
+    # test-only fault injection (the reliability kill matrix); never set in production
+    test_crash_point: str | None = None
+    test_crash_after: int = 1
+
     @field_validator("tenant_evidence_prefixes", mode="before")
     @classmethod
     def _json_prefixes(cls, value: object) -> object:

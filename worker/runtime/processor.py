@@ -51,6 +51,7 @@ from worker.errors import (
     RunNotFoundError,
 )
 from worker.logs import RunLogger, run_logger
+from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
 from worker.runtime.lease import Lease, LeaseManager
 from worker.runtime.publisher import IDEMPOTENCY_HEADER, Publisher
 from worker.runtime.truth import AppendStatus, TruthStore
@@ -126,7 +127,9 @@ class RunProcessor:
         recheck_interval: float = 30.0,
         lease_wait: float = 0.0,
         clock: Callable[[], datetime] = utcnow,
+        crash_points: CrashPoints = INERT,
     ) -> None:
+        self._crash = crash_points
         self._policy = policy
         self._codec = codec
         self._index = index
@@ -280,6 +283,7 @@ class RunProcessor:
         p_hash = plan_hash(plan)
         if row.plan_hash is None:
             self._truth.write_plan(keys, plan_bytes(plan))
+            self._crash.hit(CrashPoint.AFTER_PLAN_WRITE)
         elif row.plan_hash != p_hash:
             # The policy changed since admission: the run keeps the plan it was admitted with.
             plan = self._truth.read_plan(keys, row.plan_hash)
@@ -301,13 +305,15 @@ class RunProcessor:
         view_bytes = facts_view_bytes(view)
         fv_hash = facts_view_hash(view)
         self._truth.write_facts_view(keys, view_bytes)
+        self._crash.hit(CrashPoint.AFTER_FACTS_WRITE)
         facts_uri = f"s3://{self._bucket}/{keys.facts(fv_hash)}"
         entry = self._append(lease, keys, entries, LedgerKind.READY, {
             "plan_hash": p_hash,
             "facts_view_hash": fv_hash,
             "facts_view_uri": facts_uri,
             "policy_rev": plan.policy_rev,
-        })
+        }, intent=intent)
+        self._crash.hit(CrashPoint.AFTER_LEDGER_READY)
         event = ReadyEvent(
             event_type=EventType.READY,
             run_id=plan.run_id,
@@ -367,7 +373,7 @@ class RunProcessor:
             "plan_hash": p_hash,
             "reason_code": verdict.reason_code,
             "detail": verdict.detail,
-        })
+        }, intent=intent)
         event = RunStatusEvent(
             run_id=lease.run_id,
             status=StatusEventStatus(status.value),
@@ -409,14 +415,21 @@ class RunProcessor:
         entries: tuple[LedgerEntry, ...],
         kind: LedgerKind,
         body: dict[str, Any],
+        *,
+        intent: RunIntent | None = None,
     ) -> LedgerEntry:
         """Append one entry; on a lost seq race, re-read and adopt an identical decision.
+
+        The first entry of a run also records the admitted intent, so S3 alone is enough to
+        rebuild the index (``sr index rebuild``) or export a runpack.
 
         Raises:
             IntegrityError: someone else wrote a *different* decision at that seq (we were
                 fenced or raced): never overwrite; the next re-drive re-evaluates.
         """
         previous = entries[-1] if entries else None
+        if previous is None and intent is not None:
+            body = {**body, "intent": intent.to_avro()}
         entry = next_entry(lease.run_id, previous, kind=kind, at_ms=millis(self._clock()),
                            lease_epoch=lease.epoch, body=body)
         result = self._truth.append(keys, entry)

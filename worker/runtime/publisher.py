@@ -14,6 +14,7 @@ from typing import Protocol
 
 from worker.adapters.kafka import Delivered, EventProducer, Record
 from worker.errors import SRError
+from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
 
 log = logging.getLogger("sr.publisher")
 
@@ -47,7 +48,9 @@ class PublishedSink(Protocol):
 class Publisher:
     """Produces stored publications and dead-letters poison messages."""
 
-    def __init__(self, producer: EventProducer, sink: PublishedSink, *, dlq_topic: str) -> None:
+    def __init__(self, producer: EventProducer, sink: PublishedSink, *, dlq_topic: str,
+                 crash_points: CrashPoints = INERT) -> None:
+        self._crash = crash_points
         self._producer = producer
         self._sink = sink
         self._dlq_topic = dlq_topic
@@ -71,6 +74,7 @@ class Publisher:
         delivered: list[Delivered] = []
         for pub, fut in zip(publications, futures, strict=True):
             where = fut.result()
+            self._crash.hit(CrashPoint.AFTER_PRODUCE_BEFORE_MARK)
             self._sink.mark_published(pub.pub_key, where.partition, where.offset)
             delivered.append(where)
         return delivered

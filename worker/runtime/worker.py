@@ -44,6 +44,7 @@ from worker.errors import (
     RetryableError,
     StaleEpochError,
 )
+from worker.runtime.crashpoints import CrashPoint, CrashPoints
 from worker.runtime.lease import LeaseManager
 from worker.runtime.processor import Outcome, RunProcessor, Topics
 from worker.runtime.publisher import Publisher
@@ -118,6 +119,7 @@ class Services:
     producer: EventProducer
     processor: RunProcessor
     pg_counter: RoundTripCounter
+    crash: CrashPoints
 
 
 @contextmanager
@@ -127,6 +129,7 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
         migrate(settings.pg_dsn.get_secret_value())
     codec = make_codec(settings)
     counter = RoundTripCounter()
+    crash = CrashPoints(settings.test_crash_point, settings.test_crash_after)
     with ExitStack() as stack:
         store = stack.enter_context(ObjectStore(s3_config(settings)))
         index = stack.enter_context(RunIndex(pg_config(settings), counter))
@@ -143,15 +146,16 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
             leases=leases,
             truth=TruthStore(store, settings.s3_bucket, settings.s3_prefix),
             verifier=verifier,
-            publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq),
+            publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash),
             topics=Topics(ready=settings.topics.ready, status=settings.topics.status),
             s3_bucket=settings.s3_bucket,
             s3_prefix=settings.s3_prefix,
             tenant_prefixes=settings.tenant_evidence_prefixes,
             recheck_interval=settings.recheck_interval,
             lease_wait=settings.lease_wait,
+            crash_points=crash,
         )
-        yield Services(settings, codec, store, index, leases, producer, processor, counter)
+        yield Services(settings, codec, store, index, leases, producer, processor, counter, crash)
 
 
 @dataclass
@@ -245,6 +249,7 @@ class Worker:
                 tracker.finish(record)
         for topic, partition, next_offset in tracker.committable():
             consumer.store(topic, partition, next_offset)
+        services.crash.hit(CrashPoint.BEFORE_OFFSET_COMMIT)
         consumer.commit()
 
     def _handle(self, services: Services, record: Record) -> bool:
