@@ -288,3 +288,15 @@ class RunNotFoundError(PostgresError, PermanentError):
     """The run id is not in the index (a lease or trigger named a run SR never admitted)."""
 
     code = "RUN_NOT_FOUND"
+
+
+class HealthServerError(PermanentError):
+    """The worker's health/metrics HTTP server could not be started (e.g. port in use)."""
+
+    code = "HEALTH_SERVER_ERROR"
+
+
+class NotReadyError(RetryableError):
+    """A component has not finished starting (a readiness check that will pass later)."""
+
+    code = "NOT_READY"

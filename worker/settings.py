@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     poll_timeout: float = 0.5
     lease_wait: float = 0.0
     recheck_interval: float = 30.0
+    sweep_interval: float = 5.0
+    stale_admitted_after: float = 120.0
     http_host: str = "127.0.0.1"
     http_port: int = 0
 

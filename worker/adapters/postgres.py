@@ -30,6 +30,7 @@ import queue
 import re
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -125,11 +126,25 @@ class PgConfig(BaseModel):
 
 
 class RoundTripCounter:
-    """Thread-safe count of statements sent to Postgres (each statement = one round trip)."""
+    """Thread-safe count of statements sent to Postgres (each statement = one round trip).
 
-    def __init__(self) -> None:
+    Args:
+        on_query: optional observer called by :func:`execute` after every statement (success
+            or failure) with its duration in **seconds** — the hook for a latency histogram.
+            It runs on the calling thread, so it must be fast and must not raise. It may also
+            be set later through the :attr:`on_query` attribute.
+    """
+
+    def __init__(self, on_query: Callable[[float], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._count = 0
+        self.on_query = on_query
+
+    def observe(self, seconds: float) -> None:
+        """Report one statement's duration (seconds) to :attr:`on_query`, if set."""
+        hook = self.on_query
+        if hook is not None:
+            hook(seconds)
 
     def add(self, n: int = 1) -> None:
         """Count ``n`` more round trips."""
@@ -223,6 +238,9 @@ def execute(
 ) -> list[dict[str, Any]]:
     """Send one statement (one round trip) and return its rows as dicts.
 
+    With a ``counter``, the statement is counted before it is sent and its duration (seconds,
+    including fetching the rows) is reported to ``counter.on_query`` afterwards.
+
     Raises:
         PostgresUnavailableError: the connection failed or was lost, or the statement was
             cancelled (statement timeout, lock timeout, serialization failure).
@@ -230,6 +248,7 @@ def execute(
     """
     if counter is not None:
         counter.add()
+    started = time.perf_counter()
     try:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(q.sql, params)
@@ -240,6 +259,9 @@ def execute(
         raise PostgresUnavailableError(f"{q.name}: {_describe(exc)}") from exc
     except psycopg.Error as exc:
         raise PostgresError(f"{q.name}: {_describe(exc)}") from exc
+    finally:
+        if counter is not None:
+            counter.observe(time.perf_counter() - started)
 
 
 def retrying(config: PgConfig) -> Retrying:
@@ -921,8 +943,25 @@ class RunIndex:
         })
         return [RunRow.from_record(r) for r in rows]
 
-    def due_for_check(self, now: datetime, limit: int = 100) -> list[RunRow]:
-        """WAITING runs whose ``next_check_at`` or ``deadline`` is at or before ``now``; one round trip.
+    def count_by_status(self) -> dict[str, int]:
+        """How many runs the index holds in each status; one round trip (a single GROUP BY).
+
+        Returns:
+            status -> number of runs; statuses with no run are absent.
+
+        Raises:
+            PostgresUnavailableError: Postgres stayed unavailable for every attempt.
+            PostgresError: a database error.
+        """
+        rows = self._run("count_by_status", {})
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def due_for_check(self, now: datetime, limit: int = 100, *, stale_before: datetime | None = None) -> list[RunRow]:
+        """Runs to look at again; one round trip.
+
+        WAITING runs whose ``next_check_at`` or ``deadline`` is at or before ``now``, and — when
+        ``stale_before`` is given — ADMITTED runs not touched since then (a worker died
+        mid-step and no message will re-drive them).
 
         Raises:
             ValueError: ``limit`` out of range.
@@ -930,7 +969,7 @@ class RunIndex:
             PostgresError: a database error.
         """
         self._check_limit(limit)
-        rows = self._run("due_for_check", {"now": now, "limit": limit})
+        rows = self._run("due_for_check", {"now": now, "limit": limit, "stale_before": stale_before})
         return [RunRow.from_record(r) for r in rows]
 
     # ------------------------------------------------------------------ publications
@@ -942,6 +981,16 @@ class RunIndex:
             PostgresError: a database error.
         """
         return [Publication.from_record(r) for r in self._run("run_publications", {"run_id": run_id})]
+
+    def publication(self, pub_key: str) -> Publication | None:
+        """The stored publication with ``pub_key``, if any; one round trip.
+
+        Raises:
+            PostgresUnavailableError: Postgres stayed unavailable for every attempt.
+            PostgresError: a database error.
+        """
+        rows = self._run("publication_by_key", {"pub_key": pub_key})
+        return Publication.from_record(rows[0]) if rows else None
 
     def pending_publications(self, run_id: str) -> list[Publication]:
         """The run's not-yet-published publications, oldest first; one round trip.

@@ -555,6 +555,32 @@ class ObjectStore:
         return ObjectMeta(key=key, size=int(response.get("ContentLength", 0) or 0),
                           etag=_strip_etag(response.get("ETag")))
 
+    def bucket_exists(self, bucket: str) -> bool:
+        """HEAD a bucket (one counted, retried ``HEAD`` request): does it exist and answer?
+
+        Returns:
+            True if the bucket exists and is accessible, False if the server says it does
+            not exist (404).
+
+        Raises:
+            S3UnavailableError: the server could not be reached (after the retry budget).
+            S3AccessError: access denied or another permanent fault.
+        """
+
+        def head_bucket() -> Any:
+            return self.client.head_bucket(Bucket=bucket)
+
+        try:
+            self._call("HEAD", f"HEAD s3://{bucket}", head_bucket)
+        except ObjectNotFoundError:
+            return False
+        except S3AccessError as exc:
+            # A HEAD has no body, but some servers still name the code: a missing bucket.
+            if isinstance(exc.__cause__, Exception) and _client_error_code(exc.__cause__)[0] == "NoSuchBucket":
+                return False
+            raise
+        return True
+
     def list(
         self, bucket: str, prefix: str, *, start_after: str | None = None, page_size: int = 1000
     ) -> Iterator[ObjectMeta]:

@@ -23,13 +23,13 @@ from typing import Any
 from worker.adapters.avro import AvroCodec
 from worker.adapters.kafka import Record
 from worker.adapters.postgres import Admission, AdmissionOutcome, NewPublication, NewRun, RunIndex, RunRow
+from worker.core.events import control_fact, current_ready
 from worker.core.evidence import Classification, ClassificationResult, GateResult, classify
 from worker.core.facts import build_facts_view, facts_view_bytes, facts_view_hash
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for
 from worker.core.keys import RunKeys, run_keys
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash, next_entry
 from worker.core.models import (
-    EventType,
     ReadyEvent,
     RunIntent,
     RunStatus,
@@ -70,6 +70,7 @@ class Action(enum.StrEnum):
     BUSY = "BUSY"
     UNCHANGED = "UNCHANGED"
     REEMITTED = "REEMITTED"
+    SUPERSEDED = "SUPERSEDED"
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,6 @@ class RunProcessor:
         trigger = self._codec.decode_trigger(record.value or b"")
         log = run_logger("sr.run", run_id=trigger.run_id, trigger=trigger.kind.value,
                          requested_by=trigger.requested_by)
-        if trigger.kind is TriggerKind.REEMIT:
-            return self.reemit(trigger.run_id)
         return self.drive(trigger.run_id, fresh=False, wait=max(self._lease_wait, 5.0), trigger=trigger, log=log)
 
     # ------------------------------------------------------------------ the run step
@@ -245,15 +244,17 @@ class RunProcessor:
             self._republish_pending(row.run_id, log)
             return Outcome(Action.UNCHANGED, row.run_id, row.status.value)
         entries: tuple[LedgerEntry, ...] = () if fresh or row.ledger_seq < 0 else self._truth.read_ledger(keys)
-        status = derive_state(entries).status if entries else RunStatus.ADMITTED
+        state = derive_state(entries) if entries else None
+        status = state.status if state is not None else RunStatus.ADMITTED
 
+        if trigger is not None:
+            entries = self._record_trigger(lease, keys, entries, trigger, intent)
+            if trigger.kind in (TriggerKind.REEMIT, TriggerKind.SUPERSEDE):
+                return self._control_trigger(trigger, lease=lease, row=row, intent=intent, keys=keys,
+                                             entries=entries, log=log)
         if status in _FINAL:
             self._republish_pending(row.run_id, log)
-            if trigger is not None:
-                entries = self._record_trigger(lease, keys, entries, trigger)
             return Outcome(Action.UNCHANGED, row.run_id, status.value)
-        if trigger is not None:
-            entries = self._record_trigger(lease, keys, entries, trigger)
 
         try:
             plan = self._plan_for(intent, row, keys)
@@ -314,37 +315,14 @@ class RunProcessor:
             "policy_rev": plan.policy_rev,
         }, intent=intent)
         self._crash.hit(CrashPoint.AFTER_LEDGER_READY)
-        event = ReadyEvent(
-            event_type=EventType.READY,
-            run_id=plan.run_id,
-            facts_view_hash=fv_hash,
-            facts_view_uri=facts_uri,
-            supersedes_facts_view_hash=None,
-            tenant_id=intent.tenant_id,
-            namespace=intent.namespace,
-            scenario_id=intent.scenario_id,
-            pins=intent.pins,
-            policy_rev=plan.policy_rev,
-            plan_hash=p_hash,
-            emitted_at=datetime_from_millis(entry.at_ms),
-        )
-        publication = NewPublication(
-            pub_key=event.idempotency_key,
-            kind="READY",
-            facts_view_hash=fv_hash,
-            event_type=EventType.READY.value,
-            topic=self._topics.ready,
-            msg_key=event.run_id.encode(),
-            payload=self._codec.encode_ready(event, subject=f"{self._topics.ready}-value"),
-            headers={IDEMPOTENCY_HEADER: event.idempotency_key},
-        )
+        event = control_fact(entry, intent)
         stored = lease.advance(
             RunStatus.READY,
             plan_hash=p_hash,
             facts_view_hash=fv_hash,
             ledger_seq=entry.seq,
             ledger_head_hash=entry_hash(entry),
-            publications=[publication],
+            publications=[self._fact_publication(event)],
         )
         self._publisher.publish([p for p in stored if p.published_at is None])
         log.info("run READY", extra={"facts_view_hash": fv_hash})
@@ -407,6 +385,127 @@ class RunProcessor:
         log.info("run %s", status.value, extra={"reason_code": verdict.reason_code})
         return Outcome(Action(status.value), lease.run_id, verdict.reason_code)
 
+    def _control_trigger(self, trigger: RunTrigger, *, lease: Lease, row: RunRow, intent: RunIntent,
+                         keys: RunKeys, entries: tuple[LedgerEntry, ...], log: RunLogger) -> Outcome:
+        """REEMIT and SUPERSEDE act on the committed facts, not on the evidence status."""
+        if trigger.kind is TriggerKind.REEMIT:
+            return self._reemit_current(row.run_id, entries, log)
+        return self._supersede(lease=lease, row=row, intent=intent, keys=keys, entries=entries, log=log)
+
+    def _supersede(
+        self,
+        *,
+        lease: Lease,
+        row: RunRow,
+        intent: RunIntent,
+        keys: RunKeys,
+        entries: tuple[LedgerEntry, ...],
+        log: RunLogger,
+    ) -> Outcome:
+        """Re-verify a READY run; if the facts changed, commit SUPERSEDE(old→new) then READY(new).
+
+        Nothing old is modified: the previous plan, facts view and ledger entries stay as they
+        are. A correction that does not verify completely leaves the current READY in force.
+        """
+        state = derive_state(entries)
+        if state.status is not RunStatus.READY or state.facts_view_hash is None or state.plan_hash is None:
+            return Outcome(Action.UNCHANGED, row.run_id, f"SUPERSEDE ignored: run is {state.status.value}")
+        old = state.facts_view_hash
+        plan = self._truth.read_plan(keys, state.plan_hash)
+        p_hash = state.plan_hash
+        facts_uri: str
+        if state.pending_supersede is not None:
+            # A crash came between SUPERSEDED and READY(new): finish what was decided.
+            new = state.pending_supersede[1]
+            sup_entry = next(e for e in reversed(entries) if e.kind is LedgerKind.SUPERSEDED)
+            facts_uri = str(sup_entry.body["facts_view_uri"])
+        else:
+            results = self._verifier.verify_plan(plan)
+            verdict = classify(results, deadline=None, now=self._clock())
+            if verdict.classification is not Classification.COMPLETE:
+                log.warning("supersede requested but the corrected evidence does not verify",
+                            extra={"reason_code": verdict.reason_code})
+                return Outcome(Action.UNCHANGED, row.run_id, f"SUPERSEDE_NOT_VERIFIED:{verdict.reason_code}")
+            current = self._truth.read_facts_view(keys, old)
+            view = build_facts_view(plan, p_hash, results, supersedes=old)
+            if view.receipts == current.receipts:
+                return Outcome(Action.UNCHANGED, row.run_id, "facts unchanged")
+            new = facts_view_hash(view)
+            self._truth.write_facts_view(keys, facts_view_bytes(view))
+            facts_uri = f"s3://{self._bucket}/{keys.facts(new)}"
+            sup_entry = self._append(lease, keys, entries, LedgerKind.SUPERSEDED, {
+                "old_facts_view_hash": old,
+                "new_facts_view_hash": new,
+                "facts_view_uri": facts_uri,
+                "plan_hash": p_hash,
+                "policy_rev": plan.policy_rev,
+            })
+            entries = (*entries, sup_entry)
+        ready_entry = self._append(lease, keys, entries, LedgerKind.READY, {
+            "plan_hash": p_hash,
+            "facts_view_hash": new,
+            "facts_view_uri": facts_uri,
+            "policy_rev": plan.policy_rev,
+            "supersedes_facts_view_hash": old,
+        })
+        facts = [control_fact(sup_entry, intent), control_fact(ready_entry, intent)]
+        wanted = [self._fact_publication(event) for event in facts]
+        stored = lease.advance(
+            RunStatus.READY,
+            plan_hash=p_hash,
+            facts_view_hash=new,
+            ledger_seq=ready_entry.seq,
+            ledger_head_hash=entry_hash(ready_entry),
+            publications=wanted,
+        )
+        # SUPERSEDE(old→new) strictly before READY(new): same key, same partition, in order.
+        order = {pub.pub_key: i for i, pub in enumerate(wanted)}
+        pending = sorted((p for p in stored if p.published_at is None), key=lambda p: order.get(p.pub_key, 99))
+        self._publisher.publish(pending)
+        log.info("run SUPERSEDED", extra={"old_facts_view_hash": old, "facts_view_hash": new})
+        return Outcome(Action.SUPERSEDED, row.run_id, new)
+
+    def _fact_publication(self, event: ReadyEvent) -> NewPublication:
+        """The outbox row for a READY/SUPERSEDE control fact (exact bytes to send)."""
+        return NewPublication.ready(
+            event.run_id, event.facts_view_hash, event.event_type.value,
+            topic=self._topics.ready,
+            payload=self._codec.encode_ready(event, subject=f"{self._topics.ready}-value"),
+            msg_key=event.run_id.encode(),
+            headers={IDEMPOTENCY_HEADER: event.idempotency_key},
+        )
+
+    def _reemit_current(self, run_id: str, entries: Sequence[LedgerEntry], log: RunLogger) -> Outcome:
+        """Re-send the current READY, rebuilt from the verified ledger (no re-verification)."""
+        event = current_ready(entries)
+        if event is None:
+            return Outcome(Action.UNCHANGED, run_id, "REEMIT ignored: run is not READY")
+        self.send_fact(event)
+        log.info("READY re-emitted", extra={"facts_view_hash": event.facts_view_hash})
+        return Outcome(Action.REEMITTED, run_id, event.facts_view_hash)
+
+    def send_fact(self, event: ReadyEvent, *, dry_run: bool = False) -> bool:
+        """Produce a control fact rebuilt from the ledger, checked against the stored outbox row.
+
+        Returns True if it was (or, with ``dry_run``, would be) sent.
+
+        Raises:
+            IntegrityError: the index holds different bytes for this fact than the ledger
+                implies (fail closed: nothing is sent).
+        """
+        wanted = self._fact_publication(event)
+        stored = self._index.publication(wanted.pub_key)
+        if stored is not None and stored.payload != wanted.payload:
+            raise IntegrityError(f"stored publication {wanted.pub_key} differs from the ledger; not re-emitting")
+        if dry_run:
+            return True
+        if stored is not None:
+            self._publisher.publish([stored])
+        else:
+            self._publisher.send_raw(wanted.topic, key=wanted.msg_key, payload=wanted.payload,
+                                     headers=dict(wanted.headers))
+        return True
+
     # ------------------------------------------------------------------ ledger
     def _append(
         self,
@@ -446,13 +545,17 @@ class RunProcessor:
         )
 
     def _record_trigger(self, lease: Lease, keys: RunKeys, entries: tuple[LedgerEntry, ...],
-                        trigger: RunTrigger) -> tuple[LedgerEntry, ...]:
-        entry = self._append(lease, keys, entries, LedgerKind.TRIGGER, {
+                        trigger: RunTrigger, intent: RunIntent) -> tuple[LedgerEntry, ...]:
+        """Record the trigger (with ``requested_by``) in the ledger, once per trigger."""
+        body: dict[str, Any] = {
             "kind": trigger.kind.value,
             "reason": trigger.reason,
             "requested_by": trigger.requested_by,
             "requested_at": millis(trigger.requested_at),
-        })
+        }
+        if any(e.kind is LedgerKind.TRIGGER and _same_decision(e.body, body) for e in entries):
+            return entries  # a re-delivered trigger message is already on record
+        entry = self._append(lease, keys, entries, LedgerKind.TRIGGER, body, intent=intent)
         lease.touch_head(entry.seq, entry_hash(entry))
         return (*entries, entry)
 
@@ -463,18 +566,19 @@ class RunProcessor:
             log.info("re-sending %d unpublished publication(s)", len(pending))
             self._publisher.publish(pending)
 
-    def reemit(self, run_id: str) -> Outcome:
-        """Re-send the run's stored READY publication(s), byte-identical (no recompute).
+    def sweep(self, *, limit: int = 100, stale_admitted_after: float = 120.0) -> list[Outcome]:
+        """Re-check due WAITING runs (deadlines included) and abandoned ADMITTED runs.
 
-        Raises:
-            RunNotFoundError: unknown run.
+        Safe with many workers: each run is driven under its lease; a busy run is skipped
+        (its holder is working on it).
         """
-        row = self._index.get(run_id)
-        if row is None:
-            raise RunNotFoundError(f"run {run_id} is not in the index")
-        pubs = [p for p in self._index.publications(run_id) if p.kind in ("READY", "SUPERSEDE")]
-        self._publisher.publish(pubs)
-        return Outcome(Action.REEMITTED, run_id, f"{len(pubs)} publication(s)")
+        now = self._clock()
+        due = self._index.due_for_check(now, limit, stale_before=now - timedelta(seconds=stale_admitted_after))
+        outcomes: list[Outcome] = []
+        for row in due:
+            log = run_logger("sr.run", run_id=row.run_id, tenant_id=row.tenant_id, cause="sweep")
+            outcomes.append(self.drive(row.run_id, fresh=False, wait=0.0, log=log))
+        return outcomes
 
     def flush_outbox(self, limit: int = 1000) -> int:
         """Publish every publication a crash left unpublished; returns how many were sent."""
@@ -537,6 +641,7 @@ class _RejectionError(PermanentError):
 
 def _same_decision(existing: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
     """Two ledger bodies record the same fact when their identifying fields agree."""
-    keys = ("plan_hash", "facts_view_hash", "reason_code", "kind", "requested_by", "requested_at")
+    keys = ("plan_hash", "facts_view_hash", "reason_code", "kind", "requested_by", "requested_at",
+            "old_facts_view_hash", "new_facts_view_hash")
     return all(existing.get(k) == ours.get(k) for k in keys)
 

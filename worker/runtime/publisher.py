@@ -79,6 +79,15 @@ class Publisher:
             delivered.append(where)
         return delivered
 
+    def send_raw(self, topic: str, *, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Delivered:
+        """Produce bytes that have no outbox row (e.g. a fact re-emitted after an index rebuild).
+
+        Raises:
+            KafkaUnavailableError: not acknowledged.
+        """
+        return self._producer.send_and_wait(topic, key=key, value=payload,
+                                            headers=[(k, v.encode()) for k, v in sorted(headers.items())])
+
     def send_status(self, topic: str, run_id: str, payload: bytes) -> Delivered:
         """Produce a status event that has no outbox row (a rejection of one message).
 

@@ -223,15 +223,18 @@ class Worker:
             )
             with consumer:
                 self._retrying(services.processor.flush_outbox)
-                last_sweep = time.monotonic()
+                last_outbox = last_sweep = time.monotonic()
                 self.ready.set()
                 log.info("worker started", extra={"group_id": s.group_id})
                 while not self._stop.is_set():
                     records = consumer.poll_batch(s.batch_size, s.poll_timeout)
                     if records:
                         self._process_batch(services, consumer, pool, records)
-                    if time.monotonic() - last_sweep > OUTBOX_INTERVAL:
+                    if time.monotonic() - last_outbox > OUTBOX_INTERVAL:
                         self._retrying(services.processor.flush_outbox)
+                        last_outbox = time.monotonic()
+                    if time.monotonic() - last_sweep > s.sweep_interval:
+                        self._sweep(services)
                         last_sweep = time.monotonic()
                 consumer.commit()
             # The real cost of the work done, for operators and the cost tests.
@@ -285,6 +288,20 @@ class Worker:
             if self._on_outcome is not None:
                 self._on_outcome(record, outcome)
             return True
+
+    def _sweep(self, services: Services) -> None:
+        """Deadline and re-check sweep; faults are logged and retried at the next sweep."""
+        try:
+            outcomes = services.processor.sweep(stale_admitted_after=self._settings.stale_admitted_after)
+        except (RetryableError, LeaseLostError, StaleEpochError) as exc:
+            log.warning("sweep interrupted by a transient fault", extra={"error": str(exc)})
+            return
+        except PermanentError:
+            log.exception("sweep failed")
+            return
+        if outcomes:
+            log.info("sweep done", extra={"runs": len(outcomes),
+                                          "outcomes": sorted({o.action.value for o in outcomes})})
 
     def _dispatch(self, services: Services, record: Record) -> Outcome:
         size = len(record.value or b"")

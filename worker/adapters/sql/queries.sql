@@ -54,14 +54,16 @@ SELECT run_id, run_equivalence_key, intent_fingerprint, tenant_id, namespace, sc
  LIMIT %(limit)s;
 
 -- name: due_for_check
--- WAITING runs whose re-check time or deadline has come, most overdue first.
+-- WAITING runs whose re-check time or deadline has come, and ADMITTED runs abandoned
+-- mid-step (untouched since stale_before), most overdue first.
 SELECT run_id, run_equivalence_key, intent_fingerprint, tenant_id, namespace, scenario_id, status,
        reason_code, plan_hash, facts_view_hash, ledger_seq, ledger_head_hash, lease_epoch, deadline,
        next_check_at, intent, evidence_root, created_at, updated_at
   FROM sr_runs
- WHERE status = 'WAITING'
-   AND (next_check_at <= %(now)s::timestamptz OR deadline <= %(now)s::timestamptz)
- ORDER BY LEAST(next_check_at, deadline), run_id
+ WHERE (status = 'WAITING'
+        AND (next_check_at <= %(now)s::timestamptz OR deadline <= %(now)s::timestamptz))
+    OR (status = 'ADMITTED' AND updated_at <= %(stale_before)s::timestamptz)
+ ORDER BY COALESCE(LEAST(next_check_at, deadline), updated_at), run_id
  LIMIT %(limit)s;
 
 -- name: run_publications
@@ -70,6 +72,12 @@ SELECT id, run_id, pub_key, kind, facts_view_hash, event_type, topic, msg_key, p
   FROM sr_publications
  WHERE run_id = %(run_id)s
  ORDER BY id;
+
+-- name: publication_by_key
+SELECT id, run_id, pub_key, kind, facts_view_hash, event_type, topic, msg_key, payload, headers,
+       created_at, published_at, kafka_partition, kafka_offset
+  FROM sr_publications
+ WHERE pub_key = %(pub_key)s;
 
 -- name: pending_publications
 SELECT id, run_id, pub_key, kind, facts_view_hash, event_type, topic, msg_key, payload, headers,
@@ -200,3 +208,13 @@ SELECT u.run_id AS updated_run_id, pubs.*
   LEFT JOIN upd AS u ON true
   LEFT JOIN pubs ON true
  ORDER BY pubs.id;
+
+-- name: count_by_status
+-- Runs per status, for the sr_runs_by_status gauge (one scan, one round trip).
+SELECT status, count(*)::bigint AS n
+  FROM sr_runs
+ GROUP BY status;
+
+-- name: ping
+-- Readiness probe: the server answers and the session works.
+SELECT 1 AS ok;

@@ -1,0 +1,106 @@
+"""Control facts (READY / SUPERSEDE events) derived from a verified ledger — pure, no I/O.
+
+The same function builds the event when the fact is committed and when it is re-emitted
+(``sr replay``, ``sr reemit``, the REEMIT trigger, ``sr index rebuild``): every field comes
+from the ledger entry and the admitted intent, ``emitted_at`` is the entry's commit time, so
+every re-emission of one fact encodes to the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.core.ledger import LedgerEntry, LedgerKind, derive_state
+from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatus, datetime_from_millis
+from worker.errors import IntegrityError
+
+
+def admitted_intent(entries: Sequence[LedgerEntry]) -> RunIntent:
+    """The intent recorded in the run's first ledger entry.
+
+    Raises:
+        IntegrityError: the ledger is empty or its first entry carries no valid intent.
+    """
+    if not entries:
+        raise IntegrityError("empty ledger: no admitted intent")
+    raw = entries[0].body.get("intent")
+    if not isinstance(raw, dict):
+        raise IntegrityError(f"ledger of run {entries[0].run_id} has no intent in its first entry")
+    try:
+        return RunIntent.from_avro(raw)
+    except Exception as exc:  # any validation failure means the stored truth is not usable
+        raise IntegrityError(f"ledger of run {entries[0].run_id} holds an invalid intent: {exc}") from exc
+
+
+def control_fact(entry: LedgerEntry, intent: RunIntent) -> ReadyEvent:
+    """The READY or SUPERSEDE event recorded by one ledger entry.
+
+    Raises:
+        IntegrityError: the entry is not a READY/SUPERSEDED entry or lacks required fields.
+    """
+    body = entry.body
+    try:
+        if entry.kind is LedgerKind.READY:
+            return ReadyEvent(
+                event_type=EventType.READY,
+                run_id=entry.run_id,
+                facts_view_hash=body["facts_view_hash"],
+                facts_view_uri=body["facts_view_uri"],
+                supersedes_facts_view_hash=body.get("supersedes_facts_view_hash"),
+                tenant_id=intent.tenant_id,
+                namespace=intent.namespace,
+                scenario_id=intent.scenario_id,
+                pins=intent.pins,
+                policy_rev=body["policy_rev"],
+                plan_hash=body["plan_hash"],
+                emitted_at=datetime_from_millis(entry.at_ms),
+            )
+        if entry.kind is LedgerKind.SUPERSEDED:
+            return ReadyEvent(
+                event_type=EventType.SUPERSEDE,
+                run_id=entry.run_id,
+                facts_view_hash=body["new_facts_view_hash"],
+                facts_view_uri=body["facts_view_uri"],
+                supersedes_facts_view_hash=body["old_facts_view_hash"],
+                tenant_id=intent.tenant_id,
+                namespace=intent.namespace,
+                scenario_id=intent.scenario_id,
+                pins=intent.pins,
+                policy_rev=body["policy_rev"],
+                plan_hash=body["plan_hash"],
+                emitted_at=datetime_from_millis(entry.at_ms),
+            )
+    except (KeyError, ValueError) as exc:
+        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} cannot be rebuilt as an event: "
+                             f"{exc}") from exc
+    raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
+
+
+def control_facts(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
+    """Every control fact of a verified ledger, in ledger order (fenced writers' entries skipped)."""
+    if not entries:
+        return []
+    intent = admitted_intent(entries)
+    fenced = set(derive_state(entries).fenced_seqs)
+    seen: set[str] = set()
+    facts: list[ReadyEvent] = []
+    for entry in entries:
+        if entry.seq in fenced or entry.kind not in (LedgerKind.READY, LedgerKind.SUPERSEDED):
+            continue
+        event = control_fact(entry, intent)
+        if event.idempotency_key in seen:
+            continue  # the first record of a fact is the fact; a repeat adds nothing
+        seen.add(event.idempotency_key)
+        facts.append(event)
+    return facts
+
+
+def current_ready(entries: Sequence[LedgerEntry]) -> ReadyEvent | None:
+    """The READY event of the run's current facts view, or None if the run is not READY."""
+    state = derive_state(entries) if entries else None
+    if state is None or state.status is not RunStatus.READY or state.facts_view_hash is None:
+        return None
+    for event in reversed(control_facts(entries)):
+        if event.event_type is EventType.READY and event.facts_view_hash == state.facts_view_hash:
+            return event
+    return None
