@@ -16,10 +16,11 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from worker.errors import ConfigError
 
@@ -87,9 +88,23 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
 
+    # operators allowed to replay / re-emit / rebuild (fail closed: empty means nobody)
+    operators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # test-only fault injection (the reliability kill matrix); never set in production
     test_crash_point: str | None = None
     test_crash_after: int = 1
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _operator_list(cls, value: object) -> object:
+        # Accept a JSON list or a plain comma-separated list (SR_OPERATORS=alice,bob).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     @field_validator("tenant_evidence_prefixes", mode="before")
     @classmethod
@@ -149,6 +164,9 @@ def load_settings(config_file: Path | None, environ: Mapping[str, str], **overri
     base.update(overrides)
     try:
         return Settings(**base)
+    except SettingsError as exc:
+        # pydantic-settings names the field; the value (maybe a secret) is not repeated.
+        raise ConfigError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         # Never echo input values: they may be secrets.
         fields = ", ".join(".".join(str(p) for p in err["loc"]) + f" ({err['msg']})" for err in exc.errors())

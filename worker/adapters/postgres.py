@@ -1025,6 +1025,53 @@ class RunIndex:
         if not rows:
             raise PostgresError(f"no publication with key {pub_key!r}")
 
+    # ------------------------------------------------------------------ operators
+    def record_operator_action(self, operator: str, action: str, *, allowed: bool,
+                               detail: Mapping[str, Any] | None = None) -> None:
+        """Append one operator action (allowed or refused) to the audit table; one round trip.
+
+        Raises:
+            PostgresUnavailableError: Postgres stayed unavailable for every attempt.
+            PostgresError: a database error.
+        """
+        self._run("record_operator_action", {"operator": operator, "action": action, "allowed": allowed,
+                                             "detail": Jsonb(dict(detail or {}))})
+
+    def operator_actions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest operator actions, newest first; one round trip.
+
+        Raises:
+            PostgresUnavailableError / PostgresError: as for every query.
+        """
+        self._check_limit(limit)
+        return self._run("operator_actions", {"limit": limit})
+
+    # ------------------------------------------------------------------ rebuild
+    def restore_run(self, row: Mapping[str, Any]) -> None:
+        """Upsert a run row reconstructed from S3 (``sr index rebuild``); one round trip.
+
+        ``row`` carries the ``restore_run`` columns; ``intent`` is the Avro-shaped dict. The
+        stored lease epoch never decreases.
+
+        Raises:
+            PostgresUnavailableError / PostgresError: as for every query.
+        """
+        params = dict(row)
+        params["intent"] = Jsonb(dict(row["intent"]))
+        self._run("restore_run", params)
+
+    def restore_publication(self, pub: NewPublication, *, run_id: str, published: bool) -> None:
+        """Insert a publication reconstructed from S3 unless its key exists; one round trip.
+
+        Raises:
+            PostgresUnavailableError / PostgresError: as for every query.
+        """
+        self._run("restore_publication", {
+            "run_id": run_id, "pub_key": pub.pub_key, "kind": pub.kind, "facts_view_hash": pub.facts_view_hash,
+            "event_type": pub.event_type, "topic": pub.topic, "msg_key": pub.msg_key, "payload": pub.payload,
+            "headers": Jsonb(dict(pub.headers)), "published": published,
+        })
+
     @staticmethod
     def _check_limit(limit: int) -> None:
         if not 1 <= limit <= _MAX_LIST_LIMIT:

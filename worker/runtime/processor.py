@@ -146,6 +146,11 @@ class RunProcessor:
         self._lease_wait = lease_wait
         self._clock = clock
 
+    @property
+    def codec(self) -> AvroCodec:
+        """The Avro codec this processor encodes and decodes with."""
+        return self._codec
+
     # ------------------------------------------------------------------ entry points
     def handle_intent(self, record: Record) -> Outcome:
         """Admit one intent message and drive its run as far as the evidence allows.
@@ -322,7 +327,7 @@ class RunProcessor:
             facts_view_hash=fv_hash,
             ledger_seq=entry.seq,
             ledger_head_hash=entry_hash(entry),
-            publications=[self._fact_publication(event)],
+            publications=[self.fact_publication(event)],
         )
         self._publisher.publish([p for p in stored if p.published_at is None])
         log.info("run READY", extra={"facts_view_hash": fv_hash})
@@ -449,7 +454,7 @@ class RunProcessor:
             "supersedes_facts_view_hash": old,
         })
         facts = [control_fact(sup_entry, intent), control_fact(ready_entry, intent)]
-        wanted = [self._fact_publication(event) for event in facts]
+        wanted = [self.fact_publication(event) for event in facts]
         stored = lease.advance(
             RunStatus.READY,
             plan_hash=p_hash,
@@ -465,7 +470,7 @@ class RunProcessor:
         log.info("run SUPERSEDED", extra={"old_facts_view_hash": old, "facts_view_hash": new})
         return Outcome(Action.SUPERSEDED, row.run_id, new)
 
-    def _fact_publication(self, event: ReadyEvent) -> NewPublication:
+    def fact_publication(self, event: ReadyEvent) -> NewPublication:
         """The outbox row for a READY/SUPERSEDE control fact (exact bytes to send)."""
         return NewPublication.ready(
             event.run_id, event.facts_view_hash, event.event_type.value,
@@ -493,7 +498,7 @@ class RunProcessor:
             IntegrityError: the index holds different bytes for this fact than the ledger
                 implies (fail closed: nothing is sent).
         """
-        wanted = self._fact_publication(event)
+        wanted = self.fact_publication(event)
         stored = self._index.publication(wanted.pub_key)
         if stored is not None and stored.payload != wanted.payload:
             raise IntegrityError(f"stored publication {wanted.pub_key} differs from the ledger; not re-emitting")

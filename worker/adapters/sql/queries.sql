@@ -218,3 +218,41 @@ SELECT status, count(*)::bigint AS n
 -- name: ping
 -- Readiness probe: the server answers and the session works.
 SELECT 1 AS ok;
+
+-- name: record_operator_action
+INSERT INTO sr_operator_actions (operator, action, allowed, detail)
+VALUES (%(operator)s, %(action)s, %(allowed)s, %(detail)s);
+
+-- name: operator_actions
+SELECT id, operator, action, allowed, detail, at
+  FROM sr_operator_actions
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: restore_run
+-- `sr index rebuild`: upsert a run row derived from its S3 ledger. The epoch never moves
+-- backwards, so fencing keeps working across a rebuild.
+INSERT INTO sr_runs AS r (run_id, run_equivalence_key, intent_fingerprint, tenant_id, namespace,
+                          scenario_id, status, reason_code, plan_hash, facts_view_hash, ledger_seq,
+                          ledger_head_hash, lease_epoch, deadline, next_check_at, intent, evidence_root)
+VALUES (%(run_id)s, %(run_equivalence_key)s, %(intent_fingerprint)s, %(tenant_id)s, %(namespace)s,
+        %(scenario_id)s, %(status)s, %(reason_code)s, %(plan_hash)s, %(facts_view_hash)s, %(ledger_seq)s,
+        %(ledger_head_hash)s, %(lease_epoch)s, %(deadline)s, %(next_check_at)s, %(intent)s, %(evidence_root)s)
+ON CONFLICT (run_id) DO UPDATE
+   SET status = EXCLUDED.status,
+       reason_code = EXCLUDED.reason_code,
+       plan_hash = EXCLUDED.plan_hash,
+       facts_view_hash = EXCLUDED.facts_view_hash,
+       ledger_seq = EXCLUDED.ledger_seq,
+       ledger_head_hash = EXCLUDED.ledger_head_hash,
+       lease_epoch = GREATEST(r.lease_epoch, EXCLUDED.lease_epoch),
+       deadline = EXCLUDED.deadline,
+       next_check_at = EXCLUDED.next_check_at,
+       updated_at = now();
+
+-- name: restore_publication
+INSERT INTO sr_publications (run_id, pub_key, kind, facts_view_hash, event_type, topic, msg_key, payload,
+                             headers, published_at)
+VALUES (%(run_id)s, %(pub_key)s, %(kind)s, %(facts_view_hash)s, %(event_type)s, %(topic)s, %(msg_key)s,
+        %(payload)s, %(headers)s, CASE WHEN %(published)s THEN now() END)
+ON CONFLICT (pub_key) DO NOTHING;

@@ -1,0 +1,313 @@
+"""Operator tooling: authorization, replay of a partition slice, re-emit, index rebuild.
+
+Every operator action is authorized against the configured allowlist (``SR_OPERATORS``;
+empty means nobody — fail closed) and recorded in ``sr_operator_actions``, allowed or not.
+Re-emission never recomputes anything: control facts are rebuilt from the verified S3 ledger
+with the same pure function that built them at commit time (:mod:`worker.core.events`), and
+checked against the bytes stored in the outbox, so every re-emission is byte-identical.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from worker.adapters.kafka import KafkaConfig, Record
+from worker.adapters.postgres import NewPublication, RunIndex
+from worker.core.events import admitted_intent, control_facts, current_ready
+from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
+from worker.core.ledger import derive_state, entry_hash
+from worker.core.models import RunStatus
+from worker.errors import AuthorizationError, InputError, IntegrityError, KafkaUnavailableError, SRError
+from worker.runtime.processor import RunProcessor
+from worker.runtime.truth import TruthStore
+
+log = logging.getLogger("sr.operators")
+
+
+def operator_name(explicit: str | None, environ: dict[str, str] | None = None) -> str:
+    """Who is acting: ``--operator``, else ``SR_OPERATOR``, else the OS user."""
+    if explicit:
+        return explicit
+    env = environ or {}
+    return env.get("SR_OPERATOR") or getpass.getuser()
+
+
+def authorize(index: RunIndex, operators: Sequence[str], operator: str, action: str,
+              detail: dict[str, Any] | None = None) -> None:
+    """Record the attempt and refuse operators outside the allowlist.
+
+    Raises:
+        AuthorizationError: ``operator`` is not in ``operators`` (the refusal is recorded first).
+    """
+    allowed = operator in set(operators)
+    index.record_operator_action(operator, action, allowed=allowed, detail=detail)
+    if not allowed:
+        log.warning("operator refused", extra={"operator": operator, "action": action})
+        hint = "" if operators else " (no operators are configured: set SR_OPERATORS)"
+        raise AuthorizationError(f"operator {operator!r} is not authorized to {action}{hint}")
+    log.info("operator authorized", extra={"operator": operator, "action": action, **(detail or {})})
+
+
+# ----------------------------------------------------------------------------- replay
+@dataclass
+class ReplaySummary:
+    """What a replay saw and did."""
+
+    records: int = 0
+    runs: int = 0
+    reemitted: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    first_offset: int | None = None
+    last_offset: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"records": self.records, "runs": self.runs, "reemitted": self.reemitted,
+                "skipped": dict(self.skipped), "first_offset": self.first_offset, "last_offset": self.last_offset}
+
+
+def read_partition_slice(
+    config: KafkaConfig,
+    topic: str,
+    partition: int,
+    *,
+    from_offset: int | None = None,
+    from_time: datetime | None = None,
+    to_offset: int | None = None,
+    idle_timeout: float = 3.0,
+    max_idle_rounds: int = 3,
+) -> Iterator[Record]:
+    """Yield the records of one partition slice, without joining a consumer group.
+
+    The end is found without trusting the high watermark alone (Tansu reports a wrong one for
+    multi-record batches, DESIGN.md §1): reading stops at ``to_offset`` (exclusive) when given,
+    else once no record arrived for ``idle_timeout`` seconds *and* the position reached the
+    watermark — or after ``max_idle_rounds`` idle periods whatever the watermark says.
+
+    Raises:
+        KafkaUnavailableError: the broker could not be reached.
+        InputError: the topic or partition does not exist.
+    """
+    conf = config.base()
+    conf.update({"group.id": f"sr-replay-{time.monotonic_ns()}", "enable.auto.commit": False,
+                 "enable.partition.eof": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(conf)
+    try:
+        try:
+            md = consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None or partition not in meta.partitions:
+            raise InputError(f"topic {topic} partition {partition} does not exist")
+        start: int = OFFSET_BEGINNING if from_offset is None else from_offset
+        if from_time is not None:
+            wanted = TopicPartition(topic, partition, int(from_time.timestamp() * 1000))
+            found = consumer.offsets_for_times([wanted], timeout=10)
+            start = found[0].offset if found and found[0].offset >= 0 else OFFSET_BEGINNING
+        consumer.assign([TopicPartition(topic, partition, start)])
+        idle_rounds = 0
+        while True:
+            msgs = consumer.consume(500, idle_timeout)
+            records = [Record.from_message(m) for m in msgs if m.error() is None]
+            if not records:
+                idle_rounds += 1
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5,
+                                                           cached=False)
+                position = consumer.position([TopicPartition(topic, partition)])[0].offset
+                if (position >= high or idle_rounds >= max_idle_rounds) or (
+                        to_offset is not None and position >= to_offset):
+                    return
+                continue
+            idle_rounds = 0
+            for record in records:
+                if to_offset is not None and record.offset >= to_offset:
+                    return
+                yield record
+    finally:
+        consumer.close()
+
+
+def run_id_in(record: Record, processor: RunProcessor) -> str:
+    """The run a record is about (READY/status events name it; intents derive it).
+
+    Raises:
+        InputError: the record is not a decodable SR message.
+    """
+    codec = processor.codec
+    record_name, datum = codec.decode(record.value or b"")
+    if record_name.endswith("RunIntent"):
+        return run_id_of(codec.decode_intent(record.value or b""))
+    run_id = datum.get("run_id")
+    if not isinstance(run_id, str):
+        raise InputError(f"{record_name} carries no run_id")
+    return run_id
+
+
+def replay(
+    records: Iterator[Record],
+    *,
+    processor: RunProcessor,
+    index: RunIndex,
+    truth: TruthStore,
+    dry_run: bool,
+    on_record: Callable[[Record], None] | None = None,
+) -> ReplaySummary:
+    """Re-emit the control facts of every run named in ``records``, rebuilt from the ledger.
+
+    Nothing is re-verified; each fact is checked against the outbox bytes before sending.
+    """
+    summary = ReplaySummary()
+    seen: set[str] = set()
+    order: list[str] = []
+    for record in records:
+        summary.records += 1
+        summary.first_offset = record.offset if summary.first_offset is None else summary.first_offset
+        summary.last_offset = record.offset
+        if on_record is not None:
+            on_record(record)
+        try:
+            run_id = run_id_in(record, processor)
+        except SRError:
+            summary.skipped["undecodable record"] += 1
+            continue
+        if run_id not in seen:
+            seen.add(run_id)
+            order.append(run_id)
+    summary.runs = len(order)
+    for run_id in order:
+        row = index.get(run_id)
+        if row is None:
+            summary.skipped["run not in the index"] += 1
+            continue
+        entries = truth.read_ledger(truth.keys_for(row.tenant_id, row.namespace, run_id)) if row.ledger_seq >= 0 \
+            else ()
+        facts = control_facts(entries)
+        if not facts:
+            summary.skipped[f"no READY fact (status {row.status.value})"] += 1
+            continue
+        for event in facts:
+            processor.send_fact(event, dry_run=dry_run)
+            summary.reemitted += 1
+    return summary
+
+
+def reemit_run(run_id: str, *, processor: RunProcessor, index: RunIndex, truth: TruthStore,
+               dry_run: bool = False) -> str:
+    """Re-emit the run's current READY, rebuilt from the ledger; returns its facts_view_hash.
+
+    Raises:
+        InputError: unknown run, or the run is not READY.
+        IntegrityError: the ledger and the outbox disagree.
+    """
+    row = index.get(run_id)
+    if row is None:
+        raise InputError(f"run {run_id} not found")
+    entries = truth.read_ledger(truth.keys_for(row.tenant_id, row.namespace, run_id)) if row.ledger_seq >= 0 \
+        else ()
+    event = current_ready(entries)
+    if event is None:
+        raise InputError(f"run {run_id} is {row.status.value}, not READY: nothing to re-emit")
+    processor.send_fact(event, dry_run=dry_run)
+    return event.facts_view_hash
+
+
+# ----------------------------------------------------------------------------- rebuild
+@dataclass
+class RebuildSummary:
+    """What ``sr index rebuild`` restored."""
+
+    runs: int = 0
+    restored: Counter[str] = field(default_factory=Counter)
+    publications: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"runs": self.runs, "restored": dict(self.restored), "publications": self.publications,
+                "skipped": dict(self.skipped)}
+
+
+def rebuild_index(
+    *,
+    truth: TruthStore,
+    index: RunIndex,
+    processor: RunProcessor,
+    republish: bool = False,
+    tenant: str | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> RebuildSummary:
+    """Reconstruct the Postgres index (runs, equivalence, status, deadlines, publications) from S3.
+
+    Each run's ledger is read and verified; its first entry holds the admitted intent, from
+    which the identity is recomputed and checked against the run id. READY/SUPERSEDE facts
+    become publication rows with the exact bytes to send; ``republish`` leaves them
+    unpublished so the worker's outbox re-sends them (byte-identical, so harmless to
+    idempotent consumers), otherwise they are recorded as already published.
+    """
+    summary = RebuildSummary()
+    now = datetime.now(UTC)
+    for _tenant, _namespace, run_id in truth.list_runs(tenant):
+        summary.runs += 1
+        if on_run is not None:
+            on_run(run_id)
+        try:
+            entries = truth.read_ledger(truth.keys_for(_tenant, _namespace, run_id))
+        except IntegrityError as exc:
+            log.warning("ledger failed verification; run not restored", extra={"run_id": run_id, "error": str(exc)})
+            summary.skipped["ledger failed verification"] += 1
+            continue
+        if not entries:
+            # Planned but never decided: the intent message (offset uncommitted) re-admits it.
+            summary.skipped["no ledger entries yet"] += 1
+            continue
+        intent = admitted_intent(entries)
+        equivalence_key = run_equivalence_key(intent)
+        if run_id_for(equivalence_key) != run_id:
+            summary.skipped["identity mismatch"] += 1
+            continue
+        state = derive_state(entries)
+        plan_hash = state.plan_hash or _first(entries, "plan_hash")
+        index.restore_run({
+            "run_id": run_id,
+            "run_equivalence_key": equivalence_key,
+            "intent_fingerprint": intent_fingerprint(intent),
+            "tenant_id": intent.tenant_id,
+            "namespace": intent.namespace,
+            "scenario_id": intent.scenario_id,
+            "status": state.status.value,
+            "reason_code": state.last_reason_code,
+            "plan_hash": plan_hash,
+            "facts_view_hash": state.facts_view_hash,
+            "ledger_seq": entries[-1].seq,
+            "ledger_head_hash": entry_hash(entries[-1]),
+            "lease_epoch": max(e.lease_epoch for e in entries),
+            "deadline": intent.deadline,
+            "next_check_at": now if state.status is RunStatus.WAITING else None,
+            "intent": intent.to_avro(),
+            "evidence_root": intent.evidence_root,
+        })
+        summary.restored[state.status.value] += 1
+        for event in control_facts(entries):
+            pub: NewPublication = processor.fact_publication(event)
+            index.restore_publication(pub, run_id=run_id, published=not republish)
+            summary.publications += 1
+    return summary
+
+
+def _first(entries: Sequence[Any], key: str) -> str | None:
+    for entry in entries:
+        value = entry.body.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
