@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,16 +26,36 @@ _PR_SET_PDEATHSIG = 1
 LOOPBACK = "127.0.0.1"
 
 
+def _ephemeral_low() -> int:
+    """Lowest port of the kernel's ephemeral range (outgoing connections take ports from it)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
-    The port is released before returning, so another process could take it in between;
-    callers start their server immediately and treat a bind failure as fatal.
+    Ports are drawn at random *below* the kernel's ephemeral range, so outgoing connections
+    (which take ephemeral ports) cannot grab one between this check and the server's bind.
+    The port is still released before returning; callers treat a lost race by restarting
+    the server on fresh ports.
     """
+    high = _ephemeral_low() - 1
+    low = 15000 if high > 16000 else 1024
+    for _ in range(200):
+        port = random.randint(low, high)  # noqa: S311 - not security relevant
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def ensure_port_free(port: int, what: str) -> None:

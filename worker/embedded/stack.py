@@ -19,9 +19,10 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -271,30 +272,62 @@ class EmbeddedStack:
         pg_port = self._port(cfg.pg_port, "postgres") if cfg.postgres else 0
         s3_port = self._port(cfg.s3_port, "s3") if cfg.s3 else 0
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        ports = {"postgres": pg_port, "s3": s3_port, "kafka": kafka_port}
+        requested = {"postgres": cfg.pg_port, "s3": cfg.s3_port, "kafka": cfg.kafka_port}
+        launchers: dict[str, Callable[[int], ManagedProcess]] = {}
+        if pg_bin is not None:
+            launchers["postgres"] = partial(self._start_postgres, pg_bin)
+        if weed is not None:
+            launchers["s3"] = partial(self._start_weed, weed)
+        if tansu is not None:
+            launchers["kafka"] = partial(self._start_tansu, tansu)
         try:
-            waits: list[tuple[ManagedProcess, str]] = []
             # Processes are launched from this thread (the parent-death signal is tied to the
             # launching thread); only the health waits run in parallel.
-            if pg_bin is not None:
-                waits.append((self._start_postgres(pg_bin, pg_port), "postgres"))
-            if weed is not None:
-                waits.append((self._start_weed(weed, s3_port), "s3"))
-            if tansu is not None:
-                waits.append((self._start_tansu(tansu, kafka_port), "kafka"))
-            self.endpoints = Endpoints(
-                kafka_bootstrap=f"{LOOPBACK}:{kafka_port}" if cfg.kafka else None,
-                pg_dsn=f"postgresql://{POSTGRES_USER}@{LOOPBACK}:{pg_port}/postgres" if cfg.postgres else None,
-                s3_endpoint=f"http://{LOOPBACK}:{s3_port}" if cfg.s3 else None,
-                s3_bucket=cfg.bucket,
-            )
-            with ThreadPoolExecutor(max_workers=3) as pool:
-                futures = [pool.submit(self._await_healthy, proc, what) for proc, what in waits]
-                for fut in futures:
-                    fut.result()
+            pending = {name: launch_fn(ports[name]) for name, launch_fn in launchers.items()}
+            for attempt in range(_START_ATTEMPTS):
+                self.endpoints = self._endpoints(ports)
+                failures = self._await_all(pending)
+                if not failures:
+                    break
+                # A port chosen by us can be taken between choosing and binding (another stack
+                # starting at the same moment): relaunch just that server on fresh ports.
+                races = {name for name, exc in failures.items()
+                         if _lost_port_race(pending[name]) and (name == "s3" or not requested[name])}
+                if races != set(failures) or attempt == _START_ATTEMPTS - 1:
+                    raise next(iter(failures.values()))  # noqa: TRY301 - stop() below must run first
+                for name in races:
+                    pending[name].stop()
+                    self.processes.remove(pending[name])
+                    ports[name] = requested[name] or free_port()
+                    pending[name] = launchers[name](ports[name])
         except BaseException:
             self.stop()
             raise
+        if self.endpoints is None:  # pragma: no cover - set in the loop above
+            raise StackError("endpoints not initialised")
         return self.endpoints
+
+    def _endpoints(self, ports: dict[str, int]) -> Endpoints:
+        cfg = self.config
+        return Endpoints(
+            kafka_bootstrap=f"{LOOPBACK}:{ports['kafka']}" if cfg.kafka else None,
+            pg_dsn=f"postgresql://{POSTGRES_USER}@{LOOPBACK}:{ports['postgres']}/postgres" if cfg.postgres else None,
+            s3_endpoint=f"http://{LOOPBACK}:{ports['s3']}" if cfg.s3 else None,
+            s3_bucket=cfg.bucket,
+        )
+
+    def _await_all(self, pending: dict[str, ManagedProcess]) -> dict[str, ServerUnhealthyError]:
+        """Wait for every server in parallel; returns the ones that failed."""
+        failures: dict[str, ServerUnhealthyError] = {}
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = {name: pool.submit(self._await_healthy, proc, name) for name, proc in pending.items()}
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except ServerUnhealthyError as exc:
+                    failures[name] = exc
+        return failures
 
     def stop(self) -> None:
         """Stop every started process (in parallel), by PID; safe to call repeatedly."""
@@ -428,6 +461,21 @@ class EmbeddedStack:
         elif what == "kafka" and eps.kafka_bootstrap:
             _await(proc, timeout, lambda: port_accepts(int(eps.kafka_bootstrap.rsplit(":", 1)[1])))
             create_topics(eps.kafka_bootstrap, self.config.topics)
+
+
+_START_ATTEMPTS = 3
+_BIND_RACE_MARKERS = ("address already in use", "could not bind", "Address in use")
+
+
+def _lost_port_race(proc: ManagedProcess) -> bool:
+    """True when ``proc`` died because a port it was given got taken first."""
+    if proc.alive():
+        return False
+    try:
+        text = proc.log_path.read_text(errors="replace")[-20000:]
+    except OSError:
+        return False
+    return any(marker in text for marker in _BIND_RACE_MARKERS)
 
 
 def _await(proc: ManagedProcess, timeout: float, check: object) -> None:
