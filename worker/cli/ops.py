@@ -123,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if row.ledger_seq >= 0 else ()
     timeline = [
         {"seq": e.seq, "kind": e.kind.value, "at": datetime_from_millis(e.at_ms).isoformat(),
-         "epoch": e.lease_epoch, **{k: v for k, v in e.body.items() if k != "detail"}}
+         "epoch": e.lease_epoch, "body": {k: v for k, v in e.body.items() if k != "intent"}}
         for e in entries
     ]
     summary = {
@@ -138,7 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"[bold]{row.run_id}[/] {row.status} {row.reason_code or ''}", highlight=False)
     table = Table("seq", "kind", "at", "epoch", "details")
     for item in timeline:
-        details = ", ".join(f"{k}={v}" for k, v in item.items() if k not in {"seq", "kind", "at", "epoch"})
+        body: dict[str, object] = item["body"]  # type: ignore[assignment]
+        details = ", ".join(f"{k}={v}" for k, v in body.items())
         table.add_row(str(item["seq"]), str(item["kind"]), str(item["at"]), str(item["epoch"]), details)
     console.print(table)
     return 0
