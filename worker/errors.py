@@ -300,3 +300,28 @@ class NotReadyError(RetryableError):
     """A component has not finished starting (a readiness check that will pass later)."""
 
     code = "NOT_READY"
+
+
+# --------------------------------------------------------------------------- runpacks (audit export)
+class RunpackError(PermanentError):
+    """A runpack cannot be exported as asked (incomplete source, oversized artifact, bad option)."""
+
+    code = "RUNPACK_ERROR"
+
+
+class RunpackTargetError(RunpackError):
+    """An export target is unsafe: a symlink, a non-directory, an absolute or ``..`` path."""
+
+    code = "RUNPACK_UNSAFE_TARGET"
+
+
+class RunpackConflictError(RunpackError):
+    """The export location already holds a different artifact (runpacks are write-once)."""
+
+    code = "RUNPACK_CONFLICT"
+
+
+class ObjectLockUnsupportedError(S3Error, PermanentError):
+    """WORM retention was asked for, but the bucket has no S3 Object Lock configuration."""
+
+    code = "OBJECT_LOCK_UNSUPPORTED"

@@ -144,6 +144,22 @@ def test_supersede_emits_supersede_then_ready_and_never_mutates(sr_env: SREnv, w
                                         keys.record(3), keys.record(4)}
     assert run_status(sr_env, run_id) == "READY"
 
+    # `sr reemit` re-publishes the *current* READY, byte-identical, for authorized operators only.
+    ops = {"SR_OPERATORS": "ops-bob"}
+    refused = sr_cli(sr_env, "reemit", run_id, "--operator", "eve", extra=ops)
+    assert refused.returncode != 0 and "not authorized" in refused.stderr
+    done = sr_cli(sr_env, "reemit", run_id, "--operator", "ops-bob", extra=ops)
+    assert done.returncode == 0, done.stderr
+    again = ready_records(sr_env, 4, settle=1.0)
+    assert len(again) == 4
+    assert (again[3].key, again[3].value, again[3].header("sr-idempotency-key")) == (
+        records[2].key, records[2].value, records[2].header("sr-idempotency-key"))
+    # `sr runs` lists it with its current facts.
+    listed = sr_cli(sr_env, "runs", "--status", "READY", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["run_id"], r["facts_view_hash"]) for r in rows] == [(run_id, events[2].facts_view_hash)]
+
 
 @pytest.fixture
 def single_partition_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str,
@@ -191,6 +207,11 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
         return r.key, r.value, r.header("sr-idempotency-key")
 
     assert [ident(r) for r in everything[200:]] == [ident(r) for r in everything[:200]]
+    # Replay also works from the intents topic: the same 200 runs are found there.
+    from_intents = sr_cli(env, "replay", "--topic", env.settings.topics.intents, "--partition", "0", "--dry-run",
+                          "--json", "--operator", "ops-alice", extra=operator_env)
+    assert from_intents.returncode == 0, from_intents.stderr
+    assert json.loads(from_intents.stdout.strip().splitlines()[-1])["runs"] == 200
     with RunIndex(pg_config(env.settings), RoundTripCounter()) as index:
         actions = index.operator_actions(limit=10)
     audit = {(a["operator"], a["action"], a["allowed"]) for a in actions}

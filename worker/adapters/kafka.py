@@ -362,6 +362,46 @@ class IntakeConsumer:
         """Partitions currently assigned to this member."""
         return list(self._require().assignment())
 
+    # read-only offset views, for the consumer-lag gauge (worker.runtime.observability)
+    def committed(self, partitions: list[TopicPartition], timeout: float = 5.0) -> list[TopicPartition]:
+        """The group's committed offsets of ``partitions`` (one broker round trip).
+
+        A partition with nothing committed comes back with a negative offset (``OFFSET_INVALID``).
+
+        Raises:
+            KafkaUnavailableError: no answer within ``timeout`` seconds.
+            KafkaFatalError: the broker refused the request.
+        """
+        try:
+            return list(self._require().committed(partitions, timeout=timeout))
+        except KafkaException as exc:
+            raise _translate(exc.args[0], "committed offsets query failed") from exc
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """This member's current fetch positions (local, no I/O; negative = none yet).
+
+        Raises:
+            KafkaFatalError: the client refused the call.
+        """
+        try:
+            return list(self._require().position(partitions))
+        except KafkaException as exc:
+            raise _translate(exc.args[0], "position query failed") from exc
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = 5.0,
+                              cached: bool = False) -> tuple[int, int] | None:
+        """``(low, high)`` watermarks of a partition; ``cached`` uses the last fetch (no I/O).
+
+        Raises:
+            KafkaUnavailableError: no answer within ``timeout`` seconds.
+            KafkaFatalError: the broker refused the request.
+        """
+        try:
+            marks = self._require().get_watermark_offsets(partition, timeout=timeout, cached=cached)
+        except KafkaException as exc:
+            raise _translate(exc.args[0], "watermark query failed") from exc
+        return None if marks is None else (int(marks[0]), int(marks[1]))
+
     def close(self) -> None:
         """Leave the group (triggers a final revoke → commit) and release the client."""
         if self._consumer is None:

@@ -49,10 +49,12 @@ from worker.errors import (
     LeaseBusyError,
     PermanentError,
     RunNotFoundError,
+    SRError,
 )
 from worker.logs import RunLogger, run_logger
 from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
 from worker.runtime.lease import Lease, LeaseManager
+from worker.runtime.observability import Metrics
 from worker.runtime.publisher import IDEMPOTENCY_HEADER, Publisher
 from worker.runtime.truth import AppendStatus, TruthStore
 from worker.runtime.verifier import EvidenceVerifier
@@ -129,7 +131,9 @@ class RunProcessor:
         lease_wait: float = 0.0,
         clock: Callable[[], datetime] = utcnow,
         crash_points: CrashPoints = INERT,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._crash = crash_points
         self._policy = policy
         self._codec = codec
@@ -270,13 +274,23 @@ class RunProcessor:
             return self._commit_status(lease=lease, intent=intent, p_hash=None, verdict=failed, keys=keys,
                                        entries=entries, current=status, log=log)
         p_hash = plan_hash(plan)
-        results = self._verifier.verify_plan(plan)
+        results = self._verify(plan)
         verdict = classify(results, deadline=intent.deadline, now=self._clock())
         if verdict.classification is Classification.COMPLETE:
             return self._commit_ready(lease=lease, intent=intent, plan=plan, p_hash=p_hash, results=results,
                                       keys=keys, entries=entries, log=log)
         return self._commit_status(lease=lease, intent=intent, p_hash=p_hash, verdict=verdict, keys=keys,
                                    entries=entries, current=status, log=log)
+
+    def _verify(self, plan: Plan) -> list[GateResult]:
+        results = self._verifier.verify_plan(plan)
+        if self._metrics is not None:
+            self._metrics.evidence_bytes(sum(r.byte_count for r in results))
+        return results
+
+    def _transition(self, status: str) -> None:
+        if self._metrics is not None:
+            self._metrics.run_transition(status)
 
     def _plan_for(self, intent: RunIntent, row: RunRow, keys: RunKeys) -> Plan:
         """The run's plan: built once, written once; later steps use the stored one."""
@@ -329,6 +343,7 @@ class RunProcessor:
             ledger_head_hash=entry_hash(entry),
             publications=[self.fact_publication(event)],
         )
+        self._transition("READY")
         self._publisher.publish([p for p in stored if p.published_at is None])
         log.info("run READY", extra={"facts_view_hash": fv_hash})
         return Outcome(Action.READY, event.run_id, fv_hash)
@@ -386,6 +401,7 @@ class RunProcessor:
             next_check_at=next_check,
             publications=[publication],
         )
+        self._transition(status.value)
         self._publisher.publish([p for p in stored if p.published_at is None])
         log.info("run %s", status.value, extra={"reason_code": verdict.reason_code})
         return Outcome(Action(status.value), lease.run_id, verdict.reason_code)
@@ -425,7 +441,7 @@ class RunProcessor:
             sup_entry = next(e for e in reversed(entries) if e.kind is LedgerKind.SUPERSEDED)
             facts_uri = str(sup_entry.body["facts_view_uri"])
         else:
-            results = self._verifier.verify_plan(plan)
+            results = self._verify(plan)
             verdict = classify(results, deadline=None, now=self._clock())
             if verdict.classification is not Classification.COMPLETE:
                 log.warning("supersede requested but the corrected evidence does not verify",
@@ -599,6 +615,8 @@ class RunProcessor:
             KafkaUnavailableError: not acknowledged; the offset must not be committed.
         """
         self._publisher.dead_letter(record, error)
+        if self._metrics is not None:
+            self._metrics.dead_lettered(error.code if isinstance(error, SRError) else "INTERNAL")
 
     # ------------------------------------------------------------------ rejections
     def _on_duplicate(self, admission: Admission, log: RunLogger) -> Outcome:
@@ -632,7 +650,8 @@ class RunProcessor:
         )
         self._publisher.send_status(self._topics.status, run_id,
                                     self._codec.encode_status(event, subject=f"{self._topics.status}-value"))
-        self._publisher.dead_letter(record, error or _RejectionError(reason_code, detail))
+        self.dead_letter(record, error or _RejectionError(reason_code, detail))
+        self._transition("REJECTED")
         log.warning("intent REJECTED", extra={"reason_code": reason_code})
 
 

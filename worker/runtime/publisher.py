@@ -9,7 +9,7 @@ caller commits its offset only after the broker acknowledged the copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from worker.adapters.kafka import Delivered, EventProducer, Record
@@ -35,6 +35,8 @@ class PublicationLike(Protocol):
     def payload(self) -> bytes: ...
     @property
     def headers(self) -> dict[str, str]: ...
+    @property
+    def kind(self) -> str: ...
 
 
 class PublishedSink(Protocol):
@@ -49,7 +51,8 @@ class Publisher:
     """Produces stored publications and dead-letters poison messages."""
 
     def __init__(self, producer: EventProducer, sink: PublishedSink, *, dlq_topic: str,
-                 crash_points: CrashPoints = INERT) -> None:
+                 crash_points: CrashPoints = INERT, on_fact_published: Callable[[], None] | None = None) -> None:
+        self._on_fact_published = on_fact_published
         self._crash = crash_points
         self._producer = producer
         self._sink = sink
@@ -76,6 +79,8 @@ class Publisher:
             where = fut.result()
             self._crash.hit(CrashPoint.AFTER_PRODUCE_BEFORE_MARK)
             self._sink.mark_published(pub.pub_key, where.partition, where.offset)
+            if self._on_fact_published is not None and pub.kind in ("READY", "SUPERSEDE"):
+                self._on_fact_published()
             delivered.append(where)
         return delivered
 

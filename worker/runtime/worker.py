@@ -42,10 +42,19 @@ from worker.errors import (
     MessageTooLargeError,
     PermanentError,
     RetryableError,
+    SRError,
     StaleEpochError,
 )
 from worker.runtime.crashpoints import CrashPoint, CrashPoints
 from worker.runtime.lease import LeaseManager
+from worker.runtime.observability import (
+    HealthServer,
+    Metrics,
+    flag_check,
+    refresh_consumer_lag,
+    refresh_runs_by_status,
+    standard_checks,
+)
 from worker.runtime.processor import Outcome, RunProcessor, Topics
 from worker.runtime.publisher import Publisher
 from worker.runtime.truth import TruthStore
@@ -57,6 +66,7 @@ log = logging.getLogger("sr.worker")
 RETRY_BACKOFF_START = 0.2  # seconds
 RETRY_BACKOFF_MAX = 5.0  # seconds
 OUTBOX_INTERVAL = 10.0  # seconds between sweeps for publications a crash left behind
+GAUGE_INTERVAL = 5.0  # seconds between consumer-lag / runs-by-status refreshes
 
 
 def load_policy_file(path: Path | None) -> Policy:
@@ -123,15 +133,21 @@ class Services:
 
 
 @contextmanager
-def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True) -> Iterator[Services]:
-    """Open every client SR needs, in dependency order; close them in reverse."""
+def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True,
+                  metrics: Metrics | None = None) -> Iterator[Services]:
+    """Open every client SR needs, in dependency order; close them in reverse.
+
+    With ``metrics``, S3 and Postgres latencies, transitions, publications, DLQ writes and
+    verified evidence bytes are recorded there.
+    """
     if migrate_db:
         migrate(settings.pg_dsn.get_secret_value())
     codec = make_codec(settings)
-    counter = RoundTripCounter()
+    counter = RoundTripCounter(on_query=metrics.observe_pg if metrics is not None else None)
     crash = CrashPoints(settings.test_crash_point, settings.test_crash_after)
     with ExitStack() as stack:
-        store = stack.enter_context(ObjectStore(s3_config(settings)))
+        store = stack.enter_context(ObjectStore(s3_config(settings),
+                                                on_request=metrics.observe_s3 if metrics is not None else None))
         index = stack.enter_context(RunIndex(pg_config(settings), counter))
         leases = stack.enter_context(LeaseManager(pg_config(settings), counter))
         producer = stack.enter_context(EventProducer(kafka_config(settings)))
@@ -146,7 +162,8 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
             leases=leases,
             truth=TruthStore(store, settings.s3_bucket, settings.s3_prefix),
             verifier=verifier,
-            publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash),
+            publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash,
+                                on_fact_published=metrics.ready_published if metrics is not None else None),
             topics=Topics(ready=settings.topics.ready, status=settings.topics.status),
             s3_bucket=settings.s3_bucket,
             s3_prefix=settings.s3_prefix,
@@ -154,6 +171,7 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
             recheck_interval=settings.recheck_interval,
             lease_wait=settings.lease_wait,
             crash_points=crash,
+            metrics=metrics,
         )
         yield Services(settings, codec, store, index, leases, producer, processor, counter, crash)
 
@@ -193,6 +211,8 @@ class Worker:
         self._stop = threading.Event()
         self._on_outcome = on_outcome
         self.ready = threading.Event()
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish in-flight work, commit and exit. Only sets an event."""
@@ -206,11 +226,29 @@ class Worker:
     def run(self) -> None:
         """Run until :meth:`stop`.
 
+        The HTTP endpoints (``/healthz``, ``/readyz``, ``/metrics``) come up first, so a
+        liveness probe answers during migrations; ``/readyz`` turns ready once the loop runs
+        and Kafka, Postgres and S3 all answer.
+
         Raises:
             SRError: start-up failed (configuration, migrations, clients).
         """
         s = self._settings
-        with open_services(s, self._policy) as services, ThreadPoolExecutor(
+        health = HealthServer(s.http_host, s.http_port, metrics=self.metrics, checks={
+            **standard_checks(kafka_config(s), s.pg_dsn, s3_config(s), s.s3_bucket),
+            "worker": flag_check(self.ready, "worker loop"),
+        })
+        health.start()
+        self.health = health
+        log.info("http endpoints up", extra={"url": health.url})
+        try:
+            self._run_loop()
+        finally:
+            health.stop()
+
+    def _run_loop(self) -> None:
+        s = self._settings
+        with open_services(s, self._policy, metrics=self.metrics) as services, ThreadPoolExecutor(
             max_workers=s.run_concurrency, thread_name_prefix="sr-run"
         ) as pool:
             consumer = IntakeConsumer(
@@ -223,23 +261,37 @@ class Worker:
             )
             with consumer:
                 self._retrying(services.processor.flush_outbox)
-                last_outbox = last_sweep = time.monotonic()
+                last_outbox = last_sweep = last_gauges = time.monotonic()
                 self.ready.set()
                 log.info("worker started", extra={"group_id": s.group_id})
                 while not self._stop.is_set():
                     records = consumer.poll_batch(s.batch_size, s.poll_timeout)
                     if records:
                         self._process_batch(services, consumer, pool, records)
-                    if time.monotonic() - last_outbox > OUTBOX_INTERVAL:
+                    now = time.monotonic()
+                    if now - last_outbox > OUTBOX_INTERVAL:
                         self._retrying(services.processor.flush_outbox)
-                        last_outbox = time.monotonic()
-                    if time.monotonic() - last_sweep > s.sweep_interval:
+                        last_outbox = now
+                    if now - last_sweep > s.sweep_interval:
                         self._sweep(services)
                         last_sweep = time.monotonic()
+                    if now - last_gauges > GAUGE_INTERVAL:
+                        self._refresh_gauges(services, consumer)
+                        last_gauges = time.monotonic()
                 consumer.commit()
+            self.ready.clear()
             # The real cost of the work done, for operators and the cost tests.
             log.info("worker stopped", extra={"s3_requests": services.store.counter.snapshot(),
                                               "pg_round_trips": services.pg_counter.snapshot()})
+
+    def _refresh_gauges(self, services: Services, consumer: IntakeConsumer) -> None:
+        """Consumer lag and runs-by-status gauges; a failure only costs one refresh."""
+        s = self._settings
+        try:
+            refresh_consumer_lag(consumer, [s.topics.intents, s.topics.triggers], self.metrics, cached=True)
+            refresh_runs_by_status(services.index, self.metrics)
+        except SRError as exc:
+            log.debug("gauge refresh failed", extra={"error": str(exc)})
 
     def _process_batch(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
                        records: list[Record]) -> None:
@@ -285,6 +337,7 @@ class Worker:
                 if not self._dead_letter(processor, record, exc):
                     return False
                 outcome = None
+            self.metrics.message(record.topic, outcome.action.value if outcome is not None else "DLQ")
             if self._on_outcome is not None:
                 self._on_outcome(record, outcome)
             return True
