@@ -32,6 +32,8 @@ WORKER_ENV = (
     "SR_S3_BUCKET",
     "SR_S3_PREFIX",
     "SR_POLICY_FILE",
+    "SR_HTTP_HOST",
+    "SR_HTTP_PORT",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
@@ -226,6 +228,9 @@ def test_worker_service(services: dict[str, dict[str, Any]]) -> None:
     assert env["SR_S3_BUCKET"] == "scenario-runner"
     assert env["SR_S3_PREFIX"] == "sr"
     assert env["SR_POLICY_FILE"] == "/app/schemas/policy.example.toml"
+    # The worker's HTTP endpoints must listen on all interfaces of the container, on the
+    # port that is published and probed.
+    assert (env["SR_HTTP_HOST"], str(env["SR_HTTP_PORT"])) == ("0.0.0.0", "8080")
     assert env["SR_KAFKA_BOOTSTRAP"] == "kafka:19092"
     # Graceful shutdown finishes in-flight runs; compose's default 10 s would cut it short.
     assert worker["stop_grace_period"] == "60s"
