@@ -36,6 +36,7 @@ from worker.adapters.postgres import (
     PgConfig,
     Publication,
     RoundTripCounter,
+    RunRow,
     execute,
     publication_params,
     query,
@@ -152,7 +153,8 @@ class Lease:
     """
 
     def __init__(self, pool: ConnectionPool, conn: Connection, *, run_id: str, lock_key: int, epoch: int,
-                 counter: RoundTripCounter) -> None:
+                 counter: RoundTripCounter, row: RunRow | None = None) -> None:
+        self._row = row
         self._pool = pool
         self._conn: Connection | None = conn
         self._run_id = run_id
@@ -173,6 +175,11 @@ class Lease:
     def epoch(self) -> int:
         """The fencing epoch this lease writes with."""
         return self._epoch
+
+    @property
+    def row(self) -> RunRow | None:
+        """The run's index row as read (with the new epoch) in the acquiring round trip."""
+        return self._row
 
     @property
     def backend_pid(self) -> int:
@@ -403,11 +410,12 @@ class LeaseManager:
         if not row.get("granted"):
             self._pool.putconn(conn)
             return None
-        epoch = row.get("epoch")
+        epoch = row.get("lease_epoch")
         if epoch is None:
             if row.get("unlocked"):
                 self._pool.putconn(conn)
             else:
                 self._pool.discard(conn)
             raise RunNotFoundError(f"run {run_id} is not in the index")
-        return Lease(self._pool, conn, run_id=run_id, lock_key=lock_key, epoch=int(epoch), counter=self.counter)
+        return Lease(self._pool, conn, run_id=run_id, lock_key=lock_key, epoch=int(epoch), counter=self.counter,
+                     row=RunRow.from_record(row))

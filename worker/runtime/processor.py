@@ -238,7 +238,7 @@ class RunProcessor:
             return Outcome(Action.BUSY, run_id)
         with lease:
             log = run_logger("sr.run", **{**(log.extra or {}), "epoch": lease.epoch})
-            row = self._index.get(run_id)
+            row = lease.row or self._index.get(run_id)
             if row is None:
                 raise RunNotFoundError(f"run {run_id} is not in the index")
             return self._step(lease, row, fresh=fresh, trigger=trigger, log=log)

@@ -116,15 +116,20 @@ WITH lock AS MATERIALIZED (
            updated_at = now()
      WHERE run_id = %(run_id)s
        AND (SELECT granted FROM lock)
- RETURNING lease_epoch
+ RETURNING run_id, run_equivalence_key, intent_fingerprint, tenant_id, namespace, scenario_id, status,
+           reason_code, plan_hash, facts_view_hash, ledger_seq, ledger_head_hash, lease_epoch, deadline,
+           next_check_at, intent, evidence_root, created_at, updated_at
 ), undo AS MATERIALIZED (
     SELECT pg_advisory_unlock(%(lock_key)s::bigint) AS unlocked
      WHERE (SELECT granted FROM lock)
        AND NOT EXISTS (SELECT 1 FROM bump)
 )
+-- The run row comes back with the lease, so the holder needs no second round trip to read it.
 SELECT (SELECT granted FROM lock) AS granted,
-       (SELECT lease_epoch FROM bump) AS epoch,
-       (SELECT unlocked FROM undo) AS unlocked;
+       (SELECT unlocked FROM undo) AS unlocked,
+       bump.*
+  FROM (SELECT 1) AS one
+  LEFT JOIN bump ON true;
 
 -- name: release_lease
 SELECT pg_advisory_unlock(%(lock_key)s::bigint) AS released;
