@@ -237,10 +237,11 @@ class RunProcessor:
             log.info("run is leased by another worker; leaving it to the holder")
             return Outcome(Action.BUSY, run_id)
         with lease:
-            log = run_logger("sr.run", **{**(log.extra or {}), "epoch": lease.epoch})
             row = lease.row or self._index.get(run_id)
             if row is None:
                 raise RunNotFoundError(f"run {run_id} is not in the index")
+            # Every line about this step carries the run, its tenant and the fencing epoch.
+            log = run_logger("sr.run", **{**(log.extra or {}), "tenant_id": row.tenant_id, "epoch": lease.epoch})
             return self._step(lease, row, fresh=fresh, trigger=trigger, log=log)
 
     def _step(self, lease: Lease, row: RunRow, *, fresh: bool, trigger: RunTrigger | None,
