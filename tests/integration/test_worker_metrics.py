@@ -42,7 +42,7 @@ def test_worker_exposes_health_and_correct_metrics(sr_env: SREnv, write_evidence
         base = health.url
         assert _get(base + "/healthz")[0] == 200
         assert wait_for(lambda: _get(base + "/readyz")[0] == 200, timeout=30)
-        status, body = _get(base + "/readyz")
+        _status, body = _get(base + "/readyz")
         assert set(json.loads(body)) >= {"kafka", "postgres", "s3"}
 
         submit(sr_env, [ready_intent, waiting_intent])

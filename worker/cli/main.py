@@ -18,13 +18,14 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``sr`` argument parser with every sub-command registered."""
     from worker.cli import dev, operate, ops
+    from worker.cli import runpack as runpack_cli
 
     parser = argparse.ArgumentParser(prog="sr", description="Scenario Runner: the run readiness authority.")
     parser.add_argument("--config", help="TOML config file (environment variables override it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev.register(sub)
     ops.register(sub)
-    operate.register(sub)
+    runpack_cli.register(sub, operate.register(sub))
     return parser
 
 

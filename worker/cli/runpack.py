@@ -1,0 +1,256 @@
+"""``sr runpack export|verify`` and ``sr index prune``: audit runpacks and index retention.
+
+Wiring (in :func:`worker.cli.main.build_parser`)::
+
+    from worker.cli import runpack as runpack_cli
+    runpack_cli.register(sub, operate.register(sub))   # sr runpack export|verify, sr index prune
+
+Exit codes: 0 success; 1 ``verify`` found problems; 2 any SR error (printed by ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from worker.errors import InputError
+from worker.runpack.export import Progress as ProgressFn
+from worker.settings import Settings
+
+__all__ = ["cmd_export", "cmd_prune", "cmd_verify", "register", "register_prune"]
+
+
+def register(sub: Any, index_sub: Any = None) -> None:
+    """Register ``runpack export|verify`` on ``sub`` (the top-level sub-parsers).
+
+    With ``index_sub`` (the sub-parsers of ``sr index``, as returned by
+    :func:`worker.cli.operate.register`) ``index prune`` is registered there too.
+    """
+    runpack = sub.add_parser("runpack", help="audit runpacks: export one run's whole story, verify it offline")
+    actions = runpack.add_subparsers(dest="runpack_cmd", required=True, metavar="ACTION")
+
+    p = actions.add_parser(
+        "export", help="export a run's intent, plan, ledger, facts views, receipts and publications",
+        description="Write a deterministic runpack (manifest last) below DIR or s3://bucket/prefix at "
+                    "tenant/<t>/namespace/<n>/scenario/<s>/run/<run_id>/plan/<plan_hash>/.",
+    )
+    p.add_argument("run_id", help="the run (32 lowercase hex)")
+    p.add_argument("--to", required=True, metavar="DIR|s3://BUCKET/PREFIX", help="export target")
+    p.add_argument("--tenant", help="the run's tenant (needed with --no-index; checked against the index)")
+    p.add_argument("--namespace", help="the run's namespace (needed with --no-index; checked against the index)")
+    p.add_argument("--no-index", action="store_true",
+                   help="do not read Postgres: export from S3 alone (no publications)")
+    p.add_argument("--retain-until", metavar="ISO-8601",
+                   help="put S3 Object Lock retention until this time on every exported object")
+    p.add_argument("--lock-mode", choices=["governance", "compliance"], default="governance",
+                   help="Object Lock mode for --retain-until (default: governance)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_export)
+
+    p = actions.add_parser(
+        "verify", help="verify a runpack offline (exit 0 only if every check passes)",
+        description="Verify a runpack directory or s3:// prefix (the one holding manifest.json) using only its "
+                    "own files. Every problem is reported, not just the first.",
+    )
+    p.add_argument("location", metavar="DIR|s3://BUCKET/PREFIX", help="the runpack root")
+    p.add_argument("--expect-root-hash", metavar="HEX",
+                   help="the root hash recorded at export time; any other root hash fails verification")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_verify)
+    if index_sub is not None:
+        register_prune(index_sub)
+
+
+def register_prune(index_sub: Any) -> None:
+    """Register ``index prune`` on ``index_sub`` (the sub-parsers of ``sr index``)."""
+    p = index_sub.add_parser(
+        "prune", help="delete superseded working data from the Postgres index (never S3 truth)",
+        description="Delete published outbox rows older than --older-than days that no code path needs again: "
+                    "READY/SUPERSEDE rows of superseded facts views and STATUS rows of runs in a final status. "
+                    "Run rows, unpublished rows and the current facts' rows are never deleted; S3 is not touched. "
+                    "Like every operator action it needs an operator in SR_OPERATORS and is audited.",
+    )
+    p.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
+                   help="only rows published more than DAYS days ago (database clock)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.add_argument("--batch-size", type=int, default=1000, help="rows deleted per transaction (default 1000)")
+    p.add_argument("--operator", help="operator identity (default: $SR_OPERATOR or the OS user)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_prune)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("--older-than must be a finite number of days >= 0")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = getattr(args, "settings", None)
+    if settings is None:
+        settings = Settings()
+    return settings
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[ProgressFn | None]:
+    """A rich progress bar on stderr when it is a terminal; otherwise no callback."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(path: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"{label} {escape(path)}")
+
+        yield update
+
+
+def parse_retain_until(text: str) -> datetime:
+    """Parse ``--retain-until``: ISO-8601 with an offset, or a date (midnight UTC).
+
+    Raises:
+        InputError: unparsable, or a date-time without a timezone.
+    """
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"--retain-until {text!r} is not an ISO-8601 date or timestamp") from exc
+    if len(text) == 10:  # a plain date
+        return value.replace(tzinfo=UTC)
+    if value.tzinfo is None:
+        raise InputError("--retain-until needs a timezone, e.g. 2031-01-01T00:00:00Z")
+    return value
+
+
+# ----------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export one run's runpack; prints where it went and its root hash.
+
+    Raises:
+        SRError: any refusal or failure (printed by ``main`` with exit code 2).
+    """
+    from worker.adapters.postgres import RoundTripCounter, RunIndex
+    from worker.adapters.s3 import ObjectStore
+    from worker.runpack.export import export_run, open_target
+    from worker.runpack.retention import LockMode, Retention
+    from worker.runtime.truth import TruthStore
+    from worker.runtime.worker import pg_config, s3_config
+
+    settings = _settings(args)
+    retention = None
+    if args.retain_until is not None:
+        try:
+            retention = Retention.until(LockMode(args.lock_mode.upper()), parse_retain_until(args.retain_until))
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    with ExitStack() as stack:
+        store = stack.enter_context(ObjectStore(s3_config(settings)))
+        index = None if args.no_index else stack.enter_context(RunIndex(pg_config(settings), RoundTripCounter()))
+        target = open_target(args.to, store, retention)
+        with _progress("exporting") as progress:
+            result = export_run(
+                args.run_id, target, truth=TruthStore(store, settings.s3_bucket, settings.s3_prefix), index=index,
+                tenant_id=args.tenant, namespace=args.namespace, progress=progress,
+            )
+    doc = {"run_id": result.run_id, "location": result.location, "root_hash": result.root_hash,
+           "files": result.files, "bytes": result.bytes,
+           "retention": None if retention is None else {"mode": retention.mode.value,
+                                                        "retain_until": retention.retain_until.isoformat()}}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"exported run {result.run_id} to {result.location}")
+        print(f"root hash {result.root_hash} ({result.files} files, {result.bytes} bytes)")
+        if retention is not None:
+            print(f"object lock {retention.mode.value} until {retention.retain_until.isoformat()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- verify
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a runpack offline. Exit 0 only if every check passed, 1 otherwise.
+
+    Raises:
+        SRError: the runpack could not even be listed (e.g. S3 unreachable); exit 2.
+    """
+    from worker.runpack.verify import open_source, verify_runpack
+
+    with ExitStack() as stack:
+        store = None
+        if args.location.startswith("s3://"):
+            from worker.adapters.s3 import ObjectStore
+            from worker.runtime.worker import s3_config
+
+            store = stack.enter_context(ObjectStore(s3_config(_settings(args))))
+        try:
+            source = open_source(args.location, store)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        with _progress("verifying") as progress:
+            report = verify_runpack(source, expect_root_hash=args.expect_root_hash, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0 if report.ok else 1
+    console = Console(highlight=False, soft_wrap=True)
+    if report.ok:
+        console.print(f"[green]OK[/] runpack {escape(report.location)}: run {report.run_id}, "
+                      f"{report.files_checked} files, root hash {report.root_hash}")
+        return 0
+    console.print(f"[red]FAILED[/] runpack {escape(report.location)}: {len(report.problems)} problem(s)")
+    for problem in report.problems:
+        where = f" {escape(problem.path)}:" if problem.path else ""
+        console.print(f"  [bold]{problem.code}[/]{where} {escape(problem.detail)}")
+    return 1
+
+
+# ----------------------------------------------------------------------------- prune
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Authorize, then prune superseded working data from the Postgres index; never touches S3.
+
+    Raises:
+        AuthorizationError: the operator is not in ``SR_OPERATORS`` (the refusal is recorded).
+        SRError: Postgres failed (exit 2).
+    """
+    import os
+
+    from worker.adapters.postgres import RoundTripCounter, RunIndex
+    from worker.runpack.retention import prune_index
+    from worker.runtime.operators import authorize, operator_name
+    from worker.runtime.worker import pg_config
+
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    settings = _settings(args)
+    operator = operator_name(args.operator, dict(os.environ))
+    with RunIndex(pg_config(settings), RoundTripCounter()) as index:
+        authorize(index, settings.operators, operator, "index prune",
+                  {"older_than_days": args.older_than, "dry_run": args.dry_run})
+        result = prune_index(pg_config(settings), older_than=timedelta(days=args.older_than),
+                             dry_run=args.dry_run, batch_size=args.batch_size)
+        doc = {"dry_run": result.dry_run, "cutoff": result.cutoff.isoformat(), "deleted": result.by_kind,
+               "total": result.total}
+        index.record_operator_action(operator, "index prune.done", allowed=True, detail=doc)
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        verb = "would delete" if result.dry_run else "deleted"
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result.by_kind.items())) or "nothing"
+        print(f"{verb} {result.total} publication row(s) published before {result.cutoff.isoformat()}: {kinds}")
+    return 0
