@@ -39,14 +39,20 @@ def control_fact(entry: LedgerEntry, intent: RunIntent) -> ReadyEvent:
         IntegrityError: the entry is not a READY/SUPERSEDED entry or lacks required fields.
     """
     body = entry.body
-    try:
-        if entry.kind is LedgerKind.READY:
+    # READY records the fact it commits; SUPERSEDED records the old→new pair it announces.
+    fields = {
+        LedgerKind.READY: (EventType.READY, "facts_view_hash", "supersedes_facts_view_hash"),
+        LedgerKind.SUPERSEDED: (EventType.SUPERSEDE, "new_facts_view_hash", "old_facts_view_hash"),
+    }.get(entry.kind)
+    if fields is not None:
+        event_type, fact_field, supersedes_field = fields
+        try:
             return ReadyEvent(
-                event_type=EventType.READY,
+                event_type=event_type,
                 run_id=entry.run_id,
-                facts_view_hash=body["facts_view_hash"],
+                facts_view_hash=body[fact_field],
                 facts_view_uri=body["facts_view_uri"],
-                supersedes_facts_view_hash=body.get("supersedes_facts_view_hash"),
+                supersedes_facts_view_hash=body.get(supersedes_field),
                 tenant_id=intent.tenant_id,
                 namespace=intent.namespace,
                 scenario_id=intent.scenario_id,
@@ -55,24 +61,9 @@ def control_fact(entry: LedgerEntry, intent: RunIntent) -> ReadyEvent:
                 plan_hash=body["plan_hash"],
                 emitted_at=datetime_from_millis(entry.at_ms),
             )
-        if entry.kind is LedgerKind.SUPERSEDED:
-            return ReadyEvent(
-                event_type=EventType.SUPERSEDE,
-                run_id=entry.run_id,
-                facts_view_hash=body["new_facts_view_hash"],
-                facts_view_uri=body["facts_view_uri"],
-                supersedes_facts_view_hash=body["old_facts_view_hash"],
-                tenant_id=intent.tenant_id,
-                namespace=intent.namespace,
-                scenario_id=intent.scenario_id,
-                pins=intent.pins,
-                policy_rev=body["policy_rev"],
-                plan_hash=body["plan_hash"],
-                emitted_at=datetime_from_millis(entry.at_ms),
-            )
-    except (KeyError, ValueError) as exc:
-        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} cannot be rebuilt as an event: "
-                             f"{exc}") from exc
+        except (KeyError, ValueError) as exc:
+            raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} cannot be rebuilt as an event: "
+                                 f"{exc}") from exc
     raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
 
 
