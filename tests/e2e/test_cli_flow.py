@@ -94,3 +94,17 @@ def test_demo_shows_every_outcome_and_exits_cleanly(tmp_path: Path) -> None:
     assert "DIGEST_MISMATCH" in out and "EQUIV_KEY_COLLISION" in out and "EVIDENCE_MISSING" in out
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+def test_worker_refuses_a_policy_with_an_unknown_gate(sr_env: SREnv, tmp_path: Path) -> None:
+    # An output that names a gate the policy does not define is caught when the policy is
+    # loaded: the worker never starts with it (so no intent can be judged by it).
+    bad = tmp_path / "bad-policy.toml"
+    bad.write_text('[outputs.transactions]\ngates = ["gate_missing"]\n'
+                   '[gates.gate_6B]\nmethod = "sha256_bundle_digest"\nbundle = "gates/6B"\n')
+    env = sr_env.env()
+    env["SR_POLICY_FILE"] = str(bad)
+    res = subprocess.run([SR, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith("sr: error:") and "gate_missing" in res.stderr
+    assert "Traceback" not in res.stderr
