@@ -325,3 +325,14 @@ class ObjectLockUnsupportedError(S3Error, PermanentError):
     """WORM retention was asked for, but the bucket has no S3 Object Lock configuration."""
 
     code = "OBJECT_LOCK_UNSUPPORTED"
+
+
+class LedgerRaceError(S3Error, RetryableError):
+    """Another writer advanced the run's ledger with a different decision at the same seq.
+
+    This holder's view is stale (it was fenced, or raced a re-drive): it must not overwrite
+    anything. Handling the message again re-reads the index and the ledger and sees what the
+    other writer decided — so it is retried, never dead-lettered.
+    """
+
+    code = "LEDGER_RACE"

@@ -15,6 +15,7 @@ Errors are translated at this edge: a retriable/transport fault becomes
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -25,6 +26,8 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.errors import KafkaFatalError, KafkaUnavailableError
+
+log = logging.getLogger("sr.kafka")
 
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -121,6 +124,19 @@ _TRANSIENT_CODES = frozenset({
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION,
+})
+
+
+# Commit refusals that mean "the group moved on without us", not a broken client.
+_GROUP_MOVED_ON = frozenset({
+    KafkaError._ASSIGNMENT_LOST,
+    KafkaError._STATE,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.STALE_MEMBER_EPOCH,
+    KafkaError.FENCED_MEMBER_EPOCH,
 })
 
 
@@ -355,6 +371,13 @@ class IntakeConsumer:
         except KafkaException as exc:
             err = exc.args[0]
             if err.code() == KafkaError._NO_OFFSET:
+                return
+            if err.code() in _GROUP_MOVED_ON:
+                # Routine group churn (we were evicted while slow or paused, or a rebalance is
+                # under way): the partitions belong to someone else now, who re-drives the
+                # uncommitted records — all of SR's effects are idempotent. Not fatal.
+                log.warning("offset commit refused by the group; the new owner re-drives",
+                            extra={"error": err.str()})
                 return
             raise _translate(err, "commit failed") from exc
 

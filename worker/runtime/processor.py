@@ -47,6 +47,7 @@ from worker.errors import (
     EvidenceRootForbiddenError,
     IntegrityError,
     LeaseBusyError,
+    LedgerRaceError,
     PermanentError,
     RunNotFoundError,
     SRError,
@@ -545,8 +546,8 @@ class RunProcessor:
         rebuild the index (``sr index rebuild``) or export a runpack.
 
         Raises:
-            IntegrityError: someone else wrote a *different* decision at that seq (we were
-                fenced or raced): never overwrite; the next re-drive re-evaluates.
+            LedgerRaceError: someone else wrote a *different* decision at that seq (we were
+                fenced or raced): never overwrite; handling the message again re-evaluates.
         """
         previous = entries[-1] if entries else None
         if previous is None and intent is not None:
@@ -562,7 +563,7 @@ class RunProcessor:
         for existing in current[len(entries):]:
             if existing.kind is kind and _same_decision(existing.body, body):
                 return existing
-        raise IntegrityError(
+        raise LedgerRaceError(
             f"ledger of run {lease.run_id} advanced concurrently at seq {entry.seq}; not overwriting"
         )
 

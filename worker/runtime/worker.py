@@ -278,7 +278,11 @@ class Worker:
                     if now - last_gauges > GAUGE_INTERVAL:
                         self._refresh_gauges(services, consumer)
                         last_gauges = time.monotonic()
-                consumer.commit()
+                try:
+                    consumer.commit()
+                except RetryableError as exc:
+                    log.warning("final offset commit failed; records since the last commit will be re-driven",
+                                extra={"error": str(exc)})
             self.ready.clear()
             # The real cost of the work done, for operators and the cost tests.
             log.info("worker stopped", extra={"s3_requests": services.store.counter.snapshot(),
@@ -305,7 +309,12 @@ class Worker:
         for topic, partition, next_offset in tracker.committable():
             consumer.store(topic, partition, next_offset)
         services.crash.hit(CrashPoint.BEFORE_OFFSET_COMMIT)
-        consumer.commit()
+        try:
+            consumer.commit()
+        except RetryableError as exc:
+            # The stored offsets stay stored; the next commit (next batch, revoke or stop)
+            # carries them. Until then a crash only means idempotent re-deliveries.
+            log.warning("offset commit failed; will retry with the next batch", extra={"error": str(exc)})
 
     def _handle(self, services: Services, record: Record) -> bool:
         """Handle one record to a durable end. False only if the worker stopped first."""
