@@ -36,5 +36,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider
 
+## bench: the full benchmark suite (~15 min on 2 cores); writes bench/results/<timestamp>.json. Never part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --full
+
+## bench-quick: the same figures on scaled-down counts (< 60 s); writes bench/results/<timestamp>-quick.json
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+## soak: the reliability suite's long variants: 3 kill-matrix rounds per crash point, >= 10,000 hypothesis examples per property
+soak: $(STAMP)
+	SR_SOAK=1 $(BIN)/pytest -p no:cacheprovider -o timeout=1800 tests/reliability
+
 clean:
 	rm -rf .sr-dev .mypy_cache .ruff_cache .pytest_cache

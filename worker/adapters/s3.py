@@ -17,6 +17,7 @@ The adapter is thread-safe once entered: a boto3 client may be shared by threads
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
@@ -391,10 +392,14 @@ class ObjectStore:
         """
         what = f"PUT s3://{bucket}/{key}"
         data = bytes(body)
+        # A body checksum makes the server refuse a PUT whose body never fully arrived. Without
+        # it, SeaweedFS commits a 0-byte object when the client dies after the headers, and
+        # write-once then makes that empty object permanent (tests/reliability, torn PUT).
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
         def put() -> None:
             self.counter.add_bytes(bytes_out=len(data))
-            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", ContentMD5=md5)
 
         try:
             self._call("PUT", what, put)

@@ -24,7 +24,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from worker.core.canonical import canonical_json, sha256_hex
 from worker.core.keys import validate_relative_key, validate_segment
@@ -262,6 +262,11 @@ def load_policy(data: bytes) -> Policy:
                     depends_on=tuple(_str_list(table.get("depends_on", []), f"gates.{gate_id}.depends_on")),
                 )
             )
-        except ValueError as exc:  # pydantic ValidationError is a ValueError
-            raise PolicyError(f"gate {gate_id!r}: {exc}") from exc
+        except ValidationError as exc:
+            # One line, no docs URL: this text becomes a CLI error and a log field.
+            reasons = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'gate'}: {err['msg']}"
+                                for err in exc.errors(include_url=False, include_input=False)[:5])
+            raise PolicyError(f"gate {gate_id!r}: {reasons}") from exc
+        except ValueError as exc:
+            raise PolicyError(f"gate {gate_id!r}: {' '.join(str(exc).split())}") from exc
     return build_policy(outputs, specs)

@@ -1,0 +1,187 @@
+"""B4 — cost: S3 requests by verb and Postgres round trips per message kind; S3 bytes per run.
+
+Measured in-process on the worker's own services (``open_services``: the same adapters,
+counters and processor as ``sr run``), like ``tests/integration/test_fencing_and_cost.py``:
+
+* READY run — a fresh intent whose 2 gates x 4 members of 4 KiB all PASS;
+* WAITING (first) — a fresh intent whose gate 6B has no ``_passed.flag`` yet;
+* WAITING re-check — the sweep re-driving a due WAITING run (evidence still missing);
+* duplicate intent — a re-delivery of an intent of a READY run (other request_id) and of a
+  WAITING run.
+
+The limit column is the target of the issue where there is one (S3 writes per READY run
+<= 4; zero S3 writes and <= 2 Postgres round trips per duplicate).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import figure, log, make_intent, make_world, put_many, s3_client, standard_evidence
+
+VERBS = ("PUT", "GET", "LIST", "HEAD", "DELETE")
+
+
+def _record(world: Any, codec: Any, intent: Any, offset: int) -> Any:
+    from worker.adapters.kafka import Record
+
+    return Record(topic=world.topics["intents"], partition=0, offset=offset, key=None,
+                  value=codec.encode_intent(intent), headers=(), timestamp_ms=None)
+
+
+class _Cost:
+    def __init__(self) -> None:
+        self.samples: list[dict[str, float]] = []
+
+    def add(self, s3: dict[str, Any], pg: float, wall_ms: float = 0.0) -> None:
+        self.samples.append({**{v: float(s3.get(v, 0)) for v in VERBS}, "pg": float(pg),
+                             "bytes_out": float(s3.get("bytes_out", 0)), "bytes_in": float(s3.get("bytes_in", 0)),
+                             "wall_ms": wall_ms})
+
+    def mean(self) -> dict[str, float]:
+        n = len(self.samples)
+        keys = self.samples[0].keys() if self.samples else ()
+        out = {k: round(sum(s[k] for s in self.samples) / n, 3) for k in keys}
+        out["s3_requests"] = round(sum(out[v] for v in VERBS), 3)
+        out["samples"] = n
+        return out
+
+
+def measure(ctx: Any) -> dict[str, Any]:
+    from worker.core.identity import run_id_of
+    from worker.core.policy import load_policy
+    from worker.runtime.processor import Action
+    from worker.runtime.worker import open_services
+
+    runs = ctx.sizes["b4_runs"]
+    world = make_world(ctx.servers, "b4", ctx.work_dir, partitions=1)
+    try:
+        client = s3_client(ctx.servers)
+        put_many(client, world.bucket, standard_evidence(world.evidence_prefix("ok")))
+        partial = [(k, v) for k, v in standard_evidence(world.evidence_prefix("wait"))
+                   if not k.endswith("6B/_passed.flag")]
+        put_many(client, world.bucket, partial)
+        ok_root, wait_root = world.evidence_root("ok"), world.evidence_root("wait")
+        try:
+            settings = world.settings(recheck_interval=0.0)
+        except Exception:
+            settings = world.settings()
+        policy = load_policy(world.policy_path.read_bytes())
+        costs = {k: _Cost() for k in ("ready", "waiting_first", "waiting_recheck", "duplicate_of_ready",
+                                      "duplicate_of_waiting")}
+        with open_services(settings, policy) as svc:
+            proc, codec = svc.processor, svc.codec
+            offset = 0
+
+            def handle(intent: Any, expect: Any, cost: _Cost | None) -> str:
+                nonlocal offset
+                record = _record(world, codec, intent, offset)
+                svc.store.counter.reset()
+                svc.pg_counter.reset()
+                t0 = time.perf_counter()
+                outcome = proc.handle_intent(record)
+                wall_ms = (time.perf_counter() - t0) * 1000
+                offset += 1
+                if outcome.action is not expect:
+                    raise RuntimeError(f"expected {expect}, got {outcome}")
+                if cost is not None:
+                    cost.add(svc.store.counter.snapshot(), svc.pg_counter.snapshot(), wall_ms)
+                return str(outcome.run_id)
+
+            handle(make_intent(world, "b4-warm", 0, ok_root), Action.READY, None)  # connections, caches
+            ready_intents = [make_intent(world, "b4-ready", i, ok_root) for i in range(runs)]
+            for intent in ready_intents:
+                handle(intent, Action.READY, costs["ready"])
+            for i, intent in enumerate(ready_intents):
+                dup = intent.model_copy(update={"request_id": f"dup-{i}", "submitted_by": "someone-else"})
+                handle(dup, Action.DUPLICATE, costs["duplicate_of_ready"])
+            wait_intents = [make_intent(world, "b4-wait", i, wait_root) for i in range(runs)]
+            waiting_ids = [handle(intent, Action.WAITING, costs["waiting_first"]) for intent in wait_intents]
+            for i, intent in enumerate(wait_intents):
+                dup = intent.model_copy(update={"request_id": f"dup-{i}", "submitted_by": "someone-else"})
+                handle(dup, Action.DUPLICATE, costs["duplicate_of_waiting"])
+            # Re-checks: the sweep (as the worker runs it) when runs are due right away, else drive().
+            recheck_mode = "drive(run_id, fresh=False)"
+            svc.store.counter.reset()
+            svc.pg_counter.reset()
+            swept: list[Any] = []
+            if getattr(settings, "recheck_interval", 1.0) == 0.0 and hasattr(proc, "sweep"):
+                time.sleep(0.01)
+                swept = [o for o in proc.sweep(limit=1000) if o.run_id in set(waiting_ids)]
+            if len(swept) == len(waiting_ids):
+                recheck_mode = "sweep() over due WAITING runs (due_for_check amortised)"
+                s3, pg = svc.store.counter.snapshot(), svc.pg_counter.snapshot()
+                n = len(swept)
+                for _ in range(n):
+                    costs["waiting_recheck"].add({k: v / n for k, v in s3.items()}, pg / n)
+            else:
+                for run_id in waiting_ids:
+                    svc.store.counter.reset()
+                    svc.pg_counter.reset()
+                    proc.drive(run_id, fresh=False, wait=0.0)
+                    costs["waiting_recheck"].add(svc.store.counter.snapshot(), svc.pg_counter.snapshot())
+            assert all(run_id_of(i) in waiting_ids for i in wait_intents)
+        res = {k: c.mean() for k, c in costs.items()}
+        res["recheck_mode"] = recheck_mode
+        res["mode"] = ctx.mode
+        res["evidence"] = "2 gates x 4 members of 4 KiB (gate_3A member-concat, gate_6B bundle digest)"
+        r = res["ready"]
+        log(f"B4 READY run: PUT {r['PUT']} GET {r['GET']} LIST {r['LIST']} pg {r['pg']} bytes_out {r['bytes_out']}; "
+            f"duplicate: S3 {res['duplicate_of_ready']['s3_requests']} pg {res['duplicate_of_ready']['pg']}")
+        return res
+    finally:
+        world.drop()
+
+
+def _verbs(c: dict[str, Any]) -> str:
+    return ", ".join(f"{v} {c[v]:g}" for v in VERBS if c.get(v)) or "none"
+
+
+class Scenario:
+    """B4: in-process, nothing to start ahead."""
+
+    name = "B4"
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        return
+
+    def start(self) -> None:
+        return
+
+    def close(self) -> None:
+        return
+
+    def run(self) -> dict[str, Any]:
+        return measure(self.ctx)
+
+
+def figures(res: dict[str, Any], limits: dict[str, Any]) -> list[dict[str, Any]]:
+    r, dup, dupw = res["ready"], res["duplicate_of_ready"], res["duplicate_of_waiting"]
+    wf, wr = res["waiting_first"], res["waiting_recheck"]
+    return [
+        figure("B4 S3 writes (PUT) per READY run", r["PUT"], "req", limit=4, limit_name="target",
+               target="<= 4", met=r["PUT"] <= 4),
+        figure("B4 S3 requests per READY run (all verbs)", r["s3_requests"], "req", note=_verbs(r)),
+        figure("B4 Postgres round trips per READY run", r["pg"], "rt"),
+        figure("B4 in-process service time per READY run (handle_intent)", r["wall_ms"], "ms",
+               note="one run at a time, no Kafka consume; compare with the B2 unloaded latency"
+                    + ("" if res.get("mode") != "quick" else
+                       " (quick mode: measured while the other scenarios prepare, not comparable)")),
+        figure("B4 S3 bytes written per READY run", r["bytes_out"], "bytes", note=f"read {r['bytes_in']:g} bytes"),
+        figure("B4 S3 requests per WAITING run (first check)", wf["s3_requests"], "req",
+               note=f"{_verbs(wf)}; Postgres {wf['pg']:g} rt; {wf['bytes_out']:g} bytes written"),
+        figure("B4 S3 requests per WAITING re-check", wr["s3_requests"], "req",
+               note=f"{_verbs(wr)}; Postgres {wr['pg']:g} rt; {res['recheck_mode']}"),
+        figure("B4 Postgres round trips per WAITING re-check", wr["pg"], "rt"),
+        figure("B4 S3 writes per duplicate intent (READY run)", dup["PUT"], "req", limit=0, limit_name="target",
+               target="0", met=dup["PUT"] == 0, note=f"all S3 requests: {dup['s3_requests']:g}"),
+        figure("B4 Postgres round trips per duplicate (READY run)", dup["pg"], "rt", limit=2, limit_name="target",
+               target="<= 2", met=dup["pg"] <= 2),
+        figure("B4 S3 writes per duplicate intent (WAITING run)", dupw["PUT"], "req", limit=0,
+               limit_name="target", target="0", met=dupw["PUT"] == 0,
+               note=f"all S3 requests: {dupw['s3_requests']:g}; Postgres {dupw['pg']:g} rt"),
+    ]
