@@ -332,7 +332,12 @@ class IntakeConsumer:
         """
         consumer = self._require()
         try:
-            messages = consumer.consume(num_messages=max_messages, timeout=timeout)
+            # consume(n, t) waits the whole timeout unless n records arrive; poll() returns as
+            # soon as one is there. So wait for the first, then take what is already buffered.
+            first = consumer.poll(timeout)
+            messages = [] if first is None else [first]
+            if first is not None and max_messages > 1:
+                messages.extend(consumer.consume(num_messages=max_messages - 1, timeout=0))
         except KafkaException as exc:
             raise _translate(exc.args[0], "consume failed") from exc
         records: list[Record] = []
