@@ -638,5 +638,7 @@ def test_a_hostile_policy_file_stops_sr_run_with_a_typed_error_not_a_crash(name:
 
 
 def test_a_hostile_policy_error_is_one_line(tmp_path: Path) -> None:
+    """Regression (found here, fixed in 5ad56d5): PolicyError used to embed the multi-line
+    pydantic error, so `sr` printed several lines instead of its one-line contract."""
     err = _sr_run_with_policy("traversal_bundle.toml", tmp_path).stderr.decode()
     assert len(err.strip().splitlines()) == 1, err
