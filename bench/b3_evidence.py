@@ -25,7 +25,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.common import CpuMeter, MiB, bottleneck, figure, log, s3_config, server_groups
+from bench.common import CpuMeter, InProcessScenario, MiB, bottleneck, figure, log, s3_config, server_groups
 
 CHUNK = 1 * MiB
 
@@ -159,25 +159,11 @@ def measure(ctx: Any) -> dict[str, Any]:
             "raw_runs_mib_per_s": [round(r, 1) for r in raws], "raw_cpu": raw_cpu, **results}
 
 
-class Scenario:
+class Scenario(InProcessScenario):
     """B3: in-process, nothing to start ahead."""
 
     name = "B3"
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    def prepare(self) -> None:
-        return
-
-    def start(self) -> None:
-        return
-
-    def close(self) -> None:
-        return
-
-    def run(self) -> dict[str, Any]:
-        return measure(self.ctx)
+    measure = staticmethod(measure)
 
 
 def figures(res: dict[str, Any], limits: dict[str, Any]) -> list[dict[str, Any]]:

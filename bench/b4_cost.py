@@ -18,7 +18,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import figure, log, make_intent, make_world, put_many, s3_client, standard_evidence
+from bench.common import (
+    InProcessScenario,
+    figure,
+    log,
+    make_intent,
+    make_world,
+    put_many,
+    s3_client,
+    standard_evidence,
+)
 
 VERBS = ("PUT", "GET", "LIST", "HEAD", "DELETE")
 
@@ -138,25 +147,11 @@ def _verbs(c: dict[str, Any]) -> str:
     return ", ".join(f"{v} {c[v]:g}" for v in VERBS if c.get(v)) or "none"
 
 
-class Scenario:
+class Scenario(InProcessScenario):
     """B4: in-process, nothing to start ahead."""
 
     name = "B4"
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    def prepare(self) -> None:
-        return
-
-    def start(self) -> None:
-        return
-
-    def close(self) -> None:
-        return
-
-    def run(self) -> dict[str, Any]:
-        return measure(self.ctx)
+    measure = staticmethod(measure)
 
 
 def figures(res: dict[str, Any], limits: dict[str, Any]) -> list[dict[str, Any]]:

@@ -871,3 +871,30 @@ def bottleneck(cpu: dict[str, Any]) -> str:
 
 def temp_state_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sr-bench-"))
+
+
+class InProcessScenario:
+    """A scenario measured inside the bench process: nothing to start ahead or to stop.
+
+    Subclasses set ``name`` and ``measure`` (a function of the bench context).
+    """
+
+    name = ""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        return
+
+    def start(self) -> None:
+        return
+
+    def close(self) -> None:
+        return
+
+    def measure(self, ctx: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self) -> dict[str, Any]:
+        return self.measure(self.ctx)
