@@ -16,7 +16,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -69,6 +69,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
     )
     s3_max_pool_connections: int = 32
+    s3_client_library: Literal["obstore", "boto3"] = "obstore"
 
     # policy and evidence
     policy_file: Path | None = None

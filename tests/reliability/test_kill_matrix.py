@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.http_capture import OneRequestCapture
 from tests.reliability.conftest import ROUNDS, EvidenceWriter, report
 from tests.reliability.helpers import (
     WorkerProc,
@@ -224,10 +225,13 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
 
 def _torn_put(endpoint: str, url: str, headers: dict[str, str]) -> None:
     """Replay a PUT's request line and headers, then die before sending one byte of body:
-    what a SIGKILL between ``Expect: 100-continue`` and the body looks like to the server."""
+    what a SIGKILL between the headers and the body looks like to the server. A captured
+    ``Host`` header is replayed as it was (it is part of the SigV4 signature)."""
     target = urlsplit(endpoint)
-    path = url[len(endpoint):] or "/"
-    head = [f"PUT {path} HTTP/1.1", f"Host: {target.netloc}"] + [f"{k}: {v}" for k, v in headers.items()]
+    path = url[len(endpoint):] if url.startswith(endpoint) else url
+    has_host = any(k.lower() == "host" for k in headers)
+    head = [f"PUT {path or '/'} HTTP/1.1"] + ([] if has_host else [f"Host: {target.netloc}"])
+    head += [f"{k}: {v}" for k, v in headers.items()]
     with socket.create_connection((target.hostname or "127.0.0.1", target.port or 80), timeout=5) as sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
         if any(k.lower() == "expect" for k in headers):
@@ -235,15 +239,10 @@ def _torn_put(endpoint: str, url: str, headers: dict[str, str]) -> None:
     time.sleep(0.5)
 
 
-def test_a_write_once_put_torn_by_a_crash_leaves_no_object(sr_env: SREnv, s3_client: Any) -> None:
-    """Found by ``make soak``: a worker SIGKILLed after sending a write-once PUT's headers but
-    before its body left a 0-byte object at a ledger key on SeaweedFS. Write-once then made the
-    empty object permanent truth: every later write got 412 and read b"" back, so the run's
-    intent was dead-lettered (INTEGRITY / DRIFT) and the run stayed ADMITTED forever. A PUT
-    carrying a body checksum (Content-MD5) is refused by the server when the body never comes."""
+def _capture_boto3_put(store: ObjectStore, bucket: str, key: str, body: bytes) -> tuple[str, dict[str, str]]:
+    """The URL and headers boto3 would send for ``store.create`` (the request is not sent)."""
     from botocore.awsrequest import AWSResponse
 
-    key = f"{sr_env.settings.s3_prefix}/torn/record/000000000000.json"
     captured: dict[str, Any] = {}
 
     def capture(request: Any, **_: Any) -> AWSResponse:
@@ -251,13 +250,45 @@ def test_a_write_once_put_torn_by_a_crash_leaves_no_object(sr_env: SREnv, s3_cli
                                                    for k, v in request.headers.items()})
         return AWSResponse(request.url, 200, {}, _EmptyBody())  # not sent: the test replays it torn
 
-    with ObjectStore(s3_config(sr_env.settings)) as store:
-        store.client.meta.events.register("before-send.s3.PutObject", capture)
-        assert store.create(sr_env.bucket, key, b'{"entry":"the real bytes"}')
-    assert captured["headers"].get("If-None-Match") == "*"
-    _torn_put(sr_env.servers.s3_endpoint or "", captured["url"], captured["headers"])
+    store.client.meta.events.register("before-send.s3.PutObject", capture)
+    assert store.create(bucket, key, body)
+    return captured["url"], captured["headers"]
+
+
+def _capture_obstore_put(sr_env: SREnv, bucket: str, key: str, body: bytes) -> tuple[str, dict[str, str]]:
+    """The request target and headers obstore sends for ``ObjectStore.create``, recorded by a
+    one-shot HTTP server standing in for S3."""
+    with OneRequestCapture() as capture, ObjectStore(s3_config(sr_env.settings).model_copy(
+            update={"endpoint_url": capture.endpoint, "max_attempts": 1})) as store:
+        assert store.create(bucket, key, body)
+    return capture.request_target, capture.headers
+
+
+@pytest.mark.parametrize("library", ["obstore", "boto3"])
+def test_a_write_once_put_torn_by_a_crash_leaves_no_object(sr_env: SREnv, s3_client: Any, library: str) -> None:
+    """Found by ``make soak``: a worker SIGKILLed after sending a write-once PUT's headers but
+    before its body left a 0-byte object at a ledger key on SeaweedFS. Write-once then made the
+    empty object permanent truth: every later write got 412 and read b"" back, so the run's
+    intent was dead-lettered (INTEGRITY / DRIFT) and the run stayed ADMITTED forever. A PUT
+    carrying a body checksum (Content-MD5 with boto3, x-amz-checksum-sha256 with obstore) is
+    refused by the server when the body never comes."""
+    key = f"{sr_env.settings.s3_prefix}/torn-{library}/record/000000000000.json"
+    body = b'{"entry":"the real bytes"}'
+    if library == "boto3":
+        config = s3_config(sr_env.settings).model_copy(update={"client_library": "boto3"})
+        with ObjectStore(config) as store:
+            url, headers = _capture_boto3_put(store, sr_env.bucket, key, body)
+    else:
+        url, headers = _capture_obstore_put(sr_env, sr_env.bucket, key, body)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered.get("if-none-match") == "*"
+    assert "content-md5" in lowered or "x-amz-checksum-sha256" in lowered, headers
+    _torn_put(sr_env.servers.s3_endpoint or "", url, headers)
     leftover = list_objects(s3_client, sr_env.bucket, key)
     assert leftover == {}, f"a torn write-once PUT left an object behind: {leftover}"
+    # The same key is still writable with the real bytes (nothing half-created blocks it).
+    with ObjectStore(s3_config(sr_env.settings)) as store:
+        assert store.create(sr_env.bucket, key, body)
 
 
 class _EmptyBody:

@@ -65,6 +65,64 @@ def test_translate(exc: Exception, expected: type[Exception]) -> None:
     assert "s3://b/k" in str(translated)
 
 
+def _obstore_status_text(status: str, code: str) -> str:
+    """The shape of object_store's error text for a non-2xx answer (seen against SeaweedFS)."""
+    return (f"Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 1.2ms - Server returned non-2xx "
+            f"status code: {status}: <?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
+
+
+def _obstore_cases() -> list[tuple[Exception, type[Exception]]]:
+    import obstore.exceptions as oe
+
+    return [
+        (FileNotFoundError("Object at location k not found: " + _obstore_status_text("404 Not Found", "NoSuchKey")),
+         ObjectNotFoundError),
+        (FileNotFoundError("not found: " + _obstore_status_text("404 Not Found", "NoSuchBucket")), S3AccessError),
+        (oe.AlreadyExistsError("Object at location k already exists: Request precondition failure"),
+         PreconditionFailedError),
+        (oe.PreconditionError("precondition"), PreconditionFailedError),
+        (oe.PermissionDeniedError(_obstore_status_text("403 Forbidden", "AccessDenied")), S3AccessError),
+        (oe.UnauthenticatedError("unauthenticated"), S3AccessError),
+        (oe.GenericError(_obstore_status_text("503 Service Unavailable", "SlowDown")), S3UnavailableError),
+        (oe.GenericError(_obstore_status_text("500 Internal Server Error", "InternalError")), S3UnavailableError),
+        (oe.GenericError(_obstore_status_text("400 Bad Request", "BadDigest")), S3UnavailableError),
+        (oe.GenericError(_obstore_status_text("400 Bad Request", "RequestTimeout")), S3UnavailableError),
+        (oe.GenericError(_obstore_status_text("429 Too Many Requests", "")), S3UnavailableError),
+        (oe.GenericError(_obstore_status_text("400 Bad Request", "InvalidArgument")), S3AccessError),
+        (oe.GenericError(_obstore_status_text("412 Precondition Failed", "PreconditionFailed")),
+         PreconditionFailedError),
+        (oe.GenericError("Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 250us - "
+                         "HTTP error: error sending request"), S3UnavailableError),
+        (TimeoutError("timed out"), S3UnavailableError),
+        (ConnectionResetError("reset"), S3UnavailableError),
+        (oe.InvalidPathError("bad path"), S3AccessError),
+        (oe.NotSupportedError("nope"), S3AccessError),
+        (ValueError("surprise"), S3AccessError),
+    ]
+
+
+def test_translate_obstore_errors() -> None:
+    """obstore's exceptions map to the same SR errors as boto3's: not-found vs. missing bucket,
+    412, denied, transient (5xx, 429, retryable 4xx codes, no answer at all), fail closed."""
+    from worker.adapters.s3 import _RETRYABLE_CODES
+    from worker.adapters.s3_obstore import translate_obstore_error
+
+    for exc, expected in _obstore_cases():
+        translated = translate_obstore_error(exc, "GET s3://b/k", retryable_codes=_RETRYABLE_CODES)
+        assert type(translated) is expected, (exc, translated)
+        assert isinstance(translated, RetryableError) == (expected is S3UnavailableError)
+        assert "s3://b/k" in str(translated)
+
+
+def test_obstore_selected_but_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "obstore", None)  # import obstore -> ImportError
+    store = ObjectStore(S3Config(endpoint_url="http://127.0.0.1:1", client_library="obstore"))
+    with pytest.raises(S3AccessError, match="obstore package is not installed"):
+        store.open()
+
+
 def test_counter_is_thread_safe() -> None:
     counter = RequestCounter()
 
@@ -194,7 +252,7 @@ class _ResumingClient:
 
 def test_iter_chunks_resumes_with_range_and_if_match() -> None:
     data = b"0123456789abcdef"
-    store = ObjectStore(S3Config(backoff_initial=0, backoff_max=0))
+    store = ObjectStore(S3Config(backoff_initial=0, backoff_max=0, client_library="boto3"))
     fake = _ResumingClient(data)
     store._client = fake  # type: ignore[assignment]
     assert b"".join(store.iter_chunks("b", "k", max_bytes=len(data), chunk_size=4)) == data

@@ -103,6 +103,7 @@ def s3_config(settings: Settings) -> S3Config:
         access_key_id=settings.aws_access_key_id,
         secret_access_key=settings.aws_secret_access_key,
         max_pool_connections=settings.s3_max_pool_connections,
+        client_library=settings.s3_client_library,
     )
 
 
