@@ -1,8 +1,10 @@
 """Limits measured in the same run, on the same servers, with the same client libraries.
 
-* S3: raw small-object (4 KiB) conditional PUT, GET (body read) and LIST rates with boto3
-  configured exactly like the worker's adapter, at the worker's S3 concurrency, from 1 or
-  more processes (so the 2-worker limit is measured with 2 client processes).
+* S3: raw small-object (4 KiB) conditional PUT, GET (body read) and LIST rates with the client
+  library the worker's adapter uses for that verb (obstore for PUT/GET, boto3 for LIST, by
+  default), configured exactly like the adapter, at the worker's S3 concurrency, from 1 or more
+  processes (so the 2-worker limit is measured with 2 client processes). The boto3-only rates
+  are kept as a what-if (the "before" of the client change).
 * Kafka: raw confluent-kafka consume -> produce passthrough (acks=all) of intent-sized records.
 * Postgres: raw single-statement round trips (``SELECT 1``) at the worker's run concurrency.
 
@@ -47,7 +49,7 @@ def _s3_child(args: dict[str, Any]) -> dict[str, Any]:
     me = uuid.uuid4().hex[:6]
     counts = [0] * conc
     errors = [0] * conc
-    obs = _obstore(servers) if args.get("library") == "obstore" else None
+    obs = _obstore(servers) if library_for(verb, args.get("library", "sr")) == "obstore" else None
 
     def op(i: int, n: int) -> None:
         if obs is not None:
@@ -90,12 +92,26 @@ def _s3_child(args: dict[str, Any]) -> dict[str, Any]:
     return {"ops": sum(counts), "errors": sum(errors), "wall": wall, "cpu_s": cpu}
 
 
-def _obstore(servers: Servers) -> Any:
-    from obstore.store import S3Store
+def library_for(verb: str, library: str) -> str:
+    """The client library a raw ``verb`` is measured with: ``library`` itself, or for ``"sr"``
+    the one the worker's adapter uses for that verb (see ``worker/adapters/s3.py``)."""
+    if library != "sr":
+        return library
+    from worker.adapters.s3 import S3Config
 
-    return S3Store(servers.s3_bucket, endpoint=servers.s3_endpoint, access_key_id=servers.s3_access_key,
-                   secret_access_key=servers.s3_secret_key, region=servers.s3_region,
-                   virtual_hosted_style_request=False, client_options={"allow_http": True})
+    return S3Config().client_library if verb in ("PUT", "GET", "HEAD") else "boto3"
+
+
+def _obstore(servers: Servers) -> Any:
+    """obstore's store for the bench bucket, built by SR's own transport (same configuration:
+    checksums, timeouts, no obstore retries)."""
+    from bench.common import s3_config
+    from worker.adapters.s3 import _RETRYABLE_CODES
+    from worker.adapters.s3_obstore import ObstoreTransport
+
+    transport = ObstoreTransport(s3_config(servers), retryable_codes=_RETRYABLE_CODES)
+    transport.open()
+    return transport.store_for(servers.s3_bucket)
 
 
 def _obstore_op(store: Any, verb: str, args: dict[str, Any], me: str, i: int, n: int, body: bytes) -> None:  # noqa: PLR0917
@@ -110,20 +126,15 @@ def _obstore_op(store: Any, verb: str, args: dict[str, Any], me: str, i: int, n:
         list(obstore.list(store, prefix=args["list_prefix"]))
 
 
-def obstore_available() -> bool:
-    """True when the optional obstore package is importable (a what-if limit, not SR's client)."""
-    try:
-        import obstore  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def s3_rates(servers: Servers, *, concurrency: int, seconds: float, procs: tuple[int, ...] = (1,),
-             verbs: tuple[str, ...] = ("PUT", "GET", "LIST"), library: str = "boto3") -> dict[int, dict[str, Any]]:
+             verbs: tuple[str, ...] = ("PUT", "GET", "LIST"), library: str = "sr") -> dict[int, dict[str, Any]]:
     """Raw requests per second by verb, for each client-process count in ``procs`` (summed).
 
-    ``library`` is boto3 (configured exactly like SR's adapter) or, as a what-if, obstore.
+    ``library``: ``"sr"`` measures each verb with the library SR's adapter uses for it
+    (:func:`library_for`); ``"boto3"`` / ``"obstore"`` force one library (what-ifs). Either
+    way the client is configured exactly like SR's adapter.
     """
     client = s3_client(servers)
     run = uuid.uuid4().hex[:8]
@@ -137,7 +148,8 @@ def s3_rates(servers: Servers, *, concurrency: int, seconds: float, procs: tuple
     with client_pool(max(procs)) as pool:
         for n in procs:
             out: dict[str, Any] = {"library": library, "concurrency_per_process": concurrency, "processes": n,
-                                   "seconds": seconds, "object_bytes": SMALL}
+                                   "seconds": seconds, "object_bytes": SMALL,
+                                   "library_by_verb": {verb: library_for(verb, library) for verb in verbs}}
             for verb in verbs:
                 args = {"servers": server_args, "verb": verb, "concurrency": concurrency, "seconds": seconds,
                         "keys": keys, "list_prefix": list_prefix, "put_prefix": f"bench-limits/{run}/put",
@@ -157,7 +169,8 @@ def s3_rates(servers: Servers, *, concurrency: int, seconds: float, procs: tuple
                     "cores_by_process": cpu["cores_by_process"],
                     "machine_busy_cores": cpu["machine_busy_cores"],
                 }
-                log(f"limit S3 {verb} ({library}): {out[verb]['per_s']}/s ({n} proc x {concurrency} in flight, "
+                log(f"limit S3 {verb} ({library_for(verb, library)}): {out[verb]['per_s']}/s "
+                    f"({n} proc x {concurrency} in flight, "
                     f"client {out[verb]['client_cpu_ms_per_request']} ms CPU/request)")
             results[n] = out
     return results
@@ -342,8 +355,8 @@ def measure_all(servers: Servers, *, quick: bool, concurrency: int, pg_concurren
                                                value_bytes=intent_bytes),
         "pg_round_trips": pg_round_trips(servers.pg_dsn, concurrency=pg_concurrency, seconds=min(secs, 2.0)),
     }
-    if not quick and obstore_available():
-        # What-if: the same raw rates with obstore (Rust object_store), 1 client process.
-        out["s3_1proc_obstore"] = s3_rates(servers, concurrency=concurrency, seconds=secs, procs=(1,),
-                                           library="obstore")[1]
+    if not quick:
+        # What-if ("before" the client change): the same raw rates with boto3 alone, 1 process.
+        out["s3_1proc_boto3"] = s3_rates(servers, concurrency=concurrency, seconds=secs, procs=(1,),
+                                         library="boto3")[1]
     return out

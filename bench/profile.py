@@ -7,7 +7,7 @@ in-process, one message at a time on one thread, under :mod:`cProfile`:
 * ``--runs`` fresh READY runs (2 gates x 4 members of 4 KiB), then
 * ``--duplicates`` re-deliveries of those intents.
 
-It prints CPU seconds per message and the share of CPU by library (botocore/boto3, urllib3,
+It prints CPU seconds per message and the share of CPU by library (obstore, botocore/boto3, urllib3,
 psycopg, confluent-kafka, pydantic, fastavro, hashlib/json, SR's own code...), plus the top
 functions by own time. Kafka consume and offset commits are not included (no consumer runs).
 """
@@ -36,6 +36,7 @@ from bench.common import (
 )
 
 CATEGORIES = (
+    ("/obstore/", "obstore"),
     ("botocore", "boto3/botocore"), ("boto3", "boto3/botocore"), ("s3transfer", "boto3/botocore"),
     ("urllib3", "urllib3 (HTTP)"), ("http/client", "http.client"), ("psycopg", "psycopg"),
     ("confluent_kafka", "confluent-kafka"), ("pydantic", "pydantic"), ("fastavro", "fastavro"),
@@ -60,6 +61,8 @@ def _category(filename: str, funcname: str) -> str:
         if needle in filename:
             return name
     if filename == "~":
+        if "obstore" in funcname:
+            return "obstore (native)"
         if "sha256" in funcname or "hashlib" in funcname:
             return "hashlib"
         if "socket" in funcname or "recv" in funcname or "send" in funcname:

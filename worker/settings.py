@@ -79,9 +79,11 @@ class Settings(BaseSettings):
     verify_concurrency: int = 8
 
     # worker loop
-    batch_size: int = 64
-    run_concurrency: int = 8
-    poll_timeout: float = 0.5
+    batch_size: int = Field(default=64, ge=1)  # records in flight (polled, not finished) at most
+    run_concurrency: int = Field(default=8, ge=1)
+    poll_timeout: float = Field(default=0.5, gt=0)  # seconds a poll waits when nothing is in flight
+    commit_interval: float = Field(default=0.5, gt=0)  # seconds between offset commits (and on revoke/stop)
+    revoke_drain_timeout: float = Field(default=10.0, ge=0)  # seconds a revoke waits for running records
     lease_wait: float = 0.0
     recheck_interval: float = 30.0
     sweep_interval: float = 5.0

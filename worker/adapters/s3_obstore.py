@@ -154,7 +154,13 @@ class ObstoreTransport:
 
             self._credential_provider = Boto3CredentialProvider(boto3.session.Session(region_name=cfg.region))
 
-    def _store(self, bucket: str) -> Any:
+    def store_for(self, bucket: str) -> Any:
+        """The obstore ``S3Store`` for ``bucket``, built on first use (benchmarks use it to
+        measure raw rates with exactly SR's client configuration).
+
+        Raises:
+            S3AccessError: the store cannot be configured.
+        """
         store = self._stores.get(bucket)
         if store is not None:
             return store
@@ -206,7 +212,7 @@ class ObstoreTransport:
         import obstore
 
         try:
-            obstore.put(self._store(bucket), key, data, mode="create" if create else "overwrite",
+            obstore.put(self.store_for(bucket), key, data, mode="create" if create else "overwrite",
                         use_multipart=False)
         except Exception as exc:
             raise self._translate(exc, f"PUT s3://{bucket}/{key}") from exc
@@ -222,7 +228,7 @@ class ObstoreTransport:
         if etag is not None:
             options["if_match"] = f'"{etag}"'
         try:
-            result = obstore.get(self._store(bucket), key, options=options or None)
+            result = obstore.get(self.store_for(bucket), key, options=options or None)
             meta = result.meta
             first, end = result.range
         except Exception as exc:
@@ -255,7 +261,7 @@ class ObstoreTransport:
         import obstore
 
         try:
-            meta = obstore.head(self._store(bucket), key)
+            meta = obstore.head(self.store_for(bucket), key)
         except Exception as exc:
             raise self._translate(exc, f"HEAD s3://{bucket}/{key}") from exc
         return int(meta["size"]), str(meta.get("e_tag") or "").strip('"')

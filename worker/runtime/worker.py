@@ -1,9 +1,18 @@
 """The worker loop (``sr run``): consume intents and triggers, drive runs, commit offsets.
 
-Per batch: every record is handled concurrently (a bounded pool; the lease serialises work
-on one run), then, per partition, the offset after the longest prefix of finished records
-is stored and committed. A record's offset is therefore committed only after its effects
-are durable — READY published, DLQ copy acknowledged, or a duplicate recognised.
+Records flow through a bounded pool continuously: up to ``batch_size`` records are in flight
+(polled, not finished) at any time, handled concurrently by ``run_concurrency`` threads (the
+lease serialises work on one run), and a slot is refilled as soon as a record finishes — no
+barrier where the pool waits for a batch's slowest run. Per partition, the offset after the
+longest prefix of *finished* records is stored, and stored offsets are committed every
+``commit_interval`` seconds, on revoke and on stop. A record's offset is therefore committed
+only after its effects are durable — READY published, DLQ copy acknowledged, or a duplicate
+recognised.
+
+Rebalances: on revoke the loop waits (at most ``revoke_drain_timeout``) for the revoked
+partitions' in-flight records, stores their finished prefix and lets the consumer commit it;
+on lost it drops them. Whatever was not committed is re-driven by the next owner — every SR
+effect is idempotent, so that costs a duplicate check, never a second READY.
 
 Fault handling:
 * invalid input (any :class:`~worker.errors.PermanentError`, or an unexpected exception) →
@@ -22,11 +31,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
@@ -67,6 +76,7 @@ RETRY_BACKOFF_START = 0.2  # seconds
 RETRY_BACKOFF_MAX = 5.0  # seconds
 OUTBOX_INTERVAL = 10.0  # seconds between sweeps for publications a crash left behind
 GAUGE_INTERVAL = 5.0  # seconds between consumer-lag / runs-by-status refreshes
+BUSY_POLL_TIMEOUT = 0.02  # seconds a poll may wait while records are in flight (completions wait)
 
 
 def load_policy_file(path: Path | None) -> Policy:
@@ -177,29 +187,61 @@ def open_services(settings: Settings, policy: Policy, *, migrate_db: bool = True
         yield Services(settings, codec, store, index, leases, producer, processor, counter, crash)
 
 
-@dataclass
-class _Tracker:
-    """Completion of one batch's records per partition, for in-order offset storage."""
+class _InFlight:
+    """Records handed to the run pool and not finished yet, tracked per partition in offset order.
 
-    offsets: dict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(list))
-    done: set[tuple[str, int, int]] = field(default_factory=set)
+    Offsets are stored only for the longest *finished prefix* of each partition, so a record
+    is never marked consumed while an earlier one of its partition is still running (DESIGN
+    §6: the offset is the last step). Not thread-safe: only the consume loop touches it.
+    """
 
-    def add(self, record: Record) -> None:
-        self.offsets[(record.topic, record.partition)].append(record.offset)
+    def __init__(self) -> None:
+        self._order: dict[tuple[str, int], deque[int]] = defaultdict(deque)
+        self._finished: set[tuple[str, int, int]] = set()
+        self.futures: dict[Future[bool], Record] = {}
 
-    def finish(self, record: Record) -> None:
-        self.done.add((record.topic, record.partition, record.offset))
+    def __len__(self) -> int:
+        return len(self.futures)
 
-    def committable(self) -> Iterator[tuple[str, int, int]]:
-        """(topic, partition, next offset) after the longest finished prefix of each partition."""
-        for (topic, partition), offsets in self.offsets.items():
+    def add(self, record: Record, future: Future[bool]) -> None:
+        """Track ``record``, just submitted as ``future``."""
+        self._order[(record.topic, record.partition)].append(record.offset)
+        self.futures[future] = record
+
+    def reap(self, done: Iterable[Future[bool]]) -> None:
+        """Forget finished futures; mark their records finished unless the worker stopped first."""
+        for future in done:
+            record = self.futures.pop(future, None)
+            if record is not None and future.result():
+                self._finished.add((record.topic, record.partition, record.offset))
+
+    def advance(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, next offset) for each partition whose finished prefix grew."""
+        moved: list[tuple[str, int, int]] = []
+        for (topic, partition), offsets in self._order.items():
             next_offset: int | None = None
-            for offset in sorted(offsets):
-                if (topic, partition, offset) not in self.done:
-                    break
+            while offsets and (topic, partition, offsets[0]) in self._finished:
+                offset = offsets.popleft()
+                self._finished.discard((topic, partition, offset))
                 next_offset = offset + 1
             if next_offset is not None:
-                yield topic, partition, next_offset
+                moved.append((topic, partition, next_offset))
+        return moved
+
+    def of(self, partitions: set[tuple[str, int]]) -> list[Future[bool]]:
+        """The unfinished futures of records from ``partitions``."""
+        return [f for f, r in self.futures.items() if (r.topic, r.partition) in partitions]
+
+    def forget(self, partitions: set[tuple[str, int]]) -> None:
+        """Stop tracking ``partitions`` (they moved to another member, which re-drives them).
+
+        Their records still running finish on their own; their offsets are never stored here.
+        """
+        for key in partitions:
+            self._order.pop(key, None)
+        self._finished = {f for f in self._finished if (f[0], f[1]) not in partitions}
+        for future in self.of(partitions):
+            del self.futures[future]
 
 
 class Worker:
@@ -252,24 +294,28 @@ class Worker:
         with open_services(s, self._policy, metrics=self.metrics) as services, ThreadPoolExecutor(
             max_workers=s.run_concurrency, thread_name_prefix="sr-run"
         ) as pool:
+            inflight = _InFlight()
             consumer = IntakeConsumer(
                 kafka_config(s),
                 group_id=s.group_id,
                 topics=[s.topics.intents, s.topics.triggers],
                 on_assign=lambda parts: log.info("partitions assigned", extra={"partitions": _names(parts)}),
-                on_revoke=lambda parts: log.info("partitions revoked", extra={"partitions": _names(parts)}),
-                on_lost=lambda parts: log.warning("partitions lost", extra={"partitions": _names(parts)}),
+                on_revoke=lambda parts: self._drain_revoked(consumer, inflight, parts),
+                on_lost=lambda parts: self._drop_lost(inflight, parts),
             )
             with consumer:
                 self._retrying(services.processor.flush_outbox)
-                last_outbox = last_sweep = last_gauges = time.monotonic()
+                last_outbox = last_sweep = last_gauges = last_commit = time.monotonic()
                 self.ready.set()
                 log.info("worker started", extra={"group_id": s.group_id})
+                uncommitted = False
                 while not self._stop.is_set():
-                    records = consumer.poll_batch(s.batch_size, s.poll_timeout)
-                    if records:
-                        self._process_batch(services, consumer, pool, records)
+                    uncommitted |= self._pump(services, consumer, pool, inflight)
                     now = time.monotonic()
+                    if uncommitted and now - last_commit >= s.commit_interval:
+                        services.crash.hit(CrashPoint.BEFORE_OFFSET_COMMIT)
+                        self._commit(consumer)
+                        last_commit, uncommitted = now, False
                     if now - last_outbox > OUTBOX_INTERVAL:
                         self._retrying(services.processor.flush_outbox)
                         last_outbox = now
@@ -279,11 +325,10 @@ class Worker:
                     if now - last_gauges > GAUGE_INTERVAL:
                         self._refresh_gauges(services, consumer)
                         last_gauges = time.monotonic()
-                try:
-                    consumer.commit()
-                except RetryableError as exc:
-                    log.warning("final offset commit failed; records since the last commit will be re-driven",
-                                extra={"error": str(exc)})
+                # Stopping: in-flight records finish (or give up at their next retry wait).
+                inflight.reap(wait(list(inflight.futures)).done)
+                self._store(consumer, inflight)
+                self._commit(consumer, final=True)
             self.ready.clear()
             # The real cost of the work done, for operators and the cost tests.
             log.info("worker stopped", extra={"s3_requests": services.store.counter.snapshot(),
@@ -298,24 +343,65 @@ class Worker:
         except SRError as exc:
             log.debug("gauge refresh failed", extra={"error": str(exc)})
 
-    def _process_batch(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
-                       records: list[Record]) -> None:
-        tracker = _Tracker()
-        for record in records:
-            tracker.add(record)
-        futures = [(record, pool.submit(self._handle, services, record)) for record in records]
-        for record, fut in futures:
-            if fut.result():
-                tracker.finish(record)
-        for topic, partition, next_offset in tracker.committable():
+    def _pump(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
+              inflight: _InFlight) -> bool:
+        """One turn of the loop: top the pool up with new records, or wait for one to finish;
+        then store the offsets of every partition whose finished prefix grew.
+
+        Returns:
+            True if an offset was stored (a commit is due).
+        """
+        s = self._settings
+        free = s.batch_size - len(inflight)
+        if free > 0:
+            # Idle: wait for records. Busy: only take what is buffered, and get back to
+            # reaping completions quickly (their offsets and the free slots wait for it).
+            records = consumer.poll_batch(free, BUSY_POLL_TIMEOUT if inflight else s.poll_timeout)
+            for record in records:
+                inflight.add(record, pool.submit(self._handle, services, record))
+        else:
+            wait(list(inflight.futures), timeout=s.poll_timeout, return_when=FIRST_COMPLETED)
+        inflight.reap([f for f in list(inflight.futures) if f.done()])
+        return self._store(consumer, inflight)
+
+    @staticmethod
+    def _store(consumer: IntakeConsumer, inflight: _InFlight) -> bool:
+        moved = inflight.advance()
+        for topic, partition, next_offset in moved:
             consumer.store(topic, partition, next_offset)
-        services.crash.hit(CrashPoint.BEFORE_OFFSET_COMMIT)
+        return bool(moved)
+
+    @staticmethod
+    def _commit(consumer: IntakeConsumer, *, final: bool = False) -> None:
+        """Commit the stored offsets; a failure keeps them stored for the next commit."""
         try:
             consumer.commit()
         except RetryableError as exc:
-            # The stored offsets stay stored; the next commit (next batch, revoke or stop)
+            # The stored offsets stay stored; the next commit (next interval, revoke or stop)
             # carries them. Until then a crash only means idempotent re-deliveries.
-            log.warning("offset commit failed; will retry with the next batch", extra={"error": str(exc)})
+            log.warning("final offset commit failed; records since the last commit will be re-driven" if final
+                        else "offset commit failed; will retry at the next commit", extra={"error": str(exc)})
+
+    def _drain_revoked(self, consumer: IntakeConsumer, inflight: _InFlight, parts: list[TopicPartition]) -> None:
+        """Before revoked partitions move: let their in-flight records finish (bounded), store
+        their finished prefix (the consumer commits it next), and stop tracking them."""
+        revoked = {(p.topic, p.partition) for p in parts}
+        pending = inflight.of(revoked)
+        if pending:
+            done, not_done = wait(pending, timeout=self._settings.revoke_drain_timeout)
+            inflight.reap(done)
+            if not_done:
+                log.warning("revoked partitions still have records running; the new owner re-drives them",
+                            extra={"partitions": _names(parts), "records": len(not_done)})
+        self._store(consumer, inflight)
+        inflight.forget(revoked)
+        log.info("partitions revoked", extra={"partitions": _names(parts)})
+
+    @staticmethod
+    def _drop_lost(inflight: _InFlight, parts: list[TopicPartition]) -> None:
+        """Partitions lost without a chance to commit: their in-flight work is not ours to commit."""
+        inflight.forget({(p.topic, p.partition) for p in parts})
+        log.warning("partitions lost", extra={"partitions": _names(parts)})
 
     def _handle(self, services: Services, record: Record) -> bool:
         """Handle one record to a durable end. False only if the worker stopped first."""
