@@ -242,6 +242,30 @@ def test_store_requires_open() -> None:
     store.close()  # idempotent without open
 
 
+def test_get_range_is_pinned_to_the_listed_version(store: ObjectStore, bucket: str, s3_prefix: str,
+                                                   s3_client: Any) -> None:
+    key = f"{s3_prefix}/ranged.bin"
+    body = bytes(range(256)) * 64  # 16 KiB
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    meta = store.head(bucket, key)
+    assert meta is not None
+    store.counter.reset()
+    parts = [store.get_range(bucket, key, start=a, end=min(a + 5000, len(body)), object_size=meta.size,
+                             etag=meta.etag) for a in range(0, len(body), 5000)]
+    assert b"".join(parts) == body
+    assert store.counter.snapshot()["GET"] == 4 and store.counter.snapshot()["bytes_in"] == len(body)
+    # Same size, other bytes: the ETag pin refuses it.
+    s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(reversed(body)))
+    with pytest.raises(PreconditionFailedError):
+        store.get_range(bucket, key, start=0, end=100, object_size=meta.size, etag=meta.etag)
+    # No ETag to pin (some servers list none): the size check still catches a grown object.
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body + b"more")
+    with pytest.raises(PreconditionFailedError):
+        store.get_range(bucket, key, start=0, end=100, object_size=meta.size)
+    with pytest.raises(ObjectNotFoundError):
+        store.get_range(bucket, f"{s3_prefix}/nope", start=0, end=10, object_size=10)
+
+
 # --------------------------------------------------------------------------- mid-stream faults
 @pytest.fixture
 def s3_proxy(servers: Servers, s3_client: Any) -> Iterator[FaultProxy]:

@@ -25,8 +25,8 @@ from worker.core.evidence import Classification, GateOutcome, GateResult, classi
 from worker.core.models import Pins, Strategy
 from worker.core.plan import Plan, PlanGate
 from worker.core.policy import GateMethod
-from worker.errors import S3AccessError, S3UnavailableError
-from worker.runtime.verifier import EvidenceVerifier
+from worker.errors import PreconditionFailedError, S3AccessError, S3UnavailableError
+from worker.runtime.verifier import EvidenceVerifier, MiB
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +90,51 @@ def test_bundle_digest_pass_with_large_streamed_members(
     assert result.computed_digest == digest
     assert result.byte_count == sum(len(v) for v in members.values())
     assert verifier.bytes_verified - before == result.byte_count
+
+
+def test_large_members_are_read_as_concurrent_pinned_ranges(
+    verifier: EvidenceVerifier, store: ObjectStore, s3_client: Any, bucket: str, root: str
+) -> None:
+    """A 9 MiB member is read as ranges of PREFETCH_MAX_MEMBER_BYTES (4 + 4 + 1 MiB), hashed in
+    order: the digest is the whole member's, and the request count says how it was read."""
+    big = hashlib.sha256(b"big").digest() * (9 * MiB // 32)
+    members = {"a": b"small-a", "b": big, "c": b"small-c"}
+    digest = upload_bundle_gate(s3_client, bucket, root, "gates/ranged", members)
+    store.counter.reset()
+    result = verifier.verify_gate(gate(bucket, root, "gates/ranged", BUNDLE))
+    assert result.outcome is GateOutcome.PASS, result.detail
+    assert result.computed_digest == digest and result.byte_count == sum(len(v) for v in members.values())
+    snap = store.counter.snapshot()
+    # 1 flag GET, 2 small members, 3 ranges of the big one; one LIST.
+    assert (snap["LIST"], snap["GET"]) == (1, 1 + 2 + 3), snap
+    assert snap["bytes_in"] == result.byte_count + len(s3_client.get_object(
+        Bucket=bucket, Key=f"{root}/gates/ranged/_passed.flag")["Body"].read())
+
+
+def test_a_large_member_replaced_after_listing_is_a_mismatch(
+    verifier: EvidenceVerifier, store: ObjectStore, s3_client: Any, bucket: str, root: str
+) -> None:
+    """The ranges are pinned to the listed version: a member rewritten between the LIST and its
+    reads (same size, other bytes) fails closed instead of mixing versions."""
+    big = b"\x01" * (6 * MiB)
+    upload_bundle_gate(s3_client, bucket, root, "gates/swap", {"big": big})
+    key = f"{root}/gates/swap/big"
+    listed = next(m for m in store.list(bucket, f"{root}/gates/swap/") if m.key == key)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"\x02" * (6 * MiB))
+    with pytest.raises(PreconditionFailedError):
+        verifier._hash_in_order(bucket, [listed])
+    # Through the public path the same race is a MISMATCH verdict (never PASS, never an error).
+    upload_bundle_gate(s3_client, bucket, root, "gates/swap2", {"big": big})
+    original = store.get_range
+
+    def swap_then_read(*args: Any, **kwargs: Any) -> bytes:
+        s3_client.put_object(Bucket=bucket, Key=f"{root}/gates/swap2/big", Body=b"\x03" * (6 * MiB))
+        store.get_range = original  # type: ignore[method-assign]
+        return original(*args, **kwargs)
+
+    store.get_range = swap_then_read  # type: ignore[method-assign]
+    result = verifier.verify_gate(gate(bucket, root, "gates/swap2", BUNDLE))
+    assert result.outcome is GateOutcome.MISMATCH, result.detail
 
 
 def test_bundle_missing_flag(verifier: EvidenceVerifier, store: ObjectStore, s3_client: Any, bucket: str,

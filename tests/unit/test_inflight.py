@@ -81,3 +81,17 @@ def test_topics_are_tracked_apart() -> None:
     inflight.add(_record(0, 4, topic="triggers"), trigger)
     inflight.reap([intent])
     assert inflight.advance() == [("intents", 0, 5)]
+
+
+def test_completions_are_collected_from_the_queue_as_they_finish() -> None:
+    inflight = _InFlight()
+    first, second = _future(), _future()
+    inflight.add(_record(0, 0), first)
+    inflight.add(_record(0, 1), second)
+    inflight.reap_completed()  # nothing finished yet: returns at once
+    assert len(inflight) == 2 and inflight.advance() == []
+    second.set_result(True)  # the done-callback queues it (a pool thread would)
+    first.set_result(True)
+    inflight.reap_completed(timeout=1.0)
+    assert len(inflight) == 0
+    assert inflight.advance() == [("intents", 0, 2)]

@@ -231,11 +231,13 @@ def _strip_etag(etag: str | None) -> str:
 class _Response:
     """An answered GET of either client, body not read yet.
 
-    ``size`` is what this response delivers (the range's length for a ranged GET).
+    ``size`` is what this response delivers (the range's length for a ranged GET); ``total``
+    the whole object's size.
     """
 
     size: int
     etag: str
+    total: int
     boto_body: Any = None
     obstore_get: ObstoreGet | None = None
 
@@ -407,9 +409,11 @@ class ObjectStore:
             response.close()
 
     def _open_get(
-        self, bucket: str, key: str, *, max_bytes: int, start: int = 0, etag: str | None = None
+        self, bucket: str, key: str, *, max_bytes: int, start: int = 0, end: int | None = None,
+        etag: str | None = None,
     ) -> _Response:
-        """Send one GET (range from ``start``, pinned to ``etag`` when resuming); check its size.
+        """Send one GET of bytes ``[start, end)`` (``end=None``: to the end), pinned to ``etag``
+        when given; check its size.
 
         Raises:
             MessageTooLargeError: the announced length exceeds ``max_bytes`` (body unread).
@@ -419,16 +423,22 @@ class ObjectStore:
 
         def get() -> _Response:
             if fast is not None:
-                answered = fast.open_get(bucket, key, start=start, etag=etag)
-                return _Response(size=answered.size, etag=answered.etag, obstore_get=answered)
+                answered = fast.open_get(bucket, key, start=start, end=end, etag=etag)
+                return _Response(size=answered.size, etag=answered.etag, total=answered.total,
+                                 obstore_get=answered)
             kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-            if start > 0:
+            if end is not None:
+                kwargs["Range"] = f"bytes={start}-{end - 1}"
+            elif start > 0:
                 kwargs["Range"] = f"bytes={start}-"
             if etag is not None:
                 kwargs["IfMatch"] = f'"{etag}"'
             raw = self.client.get_object(**kwargs)
-            return _Response(size=int(raw.get("ContentLength", 0) or 0), etag=_strip_etag(raw.get("ETag")),
-                             boto_body=raw["Body"])
+            size = int(raw.get("ContentLength", 0) or 0)
+            # "bytes 0-99/1000": the object's size is after the slash.
+            total = str(raw.get("ContentRange") or "").rpartition("/")[2]
+            return _Response(size=size, etag=_strip_etag(raw.get("ETag")),
+                             total=int(total) if total.isdigit() else start + size, boto_body=raw["Body"])
 
         response = self._attempt("GET", what, get)
         if start + response.size > max_bytes:
@@ -558,6 +568,38 @@ class ObjectStore:
                 return data
             return b"".join(self._read_capped(response, max_bytes=max_bytes, what=what,
                                               chunk_size=DEFAULT_CHUNK_SIZE))
+
+        return self._retrying()(attempt)
+
+    def get_range(
+        self, bucket: str, key: str, *, start: int, end: int, object_size: int, etag: str | None = None
+    ) -> bytes:
+        """GET bytes ``[start, end)`` of an object known (from a listing) to be ``object_size``
+        bytes with ``etag``; one retried unit like :meth:`get`.
+
+        Several ranges of one large object can then be fetched concurrently and hashed in
+        order. The ETag pin (``If-Match``) and the size check make sure every range comes from
+        the same version of the object that was listed.
+
+        Raises:
+            ObjectNotFoundError: no such key.
+            PreconditionFailedError: the object is no longer that version (ETag or size differ).
+            S3UnavailableError / S3AccessError.
+        """
+        what = f"GET s3://{bucket}/{key} bytes {start}-{end - 1}"
+        length = end - start
+
+        def attempt() -> bytes:
+            response = self._open_get(bucket, key, max_bytes=end, start=start, end=end, etag=etag)
+            if response.total != object_size or response.size != length:
+                response.close()
+                raise PreconditionFailedError(f"{what}: object is {response.total} bytes now, "
+                                              f"{object_size} when listed")
+            chunks = self._read_capped(response, max_bytes=length, what=what, chunk_size=DEFAULT_CHUNK_SIZE)
+            data = b"".join(chunks)
+            if len(data) != length:
+                raise S3UnavailableError(f"{what}: {len(data)} of {length} bytes arrived")
+            return data
 
         return self._retrying()(attempt)
 

@@ -115,11 +115,13 @@ class ObstoreGet:
         size: bytes this response will deliver (the range's length for a ranged GET).
         etag: the object's ETag without quotes ("" if the server sent none).
         result: obstore's ``GetResult`` (read with ``bytes()`` or ``stream()``).
+        total: the whole object's size in bytes.
     """
 
     size: int
     etag: str
     result: Any
+    total: int
 
 
 class ObstoreTransport:
@@ -217,23 +219,28 @@ class ObstoreTransport:
         except Exception as exc:
             raise self._translate(exc, f"PUT s3://{bucket}/{key}") from exc
 
-    def open_get(self, bucket: str, key: str, *, start: int = 0, etag: str | None = None) -> ObstoreGet:
-        """Send one GET (from byte ``start``; pinned to ``etag`` with ``If-Match``), body unread."""
+    def open_get(self, bucket: str, key: str, *, start: int = 0, end: int | None = None,
+                 etag: str | None = None) -> ObstoreGet:
+        """Send one GET of bytes ``[start, end)`` (``end=None``: to the end; pinned to ``etag``
+        with ``If-Match``), body unread."""
         import obstore
 
         what = f"GET s3://{bucket}/{key}"
         options: GetOptions = {}
-        if start > 0:
+        if end is not None:
+            options["range"] = (start, end)
+        elif start > 0:
             options["range"] = {"offset": start}
         if etag is not None:
             options["if_match"] = f'"{etag}"'
         try:
             result = obstore.get(self.store_for(bucket), key, options=options or None)
             meta = result.meta
-            first, end = result.range
+            first, last = result.range
         except Exception as exc:
             raise self._translate(exc, what) from exc
-        return ObstoreGet(size=int(end) - int(first), etag=str(meta.get("e_tag") or "").strip('"'), result=result)
+        return ObstoreGet(size=int(last) - int(first), etag=str(meta.get("e_tag") or "").strip('"'), result=result,
+                          total=int(meta["size"]))
 
     def read_all(self, response: ObstoreGet, what: str) -> bytes:
         """The whole body of an answered GET."""

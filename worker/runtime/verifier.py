@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,11 +69,22 @@ __all__ = ["EvidenceVerifier"]
 MiB: Final = 1024 * 1024
 GiB: Final = 1024 * MiB
 _EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
-#: Members up to this size are prefetched concurrently into memory; larger ones are
-#: streamed straight into the hasher when their turn comes (bounded memory).
+#: Members up to this size are prefetched whole; larger ones are fetched as ranged GETs of
+#: this size (pinned to the listed ETag and size), also concurrently. Both are hashed in order.
 PREFETCH_MAX_MEMBER_BYTES: Final = 4 * MiB
 #: Upper bound of prefetched-but-not-yet-hashed bytes per gate.
 PREFETCH_BUDGET_BYTES: Final = 32 * MiB
+
+
+def _pieces(members: Sequence[ObjectMeta]) -> Iterator[tuple[ObjectMeta, int, int]]:
+    """``(member, start, end)`` fetch units in hashing order; ``end == -1`` means "the whole
+    object" (small members, read with a plain GET that also catches a grown object)."""
+    for meta in members:
+        if meta.size <= PREFETCH_MAX_MEMBER_BYTES:
+            yield meta, 0, -1
+            continue
+        for start in range(0, meta.size, PREFETCH_MAX_MEMBER_BYTES):
+            yield meta, start, min(start + PREFETCH_MAX_MEMBER_BYTES, meta.size)
 
 
 class _GateFinding(Exception):  # noqa: N818 - internal control flow, not an error
@@ -318,54 +329,56 @@ class EvidenceVerifier:
         return self.store.get(bucket, key, max_bytes=self.max_member_bytes)
 
     def _hash_in_order(self, bucket: str, members: Sequence[ObjectMeta]) -> tuple[str, int]:
-        """sha256 over the members' bytes in the given order; small ones prefetched concurrently.
+        """sha256 over the members' bytes in the given order, fetched concurrently.
 
-        Memory stays bounded: at most ``concurrency`` prefetches and
-        :data:`PREFETCH_BUDGET_BYTES` of prefetched-unhashed bytes per gate; members above
-        :data:`PREFETCH_MAX_MEMBER_BYTES` are streamed in turn.
+        Each member is one piece (a whole GET) up to :data:`PREFETCH_MAX_MEMBER_BYTES`, or
+        consecutive ranged GETs of that size pinned to the listed ETag and size, so large
+        members are read as concurrently as small ones. Memory stays bounded: at most
+        ``concurrency`` pieces and :data:`PREFETCH_BUDGET_BYTES` of fetched-unhashed bytes.
+
+        Raises:
+            PreconditionFailedError: a member changed since it was listed.
         """
         digest = hashlib.sha256()
         total = 0
-        pending: deque[tuple[ObjectMeta, Future[bytes] | None]] = deque()
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+        pieces = iter(_pieces(members))
         in_flight_bytes = 0
-        next_index = 0
+        upcoming: tuple[ObjectMeta, int, int] | None = next(pieces, None)
 
         def fill() -> None:
-            nonlocal next_index, in_flight_bytes
-            while next_index < len(members) and len(pending) < self.concurrency:
-                meta = members[next_index]
-                small = meta.size <= PREFETCH_MAX_MEMBER_BYTES
-                if small and pending and in_flight_bytes + meta.size > PREFETCH_BUDGET_BYTES:
+            nonlocal upcoming, in_flight_bytes
+            while upcoming is not None and len(pending) < self.concurrency:
+                meta, start, end = upcoming
+                size = end - start if end >= 0 else meta.size
+                if pending and in_flight_bytes + size > PREFETCH_BUDGET_BYTES:
                     return
-                future = self._member_pool.submit(self._fetch, bucket, meta.key) if small else None
-                if small:
-                    in_flight_bytes += meta.size
-                pending.append((meta, future))
-                next_index += 1
-                if not small:
-                    return  # don't prefetch past a large member: it is read in-line later
+                if end < 0:
+                    future = self._member_pool.submit(self._fetch, bucket, meta.key)
+                else:
+                    future = self._member_pool.submit(self._fetch_range, bucket, meta, start, end)
+                in_flight_bytes += size
+                pending.append((size, future))
+                upcoming = next(pieces, None)
 
         try:
             fill()
             while pending:
-                meta, future = pending.popleft()
-                if future is not None:
-                    data = future.result()
-                    in_flight_bytes -= meta.size
-                    digest.update(data)
-                    total += len(data)
-                    self._count(len(data))
-                else:
-                    for chunk in self.store.iter_chunks(bucket, meta.key, max_bytes=self.max_member_bytes):
-                        digest.update(chunk)
-                        total += len(chunk)
-                        self._count(len(chunk))
+                size, future = pending.popleft()
+                data = future.result()
+                in_flight_bytes -= size
+                digest.update(data)
+                total += len(data)
+                self._count(len(data))
                 fill()
         finally:
-            for _meta, future in pending:
-                if future is not None:
-                    future.cancel()
+            for _size, future in pending:
+                future.cancel()
         return digest.hexdigest(), total
+
+    def _fetch_range(self, bucket: str, meta: ObjectMeta, start: int, end: int) -> bytes:
+        return self.store.get_range(bucket, meta.key, start=start, end=end, object_size=meta.size,
+                                    etag=meta.etag or None)
 
     # ----------------------------------------------------------------- sha256_member_digest_concat
     def _verify_member_concat(self, bundle: S3Location, progress: _Progress) -> None:

@@ -29,11 +29,12 @@ releases everything on the way out.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,10 @@ class _InFlight:
     def __init__(self) -> None:
         self._order: dict[tuple[str, int], deque[int]] = defaultdict(deque)
         self._finished: set[tuple[str, int, int]] = set()
+        self._touched: set[tuple[str, int]] = set()
         self.futures: dict[Future[bool], Record] = {}
+        #: Futures as they finish (filled by pool threads): O(1) per record to collect.
+        self.completed: queue.SimpleQueue[Future[bool]] = queue.SimpleQueue()
 
     def __len__(self) -> int:
         return len(self.futures)
@@ -207,6 +211,19 @@ class _InFlight:
         """Track ``record``, just submitted as ``future``."""
         self._order[(record.topic, record.partition)].append(record.offset)
         self.futures[future] = record
+        future.add_done_callback(self.completed.put)
+
+    def reap_completed(self, timeout: float | None = None) -> None:
+        """Reap every future finished so far; with ``timeout``, first wait that long for one."""
+        done: list[Future[bool]] = []
+        try:
+            if timeout is not None:
+                done.append(self.completed.get(timeout=timeout))
+            while True:
+                done.append(self.completed.get_nowait())
+        except queue.Empty:
+            pass
+        self.reap(done)
 
     def reap(self, done: Iterable[Future[bool]]) -> None:
         """Forget finished futures; mark their records finished unless the worker stopped first."""
@@ -214,11 +231,16 @@ class _InFlight:
             record = self.futures.pop(future, None)
             if record is not None and future.result():
                 self._finished.add((record.topic, record.partition, record.offset))
+                self._touched.add((record.topic, record.partition))
 
     def advance(self) -> list[tuple[str, int, int]]:
         """(topic, partition, next offset) for each partition whose finished prefix grew."""
         moved: list[tuple[str, int, int]] = []
-        for (topic, partition), offsets in self._order.items():
+        touched, self._touched = self._touched, set()
+        for topic, partition in touched:
+            offsets = self._order.get((topic, partition))
+            if offsets is None:
+                continue  # forgotten (revoked) meanwhile
             next_offset: int | None = None
             while offsets and (topic, partition, offsets[0]) in self._finished:
                 offset = offsets.popleft()
@@ -353,15 +375,17 @@ class Worker:
         """
         s = self._settings
         free = s.batch_size - len(inflight)
-        if free > 0:
+        if not inflight or free >= max(1, s.batch_size // 4):
             # Idle: wait for records. Busy: only take what is buffered, and get back to
             # reaping completions quickly (their offsets and the free slots wait for it).
+            # Refilling in steps of a quarter window keeps the pool fed at one poll per
+            # batch_size/4 records instead of one per record.
             records = consumer.poll_batch(free, BUSY_POLL_TIMEOUT if inflight else s.poll_timeout)
             for record in records:
                 inflight.add(record, pool.submit(self._handle, services, record))
+            inflight.reap_completed()
         else:
-            wait(list(inflight.futures), timeout=s.poll_timeout, return_when=FIRST_COMPLETED)
-        inflight.reap([f for f in list(inflight.futures) if f.done()])
+            inflight.reap_completed(timeout=s.poll_timeout)
         return self._store(consumer, inflight)
 
     @staticmethod
