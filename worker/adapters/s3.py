@@ -573,9 +573,13 @@ class ObjectStore:
 
     def get_range(
         self, bucket: str, key: str, *, start: int, end: int, object_size: int, etag: str | None = None
-    ) -> bytes:
+    ) -> list[bytes | memoryview]:
         """GET bytes ``[start, end)`` of an object known (from a listing) to be ``object_size``
         bytes with ``etag``; one retried unit like :meth:`get`.
+
+        Returns:
+            The range's bytes as the buffers they arrived in, in order (no copy into one
+            ``bytes``: a hasher takes them one by one; ``b"".join`` makes one if needed).
 
         Several ranges of one large object can then be fetched concurrently and hashed in
         order. The ETag pin (``If-Match``) and the size check make sure every range comes from
@@ -589,17 +593,17 @@ class ObjectStore:
         what = f"GET s3://{bucket}/{key} bytes {start}-{end - 1}"
         length = end - start
 
-        def attempt() -> bytes:
+        def attempt() -> list[bytes | memoryview]:
             response = self._open_get(bucket, key, max_bytes=end, start=start, end=end, etag=etag)
             if response.total != object_size or response.size != length:
                 response.close()
                 raise PreconditionFailedError(f"{what}: object is {response.total} bytes now, "
                                               f"{object_size} when listed")
-            chunks = self._read_capped(response, max_bytes=length, what=what, chunk_size=DEFAULT_CHUNK_SIZE)
-            data = b"".join(chunks)
-            if len(data) != length:
-                raise S3UnavailableError(f"{what}: {len(data)} of {length} bytes arrived")
-            return data
+            chunks = list(self._read_capped(response, max_bytes=length, what=what, chunk_size=DEFAULT_CHUNK_SIZE))
+            received = sum(len(chunk) for chunk in chunks)
+            if received != length:
+                raise S3UnavailableError(f"{what}: {received} of {length} bytes arrived")
+            return chunks
 
         return self._retrying()(attempt)
 

@@ -325,8 +325,8 @@ class EvidenceVerifier:
             detail = "empty bundle and flag is not the empty digest" if not members else "bundle digest != flag"
             raise _GateFinding(GateOutcome.MISMATCH, detail)
 
-    def _fetch(self, bucket: str, key: str) -> bytes:
-        return self.store.get(bucket, key, max_bytes=self.max_member_bytes)
+    def _fetch(self, bucket: str, key: str) -> list[bytes | memoryview]:
+        return [self.store.get(bucket, key, max_bytes=self.max_member_bytes)]
 
     def _hash_in_order(self, bucket: str, members: Sequence[ObjectMeta]) -> tuple[str, int]:
         """sha256 over the members' bytes in the given order, fetched concurrently.
@@ -341,7 +341,7 @@ class EvidenceVerifier:
         """
         digest = hashlib.sha256()
         total = 0
-        pending: deque[tuple[int, Future[bytes]]] = deque()
+        pending: deque[tuple[int, Future[list[bytes | memoryview]]]] = deque()
         pieces = iter(_pieces(members))
         in_flight_bytes = 0
         upcoming: tuple[ObjectMeta, int, int] | None = next(pieces, None)
@@ -353,6 +353,7 @@ class EvidenceVerifier:
                 size = end - start if end >= 0 else meta.size
                 if pending and in_flight_bytes + size > PREFETCH_BUDGET_BYTES:
                     return
+                future: Future[list[bytes | memoryview]]
                 if end < 0:
                     future = self._member_pool.submit(self._fetch, bucket, meta.key)
                 else:
@@ -367,16 +368,17 @@ class EvidenceVerifier:
                 size, future = pending.popleft()
                 data = future.result()
                 in_flight_bytes -= size
-                digest.update(data)
-                total += len(data)
-                self._count(len(data))
+                for chunk in data:
+                    digest.update(chunk)
+                    total += len(chunk)
+                    self._count(len(chunk))
                 fill()
         finally:
             for _size, future in pending:
                 future.cancel()
         return digest.hexdigest(), total
 
-    def _fetch_range(self, bucket: str, meta: ObjectMeta, start: int, end: int) -> bytes:
+    def _fetch_range(self, bucket: str, meta: ObjectMeta, start: int, end: int) -> list[bytes | memoryview]:
         return self.store.get_range(bucket, meta.key, start=start, end=end, object_size=meta.size,
                                     etag=meta.etag or None)
 
