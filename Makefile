@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider
 
-## bench: the full benchmark suite (~15 min on 2 cores); writes bench/results/<timestamp>.json. Never part of `make test`.
+## bench: the full benchmark suite (~8-9 min on 2 cores); writes bench/results/<timestamp>.json. Never part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --full
 
