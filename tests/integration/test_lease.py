@@ -123,11 +123,17 @@ def test_two_managers_race_exactly_one_wins(config: PgConfig, run_id: str, pg_ds
 def test_acquire_waits_for_release(leases: LeaseManager, config: PgConfig, run_id: str) -> None:
     with LeaseManager(config) as other:
         holder = other.acquire(run_id)
-        timer = threading.Timer(0.3, holder.release)
+        released = threading.Event()
+
+        def release() -> None:
+            released.set()  # before the release, so a granted acquire always sees it
+            holder.release()
+
+        timer = threading.Timer(0.3, release)
         timer.start()
-        started = time.monotonic()
         with leases.acquire(run_id, wait=10) as lease:
-            assert 0.2 < time.monotonic() - started < 5
+            # Granted only once the holder let go: the acquire waited for the release.
+            assert released.is_set()
             assert lease.epoch == holder.epoch + 1
         timer.join()
 

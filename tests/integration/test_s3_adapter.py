@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -220,7 +219,6 @@ def test_unreachable_endpoint_retries_boundedly_then_unavailable(library: str) -
         read_timeout=1,
     )
     with ObjectStore(config) as store:
-        started = time.monotonic()
         with pytest.raises(S3UnavailableError) as info:
             store.get("some-bucket", "k", max_bytes=10)
         assert isinstance(info.value, RetryableError)
@@ -229,7 +227,6 @@ def test_unreachable_endpoint_retries_boundedly_then_unavailable(library: str) -
             store.create("some-bucket", "k", b"x")
         with pytest.raises(S3UnavailableError):
             list(store.list("some-bucket", ""))
-        assert time.monotonic() - started < 10
         snap = store.counter.snapshot()
         assert (snap["GET"], snap["PUT"], snap["LIST"]) == (3, 3, 3)
 
