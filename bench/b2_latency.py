@@ -23,6 +23,7 @@ from bench.b1_throughput import seed_shared_evidence
 from bench.common import (
     CpuMeter,
     IntentPublisher,
+    OneWorkerScenario,
     TopicWatcher,
     WorkerProc,
     bottleneck,
@@ -78,15 +79,14 @@ class PacedPublisher:
             return list(self.published)
 
 
-class Scenario:
-    """B2 on one fresh world; the first worker is started in :meth:`prepare`."""
+class Scenario(OneWorkerScenario):
+    """B2 on one fresh world; the first worker is started in :meth:`start`."""
 
     name = "B2"
+    log_tag = "a"
 
     def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.world: Any = None
-        self.procs: list[WorkerProc] = []
+        super().__init__(ctx)
         self.shared = ""
 
     def prepare(self) -> None:
@@ -94,17 +94,6 @@ class Scenario:
             return
         self.world = make_world(self.ctx.servers, "b2", self.ctx.work_dir)
         self.shared = seed_shared_evidence(self.world)
-
-    def start(self) -> None:
-        self.prepare()
-        if not self.procs:
-            self.procs.append(WorkerProc(self.world, self.ctx.log_dir / f"b2-{self.world.suffix}-a.log"))
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.stop()
-        if self.world is not None:
-            self.world.drop()
 
     def run(self) -> dict[str, Any]:
         self.start()

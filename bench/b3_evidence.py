@@ -107,7 +107,7 @@ def measure(ctx: Any) -> dict[str, Any]:
         groups = {"bench (client/verifier)": [ctx.pid], **server_groups(servers)}
         # The raw read uses the library SR's adapter streams GETs with, configured like it.
         library = library_for("GET", "sr")
-        obs = store._fast.store_for(bucket) if store._fast is not None else None
+        obs = store.obstore_store(bucket)
         _raw(client, bucket, keys[: min(len(keys), conc)], conc, obstore_store=obs)  # warm connections, page cache
 
         def measure_raw() -> tuple[float, dict[str, Any]]:

@@ -20,8 +20,8 @@ from bench.b1_throughput import seed_shared_evidence
 from bench.common import (
     CpuMeter,
     IntentPublisher,
+    OneWorkerScenario,
     TopicWatcher,
-    WorkerProc,
     bottleneck,
     committed_total,
     cpu_per_unit,
@@ -34,15 +34,14 @@ from bench.common import (
 )
 
 
-class Scenario:
-    """B5 on one fresh world; setup runs and the storm worker start in :meth:`prepare`."""
+class Scenario(OneWorkerScenario):
+    """B5 on one fresh world: setup runs in :meth:`prepare`, the storm worker in :meth:`start`."""
 
     name = "B5"
+    log_tag = "storm"
 
     def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.world: Any = None
-        self.procs: list[WorkerProc] = []
+        super().__init__(ctx)
         self.base: list[Any] = []
 
     def prepare(self) -> None:
@@ -69,17 +68,6 @@ class Scenario:
 
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(make_ready, range(len(self.base))))
-
-    def start(self) -> None:
-        self.prepare()
-        if not self.procs:
-            self.procs.append(WorkerProc(self.world, self.ctx.log_dir / f"b5-{self.world.suffix}-storm.log"))
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.stop()
-        if self.world is not None:
-            self.world.drop()
 
     def run(self) -> dict[str, Any]:
         self.start()

@@ -873,6 +873,37 @@ def temp_state_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sr-bench-"))
 
 
+class OneWorkerScenario:
+    """A scenario that drives ``sr run`` worker processes over one fresh world of its own.
+
+    Subclasses set ``name`` and ``log_tag`` and build ``self.world`` in ``prepare()``;
+    :meth:`start` starts the first worker, :meth:`close` stops every worker in ``self.procs``
+    (SIGTERM, then by PID) and drops the world.
+    """
+
+    name = ""
+    log_tag = ""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.world: Any = None
+        self.procs: list[WorkerProc] = []
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.prepare()
+        if not self.procs:
+            self.procs.append(WorkerProc(self.world, self.ctx.log_dir / f"{self.name.lower()}-{self.world.suffix}-"
+                                                                       f"{self.log_tag}.log"))
+
+    def close(self) -> None:
+        stop_all(self.procs)
+        if self.world is not None:
+            self.world.drop()
+
+
 class InProcessScenario:
     """A scenario measured inside the bench process: nothing to start ahead or to stop.
 

@@ -103,15 +103,14 @@ def library_for(verb: str, library: str) -> str:
 
 
 def _obstore(servers: Servers) -> Any:
-    """obstore's store for the bench bucket, built by SR's own transport (same configuration:
+    """obstore's store for the bench bucket, built by SR's own adapter (same configuration:
     checksums, timeouts, no obstore retries)."""
     from bench.common import s3_config
-    from worker.adapters.s3 import _RETRYABLE_CODES
-    from worker.adapters.s3_obstore import ObstoreTransport
+    from worker.adapters.s3 import ObjectStore
 
-    transport = ObstoreTransport(s3_config(servers), retryable_codes=_RETRYABLE_CODES)
-    transport.open()
-    return transport.store_for(servers.s3_bucket)
+    store = ObjectStore(s3_config(servers).model_copy(update={"client_library": "obstore"}))
+    store.open()  # no request is sent (as in bench.common.s3_client)
+    return store.obstore_store(servers.s3_bucket)
 
 
 def _obstore_op(store: Any, verb: str, args: dict[str, Any], me: str, i: int, n: int, body: bytes) -> None:  # noqa: PLR0917

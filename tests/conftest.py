@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
 from tests.servers import Servers, make_topics, resolve_servers, unavailable, unique
+from tests.sr_harness import SREnv, build_env
 
 pytest_plugins: list[str] = []
 
@@ -140,6 +142,12 @@ def s3_client(servers: Servers) -> Any:
     except Exception:
         client.create_bucket(Bucket=servers.s3_bucket)
     return client
+
+
+@pytest.fixture
+def sr_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
+    """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers."""
+    return build_env(servers, pg_dsn, tmp_path)
 
 
 @pytest.fixture

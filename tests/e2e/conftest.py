@@ -1,5 +1,5 @@
-"""e2e tests reuse the integration fixtures (isolated SR world, evidence writer)."""
+"""e2e tests reuse the integration evidence writer (the isolated SR world, `sr_env`, is in tests/conftest.py)."""
 
-from tests.integration.conftest import sr_env, write_evidence
+from tests.integration.conftest import write_evidence
 
-__all__ = ["sr_env", "write_evidence"]
+__all__ = ["write_evidence"]

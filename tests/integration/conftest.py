@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
-from tests.servers import Servers
-from tests.sr_harness import SREnv, build_env
+from tests.sr_harness import SREnv
 
 GATE_3A_MEMBERS = {
     "accounts/part-0000.csv": b"account_id,balance\n1,100\n2,250\n",
@@ -24,12 +22,6 @@ GATE_6B_MEMBERS = {
     "transactions/part-0002.csv": b"tx_id,account_id,amount\n3,3,42\n",
     "transactions/part-0003.csv": b"tx_id,account_id,amount\n4,4,7\n",
 }
-
-
-@pytest.fixture
-def sr_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
-    """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers."""
-    return build_env(servers, pg_dsn, tmp_path)
 
 
 EvidenceWriter = Callable[..., None]

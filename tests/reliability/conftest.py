@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
 from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
-from tests.servers import Servers
-from tests.sr_harness import SREnv, build_env
+from tests.sr_harness import SREnv
 
 SOAK = os.environ.get("SR_SOAK", "").strip().lower() in {"1", "true", "yes"}
 #: Kill-matrix rounds per crash point.
@@ -50,12 +48,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("reliability summary")
         for line in REPORT:
             terminalreporter.write_line(line)
-
-
-@pytest.fixture
-def sr_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
-    """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers."""
-    return build_env(servers, pg_dsn, tmp_path)
 
 
 EvidenceWriter = Callable[..., None]

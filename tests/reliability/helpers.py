@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.sr_harness import SREnv, start_worker_process
+from tests.sr_harness import SREnv, start_worker_process, stop_process
 from worker.adapters.kafka import Record
 from worker.core.identity import run_lock_key
 
@@ -101,13 +101,7 @@ class WorkerProc:
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, timeout)
 
 
 def stop_all(workers: Iterable[WorkerProc]) -> list[int | None]:

@@ -341,6 +341,17 @@ class ObjectStore:
             raise S3AccessError("ObjectStore used before open()/__enter__")
         return client
 
+    def obstore_store(self, bucket: str) -> Any | None:
+        """obstore's raw ``S3Store`` for ``bucket`` as this store configured it, or ``None`` when
+        ``client_library="boto3"`` (benchmarks measure raw rates with it).
+
+        Raises:
+            S3AccessError: the store was not opened, or obstore cannot be configured.
+        """
+        if self._client is None:
+            raise S3AccessError("ObjectStore used before open()/__enter__")
+        return self._fast.store_for(bucket) if self._fast is not None else None
+
     # ----------------------------------------------------------------- request plumbing
     def _retrying(self) -> Retrying:
         cfg = self.config
