@@ -1,6 +1,6 @@
 """Resolution of the real servers the integration and e2e tests talk to.
 
-Order per server (DESIGN.md §1): the ``SR_TEST_*`` environment variable; else a
+Order per server (contract §1): the ``SR_TEST_*`` environment variable; else a
 testcontainers container when a Docker engine answers; else the embedded binaries.
 A server that cannot be had fails the run under ``CI=true`` and skips the test locally.
 """

@@ -1,6 +1,6 @@
 """Sample evidence and the guided demo behind ``sr dev --demo``.
 
-Evidence bundles are built exactly as DESIGN.md §4 describes (``_passed.flag`` with the
+Evidence bundles are built exactly as contract §4 describes (``_passed.flag`` with the
 sha256, members, ``index.json`` for member-digest gates), so the demo exercises the real
 verification path: nothing is special-cased for it.
 """

@@ -30,7 +30,7 @@ MiB = 1024 * 1024
 
 
 class Topics(BaseModel):
-    """Topic names (DESIGN.md §2 defaults)."""
+    """Topic names (contract §2 defaults)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Evidence verification (DESIGN §4) against a real S3 server, with real uploaded bundles."""
+"""Evidence verification (contract §4) against a real S3 server, with real uploaded bundles."""
 
 from __future__ import annotations
 

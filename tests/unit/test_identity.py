@@ -38,7 +38,7 @@ def test_golden_values() -> None:
 
 
 def test_golden_values_match_the_written_spec() -> None:
-    # DESIGN §3, computed independently of worker.core.canonical.
+    # contract §3, computed independently of worker.core.canonical.
     material = (
         '{"namespace":"ns","output_ids":["accounts","transactions"],"pins":{"manifest_fingerprint":"'
         + H1

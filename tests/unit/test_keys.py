@@ -1,4 +1,4 @@
-"""Key derivation: segments, prefixes, run keys, S3 URIs (DESIGN §5)."""
+"""Key derivation: segments, prefixes, run keys, S3 URIs (contract §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Avro codec for SR's Kafka values (DESIGN §2).
+"""Avro codec for SR's Kafka values (contract §2).
 
 Two framings:
 

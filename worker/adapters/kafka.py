@@ -295,7 +295,7 @@ class IntakeConsumer:
             "fetch.message.max.bytes": self._config.max_message_bytes + 64 * 1024,
             "isolation.level": "read_committed",
             # Apache Kafka answers a fetch as soon as data is there; Tansu only when this wait
-            # expires (DESIGN §1), so librdkafka's 500 ms default was ~250 ms of idle latency per
+            # expires (contract §1), so librdkafka's 500 ms default was ~250 ms of idle latency per
             # intent. 100 ms costs at most 10 empty fetches/s per broker when idle.
             "fetch.wait.max.ms": _ms(self._config.fetch_wait_max),
         })

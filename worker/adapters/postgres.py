@@ -1,4 +1,4 @@
-"""Postgres adapter: migrations, the run index and the publication outbox (DESIGN §5, §6).
+"""Postgres adapter: migrations, the run index and the publication outbox (contract §5, §6).
 
 Postgres holds SR's *rebuildable* index (S3 is the truth) and the coordination state:
 
@@ -609,7 +609,7 @@ class PublicationKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """A run to admit (DESIGN §3). ``intent`` is the Avro-shaped intent dict (JSON-able)."""
+    """A run to admit (contract §3). ``intent`` is the Avro-shaped intent dict (JSON-able)."""
 
     run_id: str
     run_equivalence_key: str

@@ -1,4 +1,4 @@
-"""The one narrow object-store adapter of SR (DESIGN §1, §5).
+"""The one narrow object-store adapter of SR (contract §1, §5).
 
 Every S3 request SR makes goes through :class:`ObjectStore`, so that
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from worker.embedded.stack import Endpoints
 
-# What each sample must end as (DESIGN.md §3–§4).
+# What each sample must end as (contract §3–§4).
 EXPECTED = Counter({"READY": 1, "WAITING": 1, "QUARANTINED": 1, "REJECTED": 1, "DLQ": 1})
 
 

@@ -1,4 +1,4 @@
-"""Pure parts of evidence verification (DESIGN §4): flags, indexes, digests, classification.
+"""Pure parts of evidence verification (contract §4): flags, indexes, digests, classification.
 
 The I/O side (listing bundles, streaming members with byte caps) lives in the runtime; it
 feeds bytes and digests into these functions and gets typed outcomes back. Everything here

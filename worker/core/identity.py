@@ -1,4 +1,4 @@
-"""Run identity (DESIGN §3): equivalence key, run id, intent fingerprint, lock key.
+"""Run identity (contract §3): equivalence key, run id, intent fingerprint, lock key.
 
 * ``run_equivalence_key`` = sha256(canonical JSON of {tenant_id, namespace, scenario_id,
   pins, window_start, window_end, sorted(output_ids)}), timestamps as epoch millis.

@@ -1,4 +1,4 @@
-"""The one key-derivation family of SR (DESIGN §5).
+"""The one key-derivation family of SR (contract §5).
 
 Every S3 key SR reads or writes is built here from validated segments, so no caller-controlled
 value can introduce ``.``/``..``, ``/``, ``\\``, NUL, control characters or anything outside a

@@ -1,4 +1,4 @@
-"""The run ledger: append-only, hash-chained, write-once entries (DESIGN §5).
+"""The run ledger: append-only, hash-chained, write-once entries (contract §5).
 
 Entry ``seq`` lives at ``record/<seq:012d>.json`` and carries ``prev_hash`` = sha256 of the
 exact bytes of entry ``seq-1``; entries are canonical JSON, so an edited, missing, reordered

@@ -1,4 +1,4 @@
-"""Wire models of SR's Kafka contract (DESIGN §2): frozen, strict pydantic v2 models.
+"""Wire models of SR's Kafka contract (contract §2): frozen, strict pydantic v2 models.
 
 Conventions:
 

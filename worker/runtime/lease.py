@@ -1,4 +1,4 @@
-"""Run leases: a session-level advisory lock plus a fencing epoch (DESIGN §5).
+"""Run leases: a session-level advisory lock plus a fencing epoch (contract §5).
 
 A :class:`Lease` is a Postgres *session-level* advisory lock on ``run_lock_key(run_id)``,
 held on a dedicated connection for the duration of a run step, plus ``sr_runs.lease_epoch``,

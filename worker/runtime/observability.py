@@ -1,4 +1,4 @@
-"""Operator surface of the worker (DESIGN §7): Prometheus metrics, ``/healthz``, ``/readyz``.
+"""Operator surface of the worker (contract §7): Prometheus metrics, ``/healthz``, ``/readyz``.
 
 * :class:`Metrics` — every SR series, on its **own** :class:`~prometheus_client.CollectorRegistry`
   (never the process-global one, so several workers/tests in one process never collide). Its
@@ -497,7 +497,7 @@ def consumer_lag(consumer: LagSource, topics: Iterable[str] | None = None, *, ti
     ``earliest``). A negative difference is reported as 0.
 
     The value is only as good as the broker's high watermark. Tansu (the local stand-in,
-    DESIGN §1) reports a wrong watermark after multi-record batches (hwm = 1 after 10
+    contract §1) reports a wrong watermark after multi-record batches (hwm = 1 after 10
     records), so locally the lag can read 0 while messages are waiting; on Apache Kafka it
     is exact. Never use this to decide where a partition ends.
 

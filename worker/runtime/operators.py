@@ -89,7 +89,7 @@ def read_partition_slice(
     """Yield the records of one partition slice, without joining a consumer group.
 
     The end is found without trusting the high watermark alone (Tansu reports a wrong one for
-    multi-record batches, DESIGN.md §1): reading stops at ``to_offset`` (exclusive) when given,
+    multi-record batches, contract §1): reading stops at ``to_offset`` (exclusive) when given,
     else once no record arrived for ``idle_timeout`` seconds *and* the position reached the
     watermark — or after ``max_idle_rounds`` idle periods whatever the watermark says.
 

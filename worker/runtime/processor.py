@@ -1,6 +1,6 @@
 """The run step: admission, lease, plan, verification, ledger, index, publication.
 
-This is DESIGN.md §3–§6 in code. One :class:`RunProcessor` is shared by the worker's
+This is contract §3–§6 in code. One :class:`RunProcessor` is shared by the worker's
 threads; every run step happens under the run's lease (advisory lock + fencing epoch), and
 the commit order is:
 

@@ -1,4 +1,4 @@
-"""The truth store: plans, facts views and the run ledger in S3 (DESIGN §5).
+"""The truth store: plans, facts views and the run ledger in S3 (contract §5).
 
 Every object is canonical JSON written once with ``If-None-Match: *``; every read verifies
 the content address (plan, facts view) or the hash chain (ledger). The store never

@@ -1,4 +1,4 @@
-"""Evidence verification against object storage (DESIGN §4), failing closed.
+"""Evidence verification against object storage (contract §4), failing closed.
 
 The pure rules (flag/index grammar, member order, digests, outcomes) live in
 :mod:`worker.core.evidence`; this module does the I/O: it lists bundles, streams members

@@ -192,7 +192,7 @@ class _InFlight:
     """Records handed to the run pool and not finished yet, tracked per partition in offset order.
 
     Offsets are stored only for the longest *finished prefix* of each partition, so a record
-    is never marked consumed while an earlier one of its partition is still running (DESIGN
+    is never marked consumed while an earlier one of its partition is still running (contract
     §6: the offset is the last step). Not thread-safe: only the consume loop touches it.
     """
 

@@ -1,4 +1,4 @@
--- 0001_init: the run index and the publication outbox (DESIGN §5, §6).
+-- 0001_init: the run index and the publication outbox (contract §5, §6).
 --
 -- Postgres holds a *rebuildable* index: S3 (plan, ledger, facts views) is the truth.
 -- Applied by worker.adapters.postgres.migrate() inside one transaction; never edit this
@@ -82,7 +82,7 @@ CREATE TABLE sr_publications (
     )
 );
 
--- Exactly one READY / SUPERSEDE per (run_id, facts_view_hash, event_type) (DESIGN §6).
+-- Exactly one READY / SUPERSEDE per (run_id, facts_view_hash, event_type) (contract §6).
 CREATE UNIQUE INDEX sr_publications_fact_uniq
     ON sr_publications (run_id, facts_view_hash, event_type)
     WHERE facts_view_hash IS NOT NULL;

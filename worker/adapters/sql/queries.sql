@@ -163,7 +163,7 @@ UPDATE sr_runs
 RETURNING lease_epoch;
 
 -- name: advance_run
--- DESIGN §6 "index row (epoch-checked) -> publication row" as ONE atomic statement:
+-- contract §6 "index row (epoch-checked) -> publication row" as ONE atomic statement:
 --  * `upd` updates the run only if the caller's epoch is current (a fenced writer matches
 --    no row, so `ins` inserts nothing either);
 --  * `ins` inserts the publications, ON CONFLICT (pub_key) DO NOTHING;
