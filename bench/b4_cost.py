@@ -33,7 +33,7 @@ VERBS = ("PUT", "GET", "LIST", "HEAD", "DELETE")
 
 
 def _record(world: Any, codec: Any, intent: Any, offset: int) -> Any:
-    from worker.adapters.kafka import Record
+    from worker.app.ports import Record
 
     return Record(topic=world.topics["intents"], partition=0, offset=offset, key=None,
                   value=codec.encode_intent(intent), headers=(), timestamp_ms=None)

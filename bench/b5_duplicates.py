@@ -48,7 +48,7 @@ class Scenario(OneWorkerScenario):
         """Make ``b5_runs`` runs READY in-process (no Kafka intents), then start the storm worker."""
         if self.world is not None:
             return
-        from worker.adapters.kafka import Record
+        from worker.app.ports import Record
         from worker.core.policy import load_policy
         from worker.runtime.processor import Action
         from worker.runtime.worker import open_services

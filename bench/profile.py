@@ -124,7 +124,7 @@ def _merge(main_prof: cProfile.Profile, threads: ThreadProfiles) -> pstats.Stats
 
 
 def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: int, repeat: int = 0) -> None:
-    from worker.adapters.kafka import Record
+    from worker.app.ports import Record
     from worker.core.policy import load_policy
     from worker.runtime.worker import open_services
 

@@ -18,7 +18,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from tests.servers import Servers, make_topics
 from worker.adapters.avro import AvroCodec
-from worker.adapters.kafka import EventProducer, Record
+from worker.adapters.kafka import EventProducer, record_from_message
+from worker.app.ports import Record
 from worker.core.identity import run_id_of
 from worker.core.models import Pins, RunIntent, Strategy
 from worker.core.policy import Policy, load_policy
@@ -188,7 +189,7 @@ def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Record]], bo
         while time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.2):
                 if msg.error() is None:
-                    records.append(Record.from_message(msg))
+                    records.append(record_from_message(msg))
             if until is not None and satisfied_at is None and until(records):
                 satisfied_at = time.monotonic()
             if satisfied_at is not None and time.monotonic() - satisfied_at >= settle:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import EvidenceWriter
 from tests.sr_harness import SREnv, make_intent, read_topic
-from worker.adapters.kafka import Record
+from worker.app.ports import Record
 from worker.core.identity import run_id_of, run_lock_key
 from worker.core.models import RunIntent, RunStatus
 from worker.errors import LeaseLostError, StaleEpochError

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from worker.adapters.postgres import NewPublication, NewRun, PgConfig, RoundTripCounter, RunIndex
+from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.core.identity import run_id_for, run_lock_key
+from worker.core.index import NewPublication, NewRun
 from worker.core.models import RunStatus
 from worker.errors import (
     LeaseBusyError,

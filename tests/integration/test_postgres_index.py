@@ -16,19 +16,9 @@ import psycopg.conninfo
 import pytest
 from pydantic import SecretStr
 
-from worker.adapters.postgres import (
-    AdmissionOutcome,
-    MigrationError,
-    NewPublication,
-    NewRun,
-    PgConfig,
-    PublicationKind,
-    RoundTripCounter,
-    RunIndex,
-    load_migrations,
-    migrate,
-)
+from worker.adapters.postgres import MigrationError, PgConfig, RoundTripCounter, RunIndex, load_migrations, migrate
 from worker.core.identity import run_id_for
+from worker.core.index import AdmissionOutcome, NewPublication, NewRun, PublicationKind
 from worker.core.models import RunStatus
 from worker.errors import PostgresError, PostgresUnavailableError
 from worker.runtime.lease import advance_with_epoch

@@ -20,7 +20,8 @@ from tests.evidence_fixtures import s3_config_for
 from tests.faultproxy import FaultProxy
 from tests.http_capture import OneRequestCapture
 from tests.servers import Servers
-from worker.adapters.s3 import ObjectMeta, ObjectStore, S3Config, WriteOutcome
+from worker.adapters.s3 import ObjectStore, S3Config
+from worker.app.ports import ObjectMeta, WriteOutcome
 from worker.errors import (
     DriftError,
     MessageTooLargeError,

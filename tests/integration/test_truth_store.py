@@ -11,7 +11,8 @@ import pytest
 
 from tests.evidence_fixtures import s3_config_for
 from tests.servers import Servers
-from worker.adapters.s3 import ObjectStore, WriteOutcome
+from worker.adapters.s3 import ObjectStore
+from worker.app.ports import WriteOutcome
 from worker.core.facts import FactsView, GateReceipt, facts_view_bytes, facts_view_hash
 from worker.core.keys import RunKeys
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_bytes, next_entry

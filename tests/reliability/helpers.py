@@ -16,7 +16,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.sr_harness import SREnv, start_worker_process, stop_process
-from worker.adapters.kafka import Record
+from worker.app.ports import Record
 from worker.core.identity import run_lock_key
 
 # ----------------------------------------------------------------------------- worker logs

@@ -43,8 +43,9 @@ from tests.sr_harness import (
     replace_intent,
     submit,
 )
-from worker.adapters.kafka import EventProducer, IntakeConsumer, Record
+from worker.adapters.kafka import EventProducer, IntakeConsumer
 from worker.adapters.postgres import PgConfig, connect
+from worker.app.ports import Record
 from worker.core.identity import run_id_of
 from worker.core.keys import S3Location, run_keys
 from worker.core.models import Strategy

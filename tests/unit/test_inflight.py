@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from worker.adapters.kafka import Record
+from worker.app.ports import Record
 from worker.runtime.worker import _InFlight
 
 

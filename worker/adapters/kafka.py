@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from worker.app.ports import Delivered, Record
 from worker.errors import KafkaFatalError, KafkaUnavailableError
 
 log = logging.getLogger("sr.kafka")
@@ -65,49 +66,20 @@ class KafkaConfig:
         return conf
 
 
-@dataclass(frozen=True)
-class Record:
-    """A consumed message, copied out of librdkafka into plain Python types."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp_ms: int | None
-
-    @classmethod
-    def from_message(cls, msg: Message) -> Record:
-        """Copy a confluent-kafka message."""
-        raw_headers: list[tuple[str, Any]] = list(cast(Any, msg.headers()) or [])
-        headers = tuple((str(k), bytes(v) if v is not None else b"") for k, v in raw_headers)
-        ts_type, ts = msg.timestamp()
-        return cls(
-            topic=str(msg.topic()),
-            partition=int(msg.partition() or 0),
-            offset=int(msg.offset() or 0),
-            key=msg.key(),
-            value=msg.value(),
-            headers=headers,
-            timestamp_ms=ts if ts_type else None,
-        )
-
-    def header(self, name: str) -> bytes | None:
-        """The first header called ``name``, if any."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """Where the broker stored a produced message."""
-
-    topic: str
-    partition: int
-    offset: int
+def record_from_message(msg: Message) -> Record:
+    """Copy a confluent-kafka message into a :class:`~worker.app.ports.Record`."""
+    raw_headers: list[tuple[str, Any]] = list(cast(Any, msg.headers()) or [])
+    headers = tuple((str(k), bytes(v) if v is not None else b"") for k, v in raw_headers)
+    ts_type, ts = msg.timestamp()
+    return Record(
+        topic=str(msg.topic()),
+        partition=int(msg.partition() or 0),
+        offset=int(msg.offset() or 0),
+        key=msg.key(),
+        value=msg.value(),
+        headers=headers,
+        timestamp_ms=ts if ts_type else None,
+    )
 
 
 def _translate(err: KafkaError, what: str) -> Exception:
@@ -356,7 +328,7 @@ class IntakeConsumer:
                 if err.fatal():
                     raise KafkaFatalError(f"consumer fatal error: {err.str()}")
                 continue
-            records.append(Record.from_message(msg))
+            records.append(record_from_message(msg))
         return records
 
     def store(self, topic: str, partition: int, next_offset: int) -> None:

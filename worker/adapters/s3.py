@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
 
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from worker.adapters.s3_obstore import ObstoreGet, ObstoreTransport
+from worker.app.ports import ObjectMeta, WriteOutcome
 from worker.errors import (
     DriftError,
     MessageTooLargeError,
@@ -124,22 +124,6 @@ class S3Config(BaseModel):
 
 
 # --------------------------------------------------------------------------- values
-class WriteOutcome(StrEnum):
-    """Result of a write-once PUT."""
-
-    CREATED = "CREATED"
-    EXISTING_IDENTICAL = "EXISTING_IDENTICAL"
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectMeta:
-    """Listing/HEAD metadata of one object. ``size`` in bytes; ``etag`` without quotes."""
-
-    key: str
-    size: int
-    etag: str
-
-
 class RequestCounter:
     """Thread-safe count of S3 request attempts by verb, plus payload bytes.
 

@@ -32,17 +32,15 @@ from typing import Any, Final, Self
 from worker.adapters.postgres import (
     Connection,
     ConnectionPool,
-    NewPublication,
     PgConfig,
-    Publication,
     RoundTripCounter,
-    RunRow,
     execute,
     publication_params,
     query,
     retrying,
 )
 from worker.core.identity import run_lock_key
+from worker.core.index import NewPublication, Publication, RunRow
 from worker.core.models import RunStatus
 from worker.errors import (
     LeaseBusyError,

@@ -20,10 +20,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from worker.adapters.kafka import KafkaConfig, Record
-from worker.adapters.postgres import NewPublication, RunIndex
+from worker.adapters.kafka import KafkaConfig, record_from_message
+from worker.adapters.postgres import RunIndex
+from worker.app.ports import Record
 from worker.core.events import admitted_intent, control_facts, current_ready
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
+from worker.core.index import NewPublication
 from worker.core.ledger import derive_state, entry_hash
 from worker.core.models import RunStatus
 from worker.errors import AuthorizationError, InputError, IntegrityError, KafkaUnavailableError, SRError
@@ -118,7 +120,7 @@ def read_partition_slice(
         idle_rounds = 0
         while True:
             msgs = consumer.consume(500, idle_timeout)
-            records = [Record.from_message(m) for m in msgs if m.error() is None]
+            records = [record_from_message(m) for m in msgs if m.error() is None]
             if not records:
                 idle_rounds += 1
                 _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5,

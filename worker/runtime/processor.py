@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.adapters.avro import AvroCodec
-from worker.adapters.kafka import Record
-from worker.adapters.postgres import Admission, AdmissionOutcome, NewPublication, NewRun, RunIndex, RunRow
+from worker.adapters.postgres import RunIndex
+from worker.app.ports import Record
 from worker.core.events import control_fact, current_ready
 from worker.core.evidence import Classification, ClassificationResult, GateResult, classify
 from worker.core.facts import build_facts_view, facts_view_bytes, facts_view_hash
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for
+from worker.core.index import Admission, AdmissionOutcome, NewPublication, NewRun, RunRow
 from worker.core.keys import RunKeys, run_keys
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash, next_entry
 from worker.core.models import (

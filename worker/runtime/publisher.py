@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from worker.adapters.kafka import Delivered, EventProducer, Record
+from worker.adapters.kafka import EventProducer
+from worker.app.ports import Delivered, Record
 from worker.errors import SRError
 from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
 

@@ -42,9 +42,10 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
-from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig, Record
+from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.s3 import ObjectStore, S3Config
+from worker.app.ports import Record
 from worker.core.policy import Policy, load_policy
 from worker.errors import (
     ConfigError,
