@@ -8,7 +8,7 @@ exactly the same member bytes::
     <root>/mc/index.json
     <root>/mc/part-0000.bin ...          the members
 
-The worker's own :class:`~worker.runtime.verifier.EvidenceVerifier` (default caps and
+The worker's own :class:`~worker.app.verifier.EvidenceVerifier` (default caps and
 ``verify_concurrency``) verifies each gate in-process; the limit is the raw streamed GET +
 sha256 of the same member objects with the same boto3 client configuration and the same
 concurrency (measured before and after, the mean is the limit).
@@ -71,9 +71,9 @@ def _raw(client: Any, bucket: str, keys: list[str], concurrency: int, *, obstore
 
 def measure(ctx: Any) -> dict[str, Any]:
     from worker.adapters.s3 import ObjectStore
+    from worker.app.verifier import EvidenceVerifier
     from worker.core.plan import PlanGate
     from worker.core.policy import GateMethod
-    from worker.runtime.verifier import EvidenceVerifier
     from worker.settings import Settings
 
     n, size = ctx.sizes["b3_members"], ctx.sizes["b3_member_mib"] * MiB

@@ -58,9 +58,9 @@ class _Cost:
 
 
 def measure(ctx: Any) -> dict[str, Any]:
+    from worker.app.processor import Action
     from worker.core.identity import run_id_of
     from worker.core.policy import load_policy
-    from worker.runtime.processor import Action
     from worker.runtime.worker import open_services
 
     runs = ctx.sizes["b4_runs"]

@@ -49,8 +49,8 @@ class Scenario(OneWorkerScenario):
         if self.world is not None:
             return
         from worker.app.ports import Record
+        from worker.app.processor import Action
         from worker.core.policy import load_policy
-        from worker.runtime.processor import Action
         from worker.runtime.worker import open_services
 
         ctx = self.ctx

@@ -131,12 +131,12 @@ def _preload_worker() -> None:
     import worker.adapters.kafka
     import worker.adapters.postgres
     import worker.adapters.s3
+    import worker.app.processor
+    import worker.app.verifier
     import worker.core.identity
     import worker.core.models
     import worker.core.plan
     import worker.core.policy
-    import worker.runtime.processor
-    import worker.runtime.verifier
     import worker.runtime.worker
     import worker.settings  # noqa: F401
 

@@ -12,12 +12,12 @@ import pytest
 
 from tests.integration.conftest import EvidenceWriter
 from tests.sr_harness import SREnv, make_intent, read_topic
+from worker.adapters.postgres.leases import advance_with_epoch
 from worker.app.ports import Record
+from worker.app.processor import Action
 from worker.core.identity import run_id_of, run_lock_key
 from worker.core.models import RunIntent, RunStatus
 from worker.errors import LeaseLostError, StaleEpochError
-from worker.runtime.lease import advance_with_epoch
-from worker.runtime.processor import Action
 from worker.runtime.worker import Services, open_services
 
 pytestmark = pytest.mark.integration

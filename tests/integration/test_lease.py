@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
+from worker.adapters.postgres.leases import Lease, LeaseManager, advance_with_epoch
 from worker.core.identity import run_id_for, run_lock_key
 from worker.core.index import NewPublication, NewRun
 from worker.core.models import RunStatus
@@ -26,7 +27,6 @@ from worker.errors import (
     StaleEpochError,
     UnsafeKeyError,
 )
-from worker.runtime.lease import Lease, LeaseManager, advance_with_epoch
 
 pytestmark = pytest.mark.integration
 

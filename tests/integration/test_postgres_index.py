@@ -17,11 +17,11 @@ import pytest
 from pydantic import SecretStr
 
 from worker.adapters.postgres import MigrationError, PgConfig, RoundTripCounter, RunIndex, load_migrations, migrate
+from worker.adapters.postgres.leases import advance_with_epoch
 from worker.core.identity import run_id_for
 from worker.core.index import AdmissionOutcome, NewPublication, NewRun, PublicationKind
 from worker.core.models import RunStatus
 from worker.errors import PostgresError, PostgresUnavailableError
-from worker.runtime.lease import advance_with_epoch
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from tests.evidence_fixtures import bundle_digest, member_concat_digest_of
 from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
 from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic, replace_intent, submit
 from worker.adapters.postgres import RoundTripCounter, RunIndex
+from worker.app.publisher import error_headers
 from worker.core.identity import run_id_of
 from worker.core.keys import parse_s3_uri, run_keys
 from worker.core.models import ReadyEvent, RunStatusEvent, Strategy
-from worker.runtime.publisher import error_headers
 from worker.runtime.worker import pg_config
 
 pytestmark = pytest.mark.integration

@@ -44,6 +44,7 @@ from tests.servers import Servers, unavailable, unique
 from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, produce_raw, read_topic, submit
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
+from worker.app.truth import TruthStore
 from worker.cli.runpack import register_prune
 from worker.core.identity import run_id_of
 from worker.core.keys import S3Location
@@ -69,7 +70,6 @@ from worker.runpack import (
 )
 from worker.runpack.format import artifact_cap, artifact_kind, manifest_bytes, root_hash
 from worker.runpack.verify import VerifyReport
-from worker.runtime.truth import TruthStore
 from worker.runtime.worker import pg_config, s3_config
 from worker.settings import Settings
 

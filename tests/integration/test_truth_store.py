@@ -13,6 +13,7 @@ from tests.evidence_fixtures import s3_config_for
 from tests.servers import Servers
 from worker.adapters.s3 import ObjectStore
 from worker.app.ports import WriteOutcome
+from worker.app.truth import AppendStatus, TruthStore
 from worker.core.facts import FactsView, GateReceipt, facts_view_bytes, facts_view_hash
 from worker.core.keys import RunKeys
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_bytes, next_entry
@@ -20,7 +21,6 @@ from worker.core.models import Pins, RunStatus, Strategy
 from worker.core.plan import Plan, PlanGate, plan_bytes, plan_hash
 from worker.core.policy import GateMethod
 from worker.errors import DriftError, IntegrityError, ObjectNotFoundError
-from worker.runtime.truth import AppendStatus, TruthStore
 
 pytestmark = pytest.mark.integration
 

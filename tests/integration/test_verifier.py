@@ -21,12 +21,12 @@ from tests.evidence_fixtures import (
 )
 from tests.servers import Servers
 from worker.adapters.s3 import ObjectStore, S3Config
+from worker.app.verifier import EvidenceVerifier, MiB
 from worker.core.evidence import Classification, GateOutcome, GateResult, classify
 from worker.core.models import Pins, Strategy
 from worker.core.plan import Plan, PlanGate
 from worker.core.policy import GateMethod
 from worker.errors import PreconditionFailedError, S3AccessError, S3UnavailableError
-from worker.runtime.verifier import EvidenceVerifier, MiB
 
 pytestmark = pytest.mark.integration
 

@@ -41,11 +41,11 @@ from tests.servers import Servers, unavailable
 from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, read_topic, submit
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
+from worker.app.truth import TruthStore
 from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
 from worker.core.ledger import derive_state
 from worker.core.models import RunIntent, RunStatus
-from worker.runtime.truth import TruthStore
 from worker.runtime.worker import pg_config, s3_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 from tests.reliability.conftest import HOSTILE, EvidenceWriter
 from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic
 from worker.adapters.avro import SINGLE_OBJECT_MAGIC, AvroCodec
+from worker.app.publisher import error_headers
+from worker.app.verifier import EvidenceVerifier
 from worker.core.canonical import canonical_json, parse_json_strict
 from worker.core.evidence import FLAG_NAME, INDEX_NAME, bundle_member_order, parse_index_json, parse_passed_flag
 from worker.core.facts import parse_facts_view
@@ -60,8 +62,6 @@ from worker.errors import (
     PolicyError,
     UnsafeKeyError,
 )
-from worker.runtime.publisher import error_headers
-from worker.runtime.verifier import EvidenceVerifier
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CODEC = AvroCodec()

@@ -46,12 +46,12 @@ from tests.reliability.helpers import (
 from tests.sr_harness import SREnv, make_intent, produce_raw, read_topic
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
+from worker.app.crashpoints import CrashPoint
+from worker.app.truth import TruthStore
 from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
 from worker.core.ledger import LedgerKind, derive_state
 from worker.core.models import RunIntent, RunStatus
-from worker.runtime.crashpoints import CrashPoint
-from worker.runtime.truth import TruthStore
 from worker.runtime.worker import pg_config, s3_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -36,14 +36,14 @@ from tests.reliability.helpers import (
 )
 from tests.sr_harness import SREnv, make_intent, read_topic, submit
 from worker.adapters.postgres import RoundTripCounter, RunIndex
+from worker.adapters.postgres.leases import advance_with_epoch, touch_head_with_epoch
 from worker.adapters.s3 import ObjectStore
+from worker.app.truth import AppendStatus, TruthStore
 from worker.core.identity import run_id_of, run_lock_key
 from worker.core.keys import run_keys
 from worker.core.ledger import LedgerKind, derive_state, entry_bytes, next_entry
 from worker.core.models import RunStatus
 from worker.errors import StaleEpochError
-from worker.runtime.lease import advance_with_epoch, touch_head_with_epoch
-from worker.runtime.truth import AppendStatus, TruthStore
 from worker.runtime.worker import pg_config, s3_config
 
 pytestmark = pytest.mark.integration
@@ -254,8 +254,8 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
     verification (WAITING) and the stale holder's (COMPLETE); the stale holder's ledger append
     used to raise IntegrityError, a PermanentError, and the worker dead-lettered a valid intent."""
     from tests.integration.test_fencing_and_cost import intent_record
+    from worker.app.processor import Action
     from worker.errors import LeaseLostError, RetryableError
-    from worker.runtime.processor import Action
     from worker.runtime.worker import open_services
 
     intent = make_intent(sr_env, "late-evidence", outputs=("accounts",))

@@ -46,12 +46,12 @@ from tests.sr_harness import (
 from worker.adapters.kafka import EventProducer, IntakeConsumer
 from worker.adapters.postgres import PgConfig, connect
 from worker.app.ports import Record
+from worker.app.processor import Action
+from worker.app.truth import TruthStore
 from worker.core.identity import run_id_of
 from worker.core.keys import S3Location, run_keys
 from worker.core.models import Strategy
 from worker.errors import ConfigError, DriftError, IntegrityError, PostgresError, UnsafeKeyError
-from worker.runtime.processor import Action
-from worker.runtime.truth import TruthStore
 from worker.runtime.worker import kafka_config, open_services
 from worker.settings import load_settings
 

@@ -16,6 +16,7 @@ from botocore.exceptions import (
 from pydantic import ValidationError
 
 from worker.adapters.s3 import ObjectStore, RequestCounter, S3Config, _translate
+from worker.app.verifier import EvidenceVerifier
 from worker.errors import (
     ConfigError,
     EvidenceRootForbiddenError,
@@ -25,7 +26,6 @@ from worker.errors import (
     S3AccessError,
     S3UnavailableError,
 )
-from worker.runtime.verifier import EvidenceVerifier
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -105,7 +105,7 @@ def test_translate_obstore_errors() -> None:
     """obstore's exceptions map to the same SR errors as boto3's: not-found vs. missing bucket,
     412, denied, transient (5xx, 429, retryable 4xx codes, no answer at all), fail closed."""
     from worker.adapters.s3 import _RETRYABLE_CODES
-    from worker.adapters.s3_obstore import translate_obstore_error
+    from worker.adapters.s3.obstore import translate_obstore_error
 
     for exc, expected in _obstore_cases():
         translated = translate_obstore_error(exc, "GET s3://b/k", retryable_codes=_RETRYABLE_CODES)

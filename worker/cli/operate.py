@@ -76,7 +76,7 @@ def _services(settings: Settings) -> Iterator[Any]:
 
 
 def _truth(services: Any) -> Any:
-    from worker.runtime.truth import TruthStore
+    from worker.app.truth import TruthStore
 
     return TruthStore(services.store, services.settings.s3_bucket, services.settings.s3_prefix)
 
@@ -90,8 +90,8 @@ def _progress(console: Console) -> Progress:
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Publish one RunTrigger keyed by run_id."""
     from worker.adapters.kafka import EventProducer
+    from worker.app.operators import operator_name
     from worker.core.models import RunTrigger, TriggerKind
-    from worker.runtime.operators import operator_name
     from worker.runtime.worker import kafka_config, make_codec
 
     settings: Settings = args.settings
@@ -148,7 +148,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- reemit / replay
 def cmd_reemit(args: argparse.Namespace) -> int:
     """Authorize, then re-emit one run's current READY."""
-    from worker.runtime.operators import authorize, operator_name, reemit_run
+    from worker.app.operators import authorize, operator_name, reemit_run
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
@@ -164,7 +164,7 @@ def cmd_reemit(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Authorize, read the slice with a progress bar, re-emit, print the summary table."""
-    from worker.runtime.operators import authorize, operator_name, read_partition_slice, replay
+    from worker.app.operators import authorize, operator_name, read_partition_slice, replay
     from worker.runtime.worker import kafka_config
 
     settings: Settings = args.settings
@@ -202,7 +202,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- rebuild
 def cmd_index_rebuild(args: argparse.Namespace) -> int:
     """Authorize, then rebuild the index from S3 with progress."""
-    from worker.runtime.operators import authorize, operator_name, rebuild_index
+    from worker.app.operators import authorize, operator_name, rebuild_index
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))

@@ -104,9 +104,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
     from worker.adapters.postgres import RoundTripCounter, RunIndex
     from worker.adapters.s3 import ObjectStore
+    from worker.app.truth import TruthStore
     from worker.core.keys import run_keys
     from worker.core.models import RunIntent, datetime_from_millis
-    from worker.runtime.truth import TruthStore
     from worker.runtime.worker import pg_config, s3_config
 
     settings = _settings(args)

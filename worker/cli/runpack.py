@@ -148,9 +148,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     from worker.adapters.postgres import RoundTripCounter, RunIndex
     from worker.adapters.s3 import ObjectStore
+    from worker.app.truth import TruthStore
     from worker.runpack.export import export_run, open_target
     from worker.runpack.retention import LockMode, Retention
-    from worker.runtime.truth import TruthStore
     from worker.runtime.worker import pg_config, s3_config
 
     settings = _settings(args)
@@ -231,8 +231,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import os
 
     from worker.adapters.postgres import RoundTripCounter, RunIndex
+    from worker.app.operators import authorize, operator_name
     from worker.runpack.retention import prune_index
-    from worker.runtime.operators import authorize, operator_name
     from worker.runtime.worker import pg_config
 
     if args.batch_size < 1:

@@ -28,6 +28,7 @@ from typing import Final, Protocol
 
 from worker.adapters.postgres import RunIndex
 from worker.adapters.s3 import ObjectStore
+from worker.app.truth import TruthStore
 from worker.core.facts import facts_view_bytes
 from worker.core.identity import run_id_of
 from worker.core.keys import S3Location, parse_s3_uri
@@ -67,7 +68,6 @@ from worker.runpack.format import (
     runpack_root,
 )
 from worker.runpack.retention import Retention, apply_retention, require_object_lock
-from worker.runtime.truth import TruthStore
 
 __all__ = [
     "DirectoryTarget",

@@ -44,8 +44,14 @@ from confluent_kafka import TopicPartition
 from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
 from worker.adapters.kafka import EventProducer, IntakeConsumer, KafkaConfig
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
+from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
+from worker.app.crashpoints import CrashPoint, CrashPoints
 from worker.app.ports import Record
+from worker.app.processor import Outcome, RunProcessor, Topics
+from worker.app.publisher import Publisher
+from worker.app.truth import TruthStore
+from worker.app.verifier import EvidenceVerifier
 from worker.core.policy import Policy, load_policy
 from worker.errors import (
     ConfigError,
@@ -56,8 +62,6 @@ from worker.errors import (
     SRError,
     StaleEpochError,
 )
-from worker.runtime.crashpoints import CrashPoint, CrashPoints
-from worker.runtime.lease import LeaseManager
 from worker.runtime.observability import (
     HealthServer,
     Metrics,
@@ -66,10 +70,6 @@ from worker.runtime.observability import (
     refresh_runs_by_status,
     standard_checks,
 )
-from worker.runtime.processor import Outcome, RunProcessor, Topics
-from worker.runtime.publisher import Publisher
-from worker.runtime.truth import TruthStore
-from worker.runtime.verifier import EvidenceVerifier
 from worker.settings import Settings
 
 log = logging.getLogger("sr.worker")

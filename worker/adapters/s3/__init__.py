@@ -11,7 +11,7 @@ Every S3 request SR makes goes through :class:`ObjectStore`, so that
   are the main cost of a run on small machines;
 * bodies are read streamed with a byte cap, never buffered unbounded;
 * the requests a run makes many of (write-once PUT, GET, HEAD) go through obstore by default
-  (:mod:`worker.adapters.s3_obstore`, ~8x less client CPU per request than boto3, measured in
+  (:mod:`worker.adapters.s3.obstore`, ~8x less client CPU per request than boto3, measured in
   ``bench/``); LIST, bucket, Object Lock and DELETE calls stay on boto3.
   ``S3Config.client_library="boto3"`` sends everything through boto3.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from worker.adapters.s3_obstore import ObstoreGet, ObstoreTransport
+from worker.adapters.s3.obstore import ObstoreGet, ObstoreTransport
 from worker.app.ports import ObjectMeta, WriteOutcome
 from worker.errors import (
     DriftError,

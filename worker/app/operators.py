@@ -23,14 +23,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from worker.adapters.kafka import KafkaConfig, record_from_message
 from worker.adapters.postgres import RunIndex
 from worker.app.ports import Record
+from worker.app.processor import RunProcessor
+from worker.app.truth import TruthStore
 from worker.core.events import admitted_intent, control_facts, current_ready
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
 from worker.core.index import NewPublication
 from worker.core.ledger import derive_state, entry_hash
 from worker.core.models import RunStatus
 from worker.errors import AuthorizationError, InputError, IntegrityError, KafkaUnavailableError, SRError
-from worker.runtime.processor import RunProcessor
-from worker.runtime.truth import TruthStore
 
 log = logging.getLogger("sr.operators")
 

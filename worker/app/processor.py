@@ -22,7 +22,12 @@ from typing import Any
 
 from worker.adapters.avro import AvroCodec
 from worker.adapters.postgres import RunIndex
+from worker.adapters.postgres.leases import Lease, LeaseManager
+from worker.app.crashpoints import INERT, CrashPoint, CrashPoints
 from worker.app.ports import Record
+from worker.app.publisher import IDEMPOTENCY_HEADER, Publisher
+from worker.app.truth import AppendStatus, TruthStore
+from worker.app.verifier import EvidenceVerifier
 from worker.core.events import control_fact, current_ready
 from worker.core.evidence import Classification, ClassificationResult, GateResult, classify
 from worker.core.facts import build_facts_view, facts_view_bytes, facts_view_hash
@@ -54,12 +59,7 @@ from worker.errors import (
     SRError,
 )
 from worker.logs import RunLogger, run_logger
-from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
-from worker.runtime.lease import Lease, LeaseManager
 from worker.runtime.observability import Metrics
-from worker.runtime.publisher import IDEMPOTENCY_HEADER, Publisher
-from worker.runtime.truth import AppendStatus, TruthStore
-from worker.runtime.verifier import EvidenceVerifier
 
 
 class Action(enum.StrEnum):

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from worker.adapters.kafka import EventProducer
+from worker.app.crashpoints import INERT, CrashPoint, CrashPoints
 from worker.app.ports import Delivered, Record
 from worker.errors import SRError
-from worker.runtime.crashpoints import INERT, CrashPoint, CrashPoints
 
 log = logging.getLogger("sr.publisher")
 

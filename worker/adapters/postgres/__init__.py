@@ -16,7 +16,7 @@ Conventions of this module:
   retried (tenacity, bounded attempts, capped exponential backoff with jitter).
 * No network I/O in constructors: pools connect in ``__enter__``.
 * Epoch-checked, state-advancing writes are NOT here: they run on the lease connection
-  (:mod:`worker.runtime.lease`), so a session that lost its advisory lock cannot write.
+  (:mod:`worker.adapters.postgres.leases`), so a session that lost its advisory lock cannot write.
 
 Session-level advisory locks need a direct connection or *session* pooling: SR does not
 work behind PgBouncer in transaction-pooling mode.
@@ -92,7 +92,7 @@ Connection = psycopg.Connection[Any]
 
 _T = TypeVar("_T")
 
-_SQL_PACKAGE: Final = "worker.adapters"
+_SQL_PACKAGE: Final = "worker.adapters.postgres"
 _SQL_DIR: Final = "sql"
 _QUERIES_FILE: Final = "queries.sql"
 _MIGRATION_RE: Final = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")

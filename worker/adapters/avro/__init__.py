@@ -70,7 +70,7 @@ _MAX_REGISTRY_RESPONSE: Final = 4 * 1024 * 1024
 
 def default_schema_dir() -> Path:
     """The ``schemas/`` directory shipped with the package (``worker/schemas``)."""
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return Path(__file__).resolve().parents[2] / "schemas"
 
 
 # --------------------------------------------------------------------------- registry
