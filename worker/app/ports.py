@@ -145,6 +145,15 @@ class ObjectStore(Protocol):
         """
         ...
 
+    def sha256(self, bucket: str, key: str, *, max_bytes: int) -> tuple[str, int]:
+        """(sha256 hex, size) of the object's bytes, streamed, at most ``max_bytes``.
+
+        Raises:
+            ObjectNotFoundError: no such key. MessageTooLargeError: over the cap.
+            S3UnavailableError / S3AccessError: as :meth:`create`.
+        """
+        ...
+
     def head(self, bucket: str, key: str) -> ObjectMeta | None:
         """Metadata of ``key``, or None if it does not exist.
 

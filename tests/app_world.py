@@ -1,0 +1,217 @@
+"""An SR world made of the in-memory ports (:mod:`worker.app.testing`): no servers.
+
+Used by the application-layer unit tests. A :class:`World` is the durable state (S3,
+Postgres, the broker, time); :meth:`World.processor` builds one "worker process" on it, so
+a test can crash a process (:class:`~worker.app.testing.SimulatedCrash`) and build another
+one on the same state, exactly like a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from worker.adapters.avro import AvroCodec
+from worker.app.crashpoints import INERT, CrashPoints
+from worker.app.ports import Record
+from worker.app.processor import Outcome, RunProcessor, Topics
+from worker.app.publisher import Publisher
+from worker.app.testing import (
+    InMemoryDatabase,
+    InMemoryLeases,
+    InMemoryObjectStore,
+    InMemoryRunIndex,
+    ManualClock,
+    StubEventSink,
+)
+from worker.app.truth import TruthStore
+from worker.app.verifier import EvidenceVerifier
+from worker.core.identity import run_id_of
+from worker.core.keys import RunKeys, run_keys
+from worker.core.ledger import LedgerEntry
+from worker.core.models import Pins, RunIntent, RunTrigger, Strategy, TriggerKind
+from worker.core.policy import Policy, load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_POLICY = REPO / "schemas" / "policy.example.toml"
+BUCKET = "sr-unit"
+PREFIX = "sr"
+TENANT = "t1"
+START = datetime(2026, 3, 1, tzinfo=UTC)
+TOPICS = Topics(ready="sr.ready", status="sr.run-status")
+DLQ = "sr.dlq"
+INTENTS = "sr.run-intents"
+TRIGGERS = "sr.triggers"
+
+GATE_3A_MEMBERS = {"a.csv": b"id,amount\n1,10\n", "b.csv": b"id,amount\n2,20\n"}
+GATE_6B_MEMBERS = {"part-0": b"transactions-0\n", "part-1": b"transactions-1\n"}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def flag(digest: str) -> bytes:
+    """A valid ``_passed.flag`` for ``digest``."""
+    return f"sha256_hex={digest}\n".encode()
+
+
+@dataclass
+class World:
+    """Durable state shared by every "process" of one test."""
+
+    clock: ManualClock = field(default_factory=lambda: ManualClock(START))
+    store: InMemoryObjectStore = field(default_factory=InMemoryObjectStore)
+    sink: StubEventSink = field(default_factory=StubEventSink)
+    codec: AvroCodec = field(default_factory=AvroCodec)
+    policy_text: bytes = field(default_factory=EXAMPLE_POLICY.read_bytes)
+    db: InMemoryDatabase = field(init=False)
+    _offsets: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.db = InMemoryDatabase(self.clock)
+
+    @property
+    def index(self) -> InMemoryRunIndex:
+        return InMemoryRunIndex(self.db)
+
+    @property
+    def policy(self) -> Policy:
+        return load_policy(self.policy_text)
+
+    @property
+    def truth(self) -> TruthStore:
+        return TruthStore(self.store, BUCKET, PREFIX)
+
+    def processor(self, *, policy: Policy | None = None, crash: CrashPoints = INERT,
+                  leases: InMemoryLeases | None = None, recheck_interval: float = 30.0) -> RunProcessor:
+        """One worker "process" on this world's state."""
+        return RunProcessor(
+            policy=policy or self.policy,
+            codec=self.codec,
+            index=self.index,
+            leases=leases or InMemoryLeases(self.db),
+            truth=self.truth,
+            verifier=EvidenceVerifier(self.store, concurrency=2),
+            publisher=Publisher(self.sink, self.index, dlq_topic=DLQ, crash_points=crash),
+            topics=TOPICS,
+            s3_bucket=BUCKET,
+            s3_prefix=PREFIX,
+            recheck_interval=recheck_interval,
+            clock=self.clock,
+            crash_points=crash,
+        )
+
+    # ---------------------------------------------------------------- inputs
+    def intent(self, name: str = "r1", *, outputs: tuple[str, ...] = ("transactions",), seed: int = 1,
+               deadline: datetime | None = None, evidence_root: str | None = None,
+               tenant: str = TENANT, **changes: Any) -> RunIntent:
+        """A valid intent whose evidence root is ``evidence/<tenant>/<name>``."""
+        data: dict[str, Any] = {
+            "request_id": f"req-{name}",
+            "tenant_id": tenant,
+            "namespace": "payments",
+            "scenario_id": f"scn-{name}",
+            "pins": Pins(manifest_fingerprint="a" * 64, parameter_hash="b" * 64, seed=seed),
+            "window_start": START,
+            "window_end": START + timedelta(days=1),
+            "output_ids": outputs,
+            "strategy": Strategy.AUTO,
+            "evidence_root": evidence_root or f"s3://{BUCKET}/evidence/{tenant}/{name}",
+            "deadline": deadline,
+            "submitted_at": START,
+            "submitted_by": "tests",
+        }
+        data.update(changes)
+        return RunIntent.model_validate(data)
+
+    def trigger(self, run_id: str, kind: TriggerKind, *, reason: str = "test", by: str = "ops") -> RunTrigger:
+        """A trigger requested now."""
+        return RunTrigger(run_id=run_id, kind=kind, reason=reason, requested_by=by, requested_at=self.clock())
+
+    def record(self, topic: str, value: bytes, key: bytes | None = None) -> Record:
+        """A consumed record of ``value`` at the next offset of ``topic``[0]."""
+        offset = self._offsets.get(topic, 0)
+        self._offsets[topic] = offset + 1
+        return Record(topic, 0, offset, key, value, (), None)
+
+    def intent_record(self, intent: RunIntent) -> Record:
+        """``intent`` as a consumed, Avro-encoded record."""
+        return self.record(INTENTS, self.codec.encode_intent(intent))
+
+    def trigger_record(self, trigger: RunTrigger) -> Record:
+        """``trigger`` as a consumed, Avro-encoded record."""
+        return self.record(TRIGGERS, self.codec.encode_trigger(trigger), key=trigger.run_id.encode())
+
+    # ---------------------------------------------------------------- evidence
+    def root_prefix(self, intent: RunIntent) -> str:
+        return intent.evidence_root.removeprefix(f"s3://{BUCKET}/")
+
+    def write_gate_3a(self, intent: RunIntent, members: Mapping[str, bytes] = GATE_3A_MEMBERS, *,
+                      with_flag: bool = True, tamper: Mapping[str, bytes] | None = None) -> str:
+        """A ``sha256_member_digest_concat`` bundle at ``gates/3A``; returns its digest."""
+        prefix = f"{self.root_prefix(intent)}/gates/3A"
+        for rel, body in members.items():
+            self.store.put(BUCKET, f"{prefix}/{rel}", body)
+        index = "[" + ",".join(f'{{"path":"{p}","sha256_hex":"{_sha(b)}"}}' for p, b in members.items()) + "]"
+        self.store.put(BUCKET, f"{prefix}/index.json", index.encode())
+        digest = hashlib.sha256("".join(_sha(b) for b in members.values()).encode()).hexdigest()
+        if with_flag:
+            self.store.put(BUCKET, f"{prefix}/_passed.flag", flag(digest))
+        for rel, body in (tamper or {}).items():
+            self.store.put(BUCKET, f"{prefix}/{rel}", body)
+        return digest
+
+    def write_gate_6b(self, intent: RunIntent, members: Mapping[str, bytes] = GATE_6B_MEMBERS, *,
+                      with_flag: bool = True, tamper: Mapping[str, bytes] | None = None) -> str:
+        """A ``sha256_bundle_digest`` bundle at ``gates/6B``; returns its digest."""
+        prefix = f"{self.root_prefix(intent)}/gates/6B"
+        for rel, body in members.items():
+            self.store.put(BUCKET, f"{prefix}/{rel}", body)
+        digest = hashlib.sha256(b"".join(members[k] for k in sorted(members, key=str.encode))).hexdigest()
+        if with_flag:
+            self.store.put(BUCKET, f"{prefix}/_passed.flag", flag(digest))
+        for rel, body in (tamper or {}).items():
+            self.store.put(BUCKET, f"{prefix}/{rel}", body)
+        return digest
+
+    def write_complete(self, intent: RunIntent) -> None:
+        """Evidence for both example gates (``transactions`` needs 6B, which needs 3A)."""
+        self.write_gate_3a(intent)
+        self.write_gate_6b(intent)
+
+    # ---------------------------------------------------------------- reading back
+    def keys(self, intent: RunIntent) -> RunKeys:
+        return run_keys(PREFIX, intent.tenant_id, intent.namespace, run_id_of(intent))
+
+    def ledger(self, intent: RunIntent) -> tuple[LedgerEntry, ...]:
+        """The verified ledger of ``intent``'s run."""
+        return self.truth.read_ledger(self.keys(intent))
+
+    def kinds(self, intent: RunIntent) -> list[str]:
+        """The ledger's entry kinds, in order."""
+        return [e.kind.value for e in self.ledger(intent)]
+
+    def ready_events(self) -> list[Any]:
+        """Every READY/SUPERSEDE event on the ready topic, decoded."""
+        return [self.codec.decode_ready(m.value) for m in self.sink.messages(TOPICS.ready)]
+
+    def status_events(self) -> list[Any]:
+        """Every status event on the status topic, decoded."""
+        return [self.codec.decode_status(m.value) for m in self.sink.messages(TOPICS.status)]
+
+    def dlq(self) -> list[Any]:
+        """Everything dead-lettered."""
+        return self.sink.messages(DLQ)
+
+    def handle(self, processor: RunProcessor, intent: RunIntent) -> Outcome:
+        """Hand ``intent`` to ``processor`` as the worker loop would."""
+        return processor.handle_intent(self.intent_record(intent))
+
+    def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger) -> Outcome:
+        """Hand ``trigger`` to ``processor`` as the worker loop would."""
+        return processor.handle_trigger(self.trigger_record(trigger))

@@ -1,0 +1,54 @@
+"""The scenario behind the golden-bytes test: one of every kind of truth SR writes.
+
+Run as a script (``python -m tests.unit.golden_scenario``) it rewrites
+``tests/fixtures/golden_v1/objects.json``; that file was produced by the code as it stood
+before the application layer was restructured, and the test checks that today's code
+writes exactly the same bytes (plan, facts views, ledger entries, publication payloads).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.app_world import BUCKET, PREFIX, World
+from worker.core.identity import run_id_of
+from worker.core.models import TriggerKind
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v1" / "objects.json"
+
+
+def run_scenario() -> dict[str, Any]:
+    """Drive the scenario on a fresh in-memory world; returns everything SR wrote."""
+    world = World()
+    processor = world.processor()
+    # READY at first sight (both gates), then a correction: SUPERSEDE(old->new) + READY(new).
+    ready = world.intent("ready", outputs=("transactions", "accounts"))
+    world.write_complete(ready)
+    world.handle(processor, ready)
+    world.clock.advance(60)
+    world.write_gate_6b(ready, {"part-0": b"corrected-0\n", "part-1": b"transactions-1\n"})
+    world.handle_trigger(processor, world.trigger(run_id_of(ready), TriggerKind.SUPERSEDE, reason="fix"))
+    world.handle_trigger(processor, world.trigger(run_id_of(ready), TriggerKind.REEMIT, reason="resend"))
+    # WAITING, then READY after EVIDENCE_ARRIVED.
+    waiting = world.intent("waiting", outputs=("accounts",))
+    world.handle(processor, waiting)
+    world.clock.advance(5)
+    world.write_gate_3a(waiting)
+    world.handle_trigger(processor, world.trigger(run_id_of(waiting), TriggerKind.EVIDENCE_ARRIVED))
+    # FAILED: an output the policy does not know. QUARANTINED: a tampered member.
+    world.handle(processor, world.intent("unknown", outputs=("nope",)))
+    tampered = world.intent("tampered", outputs=("transactions",))
+    world.write_gate_3a(tampered)
+    world.write_gate_6b(tampered, tamper={"part-1": b"evil\n"})
+    world.handle(processor, tampered)
+    objects = {key: world.store.read(BUCKET, key).decode() for key in world.store.keys(BUCKET, f"{PREFIX}/")}
+    messages = [{"topic": m.topic, "key": (m.key or b"").decode(), "value": m.value.hex(),
+                 "headers": {k: v.decode() for k, v in m.headers}} for m in world.sink.sent]
+    return {"objects": objects, "messages": messages}
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(json.dumps(run_scenario(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
