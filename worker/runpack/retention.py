@@ -17,15 +17,14 @@ Two very different things are retained or not:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from worker.adapters.postgres import PgConfig, Query, connect, execute
+from worker.adapters.postgres import PgConfig, prune_publications
 from worker.adapters.s3 import ObjectStore
-from worker.errors import ObjectLockUnsupportedError, PostgresError, S3AccessError, S3UnavailableError
+from worker.errors import ObjectLockUnsupportedError, S3AccessError, S3UnavailableError
 
 __all__ = [
     "LockMode",
@@ -155,26 +154,8 @@ def apply_retention(store: ObjectStore, bucket: str, key: str, retention: Retent
 
 
 # --------------------------------------------------------------------------- index pruning
-# Rows that can never be needed again (see the module docstring). The predicate is shared
-# by the dry-run count and the delete so both always agree.
-_PRUNABLE: Final = """
-      FROM sr_publications AS p
-      JOIN sr_runs AS r ON r.run_id = p.run_id
-     WHERE p.published_at IS NOT NULL
-       AND p.published_at < now() - make_interval(secs => %(older_than_s)s::double precision)
-       AND (
-             (p.kind IN ('READY', 'SUPERSEDE') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
-          OR (p.kind = 'STATUS' AND r.status IN ('READY', 'FAILED', 'QUARANTINED', 'REJECTED'))
-       )
-"""
-# S608: the statements are built from the constant fragments above; values are bound parameters.
-_COUNT: Final = Query("prune_count", (
-    "SELECT p.kind, count(*)::bigint AS n, now() - make_interval(secs => %(older_than_s)s::double precision) AS cutoff"
-    + _PRUNABLE + " GROUP BY p.kind").encode())
-_DELETE: Final = Query("prune_delete", (
-    "WITH doomed AS (SELECT p.id" + _PRUNABLE + " ORDER BY p.id LIMIT %(limit)s FOR UPDATE OF p SKIP LOCKED) "  # noqa: S608
-    "DELETE FROM sr_publications AS d USING doomed WHERE d.id = doomed.id RETURNING d.kind").encode())
-_NOW: Final = Query("prune_now", b"SELECT now() - make_interval(secs => %(older_than_s)s::double precision) AS cutoff")
+# Which rows qualify is decided by the prune statements of the Postgres adapter
+# (worker.adapters.postgres.prune; see the module docstring).
 
 
 @dataclass(frozen=True)
@@ -204,32 +185,5 @@ def prune_index(config: PgConfig, *, older_than: timedelta, dry_run: bool = Fals
         ValueError: ``older_than`` is negative or ``batch_size`` < 1.
         PostgresUnavailableError / PostgresError.
     """
-    if older_than < timedelta(0):
-        raise ValueError("older_than must not be negative")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    params: dict[str, Any] = {"older_than_s": older_than.total_seconds(), "limit": batch_size}
-    conn = connect(config)
-    try:
-        if dry_run:
-            rows = execute(conn, _COUNT, params)
-            cutoff_rows = rows or execute(conn, _NOW, params)
-            return PruneResult(cutoff=_cutoff(cutoff_rows), dry_run=True,
-                               by_kind={str(r["kind"]): int(r["n"]) for r in rows})
-        cutoff = _cutoff(execute(conn, _NOW, params))
-        counts: Counter[str] = Counter()
-        while True:
-            deleted = execute(conn, _DELETE, params)
-            counts.update(str(r["kind"]) for r in deleted)
-            if len(deleted) < batch_size:
-                break
-        return PruneResult(cutoff=cutoff, dry_run=False, by_kind=dict(sorted(counts.items())))
-    finally:
-        conn.close()
-
-
-def _cutoff(rows: list[dict[str, Any]]) -> datetime:
-    if not rows or not isinstance(rows[0].get("cutoff"), datetime):
-        raise PostgresError("prune: the database returned no cutoff time")
-    value: datetime = rows[0]["cutoff"]
-    return value
+    rows = prune_publications(config, older_than=older_than, dry_run=dry_run, batch_size=batch_size)
+    return PruneResult(cutoff=rows.cutoff, dry_run=dry_run, by_kind=rows.by_kind)

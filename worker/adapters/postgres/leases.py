@@ -29,16 +29,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from worker.adapters.postgres import (
-    Connection,
-    ConnectionPool,
-    PgConfig,
-    RoundTripCounter,
-    execute,
-    publication_params,
-    query,
-    retrying,
-)
+from worker.adapters.postgres.config import PgConfig
+from worker.adapters.postgres.index import publication_params
+from worker.adapters.postgres.pool import ConnectionPool
+from worker.adapters.postgres.queries import Connection, RoundTripCounter, execute, query, retrying
 from worker.core.identity import run_lock_key
 from worker.core.index import NewPublication, Publication, RunRow
 from worker.core.models import RunStatus

@@ -1,6 +1,8 @@
--- Named statements of the Postgres adapter and the lease manager.
+-- Every SQL statement Scenario Runner sends (the run index, the outbox, the leases, the
+-- migration bookkeeping and `sr index prune`); only the migration files themselves are
+-- elsewhere (sql/NNNN_name.sql).
 --
--- Loaded once by worker.adapters.postgres.load_queries(): each block starts with
+-- Loaded once by worker.adapters.postgres.queries.load_queries(): each block starts with
 -- `-- name: <name>` and runs until the next one. Every block is ONE statement, i.e. one
 -- round trip. Placeholders are psycopg's named `%(param)s`; a literal percent sign would
 -- have to be written `%%` (none is needed). This file is not a migration (its name does not
@@ -261,3 +263,64 @@ INSERT INTO sr_publications (run_id, pub_key, kind, facts_view_hash, event_type,
 VALUES (%(run_id)s, %(pub_key)s, %(kind)s, %(facts_view_hash)s, %(event_type)s, %(topic)s, %(msg_key)s,
         %(payload)s, %(headers)s, CASE WHEN %(published)s THEN now() END)
 ON CONFLICT (pub_key) DO NOTHING;
+
+-- name: migration_lock
+-- Serialises concurrent migrators; a transaction-level lock, released at commit/rollback.
+SELECT pg_advisory_xact_lock(%(key)s::bigint);
+
+-- name: migration_bootstrap
+CREATE TABLE IF NOT EXISTS sr_schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migration_applied
+SELECT name, checksum FROM sr_schema_migrations WHERE version = %(version)s;
+
+-- name: migration_record
+INSERT INTO sr_schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: prune_cutoff
+-- `sr index prune`: rows published before this time (the database's clock) may go.
+SELECT now() - make_interval(secs => %(older_than_s)s::double precision) AS cutoff;
+
+-- name: prune_count
+-- `sr index prune --dry-run`: what prune_delete would delete, by kind. Outbox rows no code
+-- path needs again: published READY/SUPERSEDE rows of a facts view that is no longer the
+-- run's current one, and published STATUS rows of runs in a final status. The FROM/WHERE
+-- part must stay the same as prune_delete's (a unit test compares them).
+SELECT p.kind, count(*)::bigint AS n,
+       now() - make_interval(secs => %(older_than_s)s::double precision) AS cutoff
+  FROM sr_publications AS p
+  JOIN sr_runs AS r ON r.run_id = p.run_id
+ WHERE p.published_at IS NOT NULL
+   AND p.published_at < now() - make_interval(secs => %(older_than_s)s::double precision)
+   AND (
+         (p.kind IN ('READY', 'SUPERSEDE') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
+      OR (p.kind = 'STATUS' AND r.status IN ('READY', 'FAILED', 'QUARANTINED', 'REJECTED'))
+   )
+ GROUP BY p.kind;
+
+-- name: prune_delete
+-- `sr index prune`: delete one batch (its own transaction) of the rows prune_count counts;
+-- rows locked by someone else are skipped and left for the next prune.
+WITH doomed AS (
+    SELECT p.id
+      FROM sr_publications AS p
+      JOIN sr_runs AS r ON r.run_id = p.run_id
+     WHERE p.published_at IS NOT NULL
+       AND p.published_at < now() - make_interval(secs => %(older_than_s)s::double precision)
+       AND (
+             (p.kind IN ('READY', 'SUPERSEDE') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
+          OR (p.kind = 'STATUS' AND r.status IN ('READY', 'FAILED', 'QUARANTINED', 'REJECTED'))
+       )
+     ORDER BY p.id
+     LIMIT %(limit)s
+       FOR UPDATE OF p SKIP LOCKED
+)
+DELETE FROM sr_publications AS d
+ USING doomed
+ WHERE d.id = doomed.id
+RETURNING d.kind;
