@@ -28,21 +28,16 @@ from tests.faultproxy import FaultProxy
 from tests.integration.test_postgres_index import new_run
 from tests.servers import Servers
 from worker.adapters.kafka import KafkaConfig
+from worker.adapters.kafka.health import consumer_lag, kafka_check
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
+from worker.adapters.postgres.health import postgres_check
 from worker.adapters.s3 import ObjectStore
+from worker.adapters.s3.health import s3_check
 from worker.core.models import RunStatus
 from worker.errors import KafkaFatalError, KafkaUnavailableError, PostgresUnavailableError, S3AccessError
-from worker.runtime.observability import (
-    METRIC_NAMES,
-    HealthServer,
-    Metrics,
-    consumer_lag,
-    kafka_check,
-    postgres_check,
-    refresh_consumer_lag,
-    refresh_runs_by_status,
-    s3_check,
-)
+from worker.runtime.gauges import refresh_consumer_lag, refresh_runs_by_status
+from worker.runtime.health import HealthServer
+from worker.runtime.metrics import METRIC_NAMES, Metrics
 
 pytestmark = pytest.mark.integration
 

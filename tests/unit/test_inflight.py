@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 from worker.app.ports import Record
-from worker.runtime.worker import _InFlight
+from worker.runtime.inflight import InFlight
 
 
 def _record(partition: int, offset: int, topic: str = "intents") -> Record:
@@ -20,7 +20,7 @@ def _future(result: bool | None = None) -> Future[bool]:
 
 
 def test_offsets_advance_over_the_finished_prefix_only() -> None:
-    inflight = _InFlight()
+    inflight = InFlight()
     futures = {offset: _future() for offset in (10, 11, 12)}
     for offset, future in futures.items():
         inflight.add(_record(0, offset), future)
@@ -42,9 +42,9 @@ def test_offsets_advance_over_the_finished_prefix_only() -> None:
 
 
 def test_a_record_left_unfinished_by_a_stop_blocks_its_partition() -> None:
-    """``_handle`` returns False when the worker stopped before the record's effects were
+    """``Worker._handle`` returns False when the worker stopped before the record's effects were
     durable: its offset must never be stored, nor any later one of that partition."""
-    inflight = _InFlight()
+    inflight = InFlight()
     stopped, later = _future(False), _future(True)
     inflight.add(_record(0, 1), stopped)
     inflight.add(_record(0, 2), later)
@@ -54,7 +54,7 @@ def test_a_record_left_unfinished_by_a_stop_blocks_its_partition() -> None:
 
 
 def test_forgetting_revoked_partitions_drops_their_state_only() -> None:
-    inflight = _InFlight()
+    inflight = InFlight()
     running, done_elsewhere, mine = _future(), _future(True), _future(True)
     inflight.add(_record(0, 1), running)
     inflight.add(_record(0, 2), done_elsewhere)
@@ -75,7 +75,7 @@ def test_forgetting_revoked_partitions_drops_their_state_only() -> None:
 
 
 def test_topics_are_tracked_apart() -> None:
-    inflight = _InFlight()
+    inflight = InFlight()
     intent, trigger = _future(True), _future()
     inflight.add(_record(0, 4, topic="intents"), intent)
     inflight.add(_record(0, 4, topic="triggers"), trigger)
@@ -84,7 +84,7 @@ def test_topics_are_tracked_apart() -> None:
 
 
 def test_completions_are_collected_from_the_queue_as_they_finish() -> None:
-    inflight = _InFlight()
+    inflight = InFlight()
     first, second = _future(), _future()
     inflight.add(_record(0, 0), first)
     inflight.add(_record(0, 1), second)

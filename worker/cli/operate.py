@@ -1,4 +1,10 @@
-"""Operator sub-commands: ``trigger``, ``runs``, ``reemit``, ``replay``, ``index rebuild``."""
+"""Operator sub-commands: ``trigger``, ``runs``, ``reemit``, ``replay``, ``index rebuild``.
+
+They run on :func:`worker.runtime.compose.open_operator_services` or a single client from
+:mod:`worker.runtime.compose`: no command here applies migrations (``sr db migrate`` does)
+or needs a policy file, and commands that never send (``--dry-run``, ``index rebuild``) open
+no producer.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,21 +70,6 @@ def register(sub: Any) -> Any:
     return index
 
 
-@contextmanager
-def _services(settings: Settings) -> Iterator[Any]:
-    from worker.runtime.worker import load_policy_file, open_services
-
-    policy = load_policy_file(settings.policy_file)
-    with open_services(settings, policy) as services:
-        yield services
-
-
-def _truth(services: Any) -> Any:
-    from worker.app.truth import TruthStore
-
-    return TruthStore(services.store, services.settings.s3_bucket, services.settings.s3_prefix)
-
-
 def _progress(console: Console) -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
@@ -89,17 +78,16 @@ def _progress(console: Console) -> Progress:
 # ----------------------------------------------------------------------------- trigger / runs
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Publish one RunTrigger keyed by run_id."""
-    from worker.adapters.kafka import EventProducer
     from worker.app.operators import operator_name
     from worker.core.models import RunTrigger, TriggerKind
-    from worker.runtime.worker import kafka_config, make_codec
+    from worker.runtime.compose import event_producer, make_codec
 
     settings: Settings = args.settings
     trigger = RunTrigger(run_id=args.run_id, kind=TriggerKind(args.kind), reason=args.reason,
                          requested_by=operator_name(args.requested_by, dict(os.environ)),
                          requested_at=datetime.now(UTC))
     codec = make_codec(settings)
-    with EventProducer(kafka_config(settings)) as producer:
+    with event_producer(settings) as producer:
         where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(),
                                        value=codec.encode_trigger(trigger, subject=f"{settings.topics.triggers}-value"))
     print(json.dumps({"run_id": trigger.run_id, "kind": trigger.kind.value, "partition": where.partition,
@@ -122,12 +110,11 @@ def _since(text: str | None) -> datetime | None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """List runs (table, or --json lines)."""
-    from worker.adapters.postgres import RoundTripCounter, RunIndex
     from worker.core.models import RunStatus
-    from worker.runtime.worker import pg_config
+    from worker.runtime.compose import run_index
 
     settings: Settings = args.settings
-    with RunIndex(pg_config(settings), RoundTripCounter()) as index:
+    with run_index(settings) as index:
         rows = index.list_runs(status=RunStatus(args.status) if args.status else None, tenant=args.tenant,
                                since=_since(args.since), limit=args.limit)
     if args.json:
@@ -149,13 +136,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_reemit(args: argparse.Namespace) -> int:
     """Authorize, then re-emit one run's current READY."""
     from worker.app.operators import authorize, operator_name, reemit_run
+    from worker.runtime.compose import open_operator_services
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
-    with _services(settings) as services:
+    with open_operator_services(settings, need_producer=not args.dry_run) as services:
         authorize(services.index, settings.operators, operator, "reemit",
                   {"run_id": args.run_id, "dry_run": args.dry_run})
-        fv = reemit_run(args.run_id, processor=services.processor, index=services.index, truth=_truth(services),
+        fv = reemit_run(args.run_id, processor=services.processor, index=services.index, truth=services.truth,
                         dry_run=args.dry_run)
     verb = "would re-emit" if args.dry_run else "re-emitted"
     print(f"{verb} READY run_id={args.run_id} facts_view_hash={fv}")
@@ -165,7 +153,7 @@ def cmd_reemit(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Authorize, read the slice with a progress bar, re-emit, print the summary table."""
     from worker.app.operators import authorize, operator_name, read_partition_slice, replay
-    from worker.runtime.worker import kafka_config
+    from worker.runtime.compose import kafka_config, open_operator_services
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
@@ -173,7 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if from_time is not None and from_time.tzinfo is None:
         from_time = from_time.replace(tzinfo=UTC)
     console = Console(stderr=True)
-    with _services(settings) as services:
+    with open_operator_services(settings, need_producer=not args.dry_run) as services:
         authorize(services.index, settings.operators, operator, "replay", {
             "topic": args.topic, "partition": args.partition, "from_offset": args.from_offset,
             "from_time": args.from_time, "to_offset": args.to_offset, "dry_run": args.dry_run})
@@ -183,7 +171,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with _progress(console) as progress:
             total = (args.to_offset - (args.from_offset or 0)) if args.to_offset is not None else None
             task = progress.add_task(f"reading {args.topic}[{args.partition}]", total=total)
-            summary = replay(records, processor=services.processor, index=services.index, truth=_truth(services),
+            summary = replay(records, processor=services.processor, index=services.index, truth=services.truth,
                              dry_run=args.dry_run, on_record=lambda _r: progress.advance(task))
         services.index.record_operator_action(operator, "replay.done", allowed=True, detail=summary.as_dict())
     if args.json:
@@ -203,16 +191,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_index_rebuild(args: argparse.Namespace) -> int:
     """Authorize, then rebuild the index from S3 with progress."""
     from worker.app.operators import authorize, operator_name, rebuild_index
+    from worker.runtime.compose import open_operator_services
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
     console = Console(stderr=True)
-    with _services(settings) as services:
+    # Rebuilt READY facts are restored as published (or, with --republish, left for the
+    # worker to send): this command itself never sends.
+    with open_operator_services(settings, need_producer=False) as services:
         authorize(services.index, settings.operators, operator, "index rebuild",
                   {"tenant": args.tenant, "republish": args.republish})
         with _progress(console) as progress:
             task = progress.add_task("restoring runs from S3", total=None)
-            summary = rebuild_index(truth=_truth(services), index=services.index, processor=services.processor,
+            summary = rebuild_index(truth=services.truth, index=services.index, processor=services.processor,
                                     republish=args.republish, tenant=args.tenant,
                                     on_run=lambda _r: progress.advance(task))
         services.index.record_operator_action(operator, "index rebuild.done", allowed=True, detail=summary.as_dict())

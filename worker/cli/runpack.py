@@ -146,12 +146,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     Raises:
         SRError: any refusal or failure (printed by ``main`` with exit code 2).
     """
-    from worker.adapters.postgres import RoundTripCounter, RunIndex
-    from worker.adapters.s3 import ObjectStore
     from worker.app.truth import TruthStore
     from worker.runpack.export import export_run, open_target
     from worker.runpack.retention import LockMode, Retention
-    from worker.runtime.worker import pg_config, s3_config
+    from worker.runtime.compose import object_store, run_index
 
     settings = _settings(args)
     retention = None
@@ -161,8 +159,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InputError(str(exc)) from exc
     with ExitStack() as stack:
-        store = stack.enter_context(ObjectStore(s3_config(settings)))
-        index = None if args.no_index else stack.enter_context(RunIndex(pg_config(settings), RoundTripCounter()))
+        store = stack.enter_context(object_store(settings))
+        index = None if args.no_index else stack.enter_context(run_index(settings))
         target = open_target(args.to, store, retention)
         with _progress("exporting") as progress:
             result = export_run(
@@ -195,10 +193,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         store = None
         if args.location.startswith("s3://"):
-            from worker.adapters.s3 import ObjectStore
-            from worker.runtime.worker import s3_config
+            from worker.runtime.compose import object_store
 
-            store = stack.enter_context(ObjectStore(s3_config(_settings(args))))
+            store = stack.enter_context(object_store(_settings(args)))
         try:
             source = open_source(args.location, store)
         except ValueError as exc:
@@ -230,16 +227,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """
     import os
 
-    from worker.adapters.postgres import RoundTripCounter, RunIndex
     from worker.app.operators import authorize, operator_name
     from worker.runpack.retention import prune_index
-    from worker.runtime.worker import pg_config
+    from worker.runtime.compose import pg_config, run_index
 
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     settings = _settings(args)
     operator = operator_name(args.operator, dict(os.environ))
-    with RunIndex(pg_config(settings), RoundTripCounter()) as index:
+    with run_index(settings) as index:
         authorize(index, settings.operators, operator, "index prune",
                   {"older_than_days": args.older_than, "dry_run": args.dry_run})
         result = prune_index(pg_config(settings), older_than=timedelta(days=args.older_than),
