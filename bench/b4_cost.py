@@ -61,6 +61,7 @@ def measure(ctx: Any) -> dict[str, Any]:
     from worker.app.processor import Action
     from worker.core.identity import run_id_of
     from worker.core.policy import load_policy
+    from worker.runtime.dispatch import dispatch
     from worker.runtime.worker import open_services
 
     runs = ctx.sizes["b4_runs"]
@@ -89,7 +90,7 @@ def measure(ctx: Any) -> dict[str, Any]:
                 svc.store.counter.reset()
                 svc.pg_counter.reset()
                 t0 = time.perf_counter()
-                outcome = proc.handle_intent(record)
+                outcome = dispatch(proc, record, triggers_topic=world.topics["triggers"])
                 wall_ms = (time.perf_counter() - t0) * 1000
                 offset += 1
                 if outcome.action is not expect:

@@ -51,6 +51,7 @@ class Scenario(OneWorkerScenario):
         from worker.app.ports import Record
         from worker.app.processor import Action
         from worker.core.policy import load_policy
+        from worker.runtime.dispatch import dispatch
         from worker.runtime.worker import open_services
 
         ctx = self.ctx
@@ -62,7 +63,7 @@ class Scenario(OneWorkerScenario):
             def make_ready(i: int) -> None:
                 rec = Record(topic=world.topics["intents"], partition=0, offset=i, key=None,
                              value=svc.codec.encode_intent(self.base[i]), headers=(), timestamp_ms=None)
-                outcome = svc.processor.handle_intent(rec)
+                outcome = dispatch(svc.processor, rec, triggers_topic=world.topics["triggers"])
                 if outcome.action is not Action.READY:
                     raise RuntimeError(f"B5 setup run {i}: {outcome}")
 

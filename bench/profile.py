@@ -46,8 +46,8 @@ CATEGORIES = (
 
 
 INSIDE = {
-    "S3 request attempts (ObjectStore._attempt)": ("adapters/s3.py", {"_attempt"}),
-    "S3 body reads (ObjectStore._read_capped)": ("adapters/s3.py", {"_read_capped"}),
+    "S3 request attempts (ObjectStore._attempt)": ("adapters/s3/store.py", {"_attempt"}),
+    "S3 body reads (ObjectStore._read_capped)": ("adapters/s3/store.py", {"_read_capped"}),
     "Postgres statements (postgres.execute)": ("adapters/postgres.py", {"execute"}),
     "Kafka publish (Publisher.publish)": ("runtime/publisher.py", {"publish"}),
     "Avro decode (AvroCodec.decode_intent)": ("adapters/avro.py", {"decode_intent"}),
@@ -126,6 +126,7 @@ def _merge(main_prof: cProfile.Profile, threads: ThreadProfiles) -> pstats.Stats
 def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: int, repeat: int = 0) -> None:
     from worker.app.ports import Record
     from worker.core.policy import load_policy
+    from worker.runtime.dispatch import dispatch
     from worker.runtime.worker import open_services
 
     world = make_world(servers, "prof", state / "work", partitions=1)
@@ -140,11 +141,11 @@ def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: in
                           value=svc.codec.encode_intent(intent), headers=(), timestamp_ms=None)
 
         for i in range(n_warm):
-            svc.processor.handle_intent(rec(base[i], i))
+            dispatch(svc.processor, rec(base[i], i), triggers_topic=world.topics["triggers"])
         if repeat:
             # duplicates: every intent made READY first (unprofiled), then re-delivered
             for i in range(n_warm, len(base)):
-                svc.processor.handle_intent(rec(base[i], i))
+                dispatch(svc.processor, rec(base[i], i), triggers_topic=world.topics["triggers"])
             records = [rec(base[j % len(base)].model_copy(update={"request_id": f"d{j}"}), j)
                        for j in range(repeat)]
         else:
@@ -152,7 +153,7 @@ def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: in
         t0 = time.monotonic()
         main_prof.enable()
         for r in records:
-            svc.processor.handle_intent(r)
+            dispatch(svc.processor, r, triggers_topic=world.topics["triggers"])
         main_prof.disable()
         wall = time.monotonic() - t0
     world.drop()

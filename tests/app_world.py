@@ -100,7 +100,6 @@ class World:
             publisher=Publisher(self.sink, self.index, dlq_topic=DLQ, crash_points=crash),
             topics=TOPICS,
             s3_bucket=BUCKET,
-            s3_prefix=PREFIX,
             recheck_interval=recheck_interval,
             clock=self.clock,
             crash_points=crash,
@@ -210,8 +209,8 @@ class World:
 
     def handle(self, processor: RunProcessor, intent: RunIntent) -> Outcome:
         """Hand ``intent`` to ``processor`` as the worker loop would."""
-        return processor.handle_intent(self.intent_record(intent))
+        return processor.handle_intent(intent, self.intent_record(intent))
 
     def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger) -> Outcome:
         """Hand ``trigger`` to ``processor`` as the worker loop would."""
-        return processor.handle_trigger(self.trigger_record(trigger))
+        return processor.handle_trigger(trigger, self.trigger_record(trigger))

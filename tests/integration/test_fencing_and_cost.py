@@ -18,6 +18,7 @@ from worker.app.processor import Action
 from worker.core.identity import run_id_of, run_lock_key
 from worker.core.models import RunIntent, RunStatus
 from worker.errors import LeaseLostError, StaleEpochError
+from worker.runtime.dispatch import dispatch
 from worker.runtime.worker import Services, open_services
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,8 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
 
     def run_a() -> None:
         try:
-            result["a"] = a.processor.handle_intent(intent_record(sr_env, intent))
+            result["a"] = dispatch(a.processor, intent_record(sr_env, intent),
+                                   triggers_topic=sr_env.settings.topics.triggers)
         except BaseException as exc:
             result["a_error"] = exc
 
@@ -131,7 +133,8 @@ def test_request_cost_of_a_ready_run_and_a_duplicate(sr_env: SREnv, write_eviden
     intent = make_intent(sr_env, "cost")
     services.store.counter.reset()
     services.pg_counter.reset()
-    outcome = services.processor.handle_intent(intent_record(sr_env, intent))
+    outcome = dispatch(services.processor, intent_record(sr_env, intent),
+                       triggers_topic=sr_env.settings.topics.triggers)
     assert outcome.action is Action.READY
     ready_s3 = services.store.counter.snapshot()
     ready_pg = services.pg_counter.snapshot()
@@ -139,7 +142,8 @@ def test_request_cost_of_a_ready_run_and_a_duplicate(sr_env: SREnv, write_eviden
     services.store.counter.reset()
     services.pg_counter.reset()
     duplicate = intent.model_copy(update={"request_id": "another-request", "submitted_by": "someone-else"})
-    outcome = services.processor.handle_intent(intent_record(sr_env, duplicate, offset=1))
+    outcome = dispatch(services.processor, intent_record(sr_env, duplicate, offset=1),
+                       triggers_topic=sr_env.settings.topics.triggers)
     assert outcome.action is Action.DUPLICATE
     dup_s3 = services.store.counter.snapshot()
     dup_pg = services.pg_counter.snapshot()

@@ -44,6 +44,7 @@ from worker.core.keys import run_keys
 from worker.core.ledger import LedgerKind, derive_state, entry_bytes, next_entry
 from worker.core.models import RunStatus
 from worker.errors import StaleEpochError
+from worker.runtime.dispatch import dispatch
 from worker.runtime.worker import pg_config, s3_config
 
 pytestmark = pytest.mark.integration
@@ -269,7 +270,8 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
 
         def stale_holder() -> None:
             try:
-                result["outcome"] = a.processor.handle_intent(intent_record(sr_env, intent))
+                result["outcome"] = dispatch(a.processor, intent_record(sr_env, intent),
+                                             triggers_topic=sr_env.settings.topics.triggers)
             except Exception as exc:
                 result["error"] = exc
 

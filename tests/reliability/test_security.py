@@ -52,6 +52,7 @@ from worker.core.identity import run_id_of
 from worker.core.keys import S3Location, run_keys
 from worker.core.models import Strategy
 from worker.errors import ConfigError, DriftError, IntegrityError, PostgresError, UnsafeKeyError
+from worker.runtime.dispatch import dispatch
 from worker.runtime.worker import kafka_config, open_services
 from worker.settings import load_settings
 
@@ -97,11 +98,13 @@ def test_evidence_roots_outside_the_tenants_allowed_prefixes_are_rejected_before
         processor = services.processor
         for offset, (name, intent) in enumerate(forbidden.items()):
             services.store.counter.reset()
-            outcome = processor.handle_intent(_record(sr_env, sr_env.codec.encode_intent(intent), offset))
+            outcome = dispatch(processor, _record(sr_env, sr_env.codec.encode_intent(intent), offset),
+                               triggers_topic=sr_env.settings.topics.triggers)
             assert (outcome.action, outcome.detail) == (Action.REJECTED, "EVIDENCE_ROOT_FORBIDDEN"), name
             assert services.store.counter.requests == 0, f"{name}: S3 was touched: {services.store.counter.snapshot()}"
             assert services.index.get(run_id_of(intent)) is None, f"{name}: a run was created"
-        assert processor.handle_intent(_record(sr_env, sr_env.codec.encode_intent(allowed), 99)).action is Action.READY
+        assert dispatch(processor, _record(sr_env, sr_env.codec.encode_intent(allowed), 99),
+                        triggers_topic=sr_env.settings.topics.triggers).action is Action.READY
     # Nothing was written for any rejected intent; the allowed one has its three objects.
     truth = list_objects(s3_client, bucket, sr_env.settings.s3_prefix + "/")
     assert {k.split("/run/")[1].split("/")[0] for k in truth} == {run_id_of(allowed)}
@@ -127,9 +130,11 @@ def test_a_tenant_cannot_read_or_overwrite_another_tenants_truth(
     assert run_id_of(alice) != run_id_of(bob), "the tenant is part of the run identity"
     with open_services(settings, sr_env.policy) as services:
         p = services.processor
-        assert p.handle_intent(_record(sr_env, sr_env.codec.encode_intent(alice), 0)).action is Action.READY
+        assert dispatch(p, _record(sr_env, sr_env.codec.encode_intent(alice), 0),
+                        triggers_topic=sr_env.settings.topics.triggers).action is Action.READY
         # Bob's identical request is neither a duplicate nor a collision of Alice's run.
-        assert p.handle_intent(_record(sr_env, sr_env.codec.encode_intent(bob), 1)).action is Action.READY
+        assert dispatch(p, _record(sr_env, sr_env.codec.encode_intent(bob), 1),
+                        triggers_topic=sr_env.settings.topics.triggers).action is Action.READY
         truth = TruthStore(services.store, sr_env.bucket, sr_env.settings.s3_prefix)
         a_keys = truth.keys_for(alice.tenant_id, alice.namespace, run_id_of(alice))
         b_keys = truth.keys_for(bob.tenant_id, bob.namespace, run_id_of(bob))
@@ -354,8 +359,8 @@ def test_sasl_and_tls_settings_pass_through_to_librdkafka(monkeypatch: pytest.Mo
         def close(self) -> None:
             return None
 
-    monkeypatch.setattr(kafka_adapter, "Producer", Capture)
-    monkeypatch.setattr(kafka_adapter, "Consumer", Capture)
+    monkeypatch.setattr(kafka_adapter.producer, "Producer", Capture)
+    monkeypatch.setattr(kafka_adapter.consumer, "Consumer", Capture)
     with EventProducer(cfg), IntakeConsumer(cfg, group_id="g", topics=["t"]):
         pass
     assert len(seen) == 2

@@ -12,6 +12,7 @@ from worker.core.identity import run_id_of
 from worker.core.models import RunStatus, Strategy
 from worker.core.policy import load_policy
 from worker.errors import DecodeError
+from worker.runtime.dispatch import dispatch
 
 
 @pytest.fixture
@@ -188,7 +189,8 @@ def test_the_run_keeps_its_plan_after_a_policy_change(world: World) -> None:
 def test_undecodable_intent_is_an_input_error(world: World) -> None:
     processor = world.processor()
     with pytest.raises(DecodeError):
-        processor.handle_intent(world.record("sr.run-intents", b"\xc3\x01garbage"))
+        dispatch(processor, world.record("sr.run-intents", b"\xc3\x01garbage"), triggers_topic="sr.triggers")
+    assert world.db.round_trips == 0 and sum(world.store.requests.values()) == 0
 
 
 def test_dead_letter_copies_key_bytes_and_error_headers(world: World) -> None:

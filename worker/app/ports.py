@@ -25,11 +25,12 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from worker.core.index import Admission, NewPublication, NewRun, Publication, RunRow
-from worker.core.models import RunStatus
+from worker.core.models import ReadyEvent, RunIntent, RunStatus, RunStatusEvent, RunTrigger
 
 __all__ = [
     "Clock",
     "Delivered",
+    "EventCodec",
     "EventSink",
     "Headers",
     "Lease",
@@ -40,6 +41,8 @@ __all__ = [
     "PartitionReader",
     "Record",
     "RunIndex",
+    "RunObserver",
+    "SilentObserver",
     "WriteOutcome",
 ]
 
@@ -358,3 +361,86 @@ class Clock(Protocol):
     """Now, as an aware UTC datetime (injected so tests control deadlines)."""
 
     def __call__(self) -> datetime: ...
+
+
+# --------------------------------------------------------------------------- encoding
+class EventCodec(Protocol):
+    """SR's message encoding (Avro in production): outgoing events to the exact bytes stored in
+    the outbox, and consumed records back to messages (operators find a record's run)."""
+
+    def decode(self, data: bytes, *, expected: str | None = None) -> tuple[str, dict[str, Any]]:
+        """(record full name, datum) of one message.
+
+        Raises:
+            DecodeError / UnknownSchemaError / MessageTooLargeError: not a message SR can read.
+        """
+        ...
+
+    def decode_intent(self, data: bytes) -> RunIntent:
+        """A validated intent.
+
+        Raises:
+            DecodeError / IntentInvalidError: not a valid intent.
+        """
+        ...
+
+    def decode_trigger(self, data: bytes) -> RunTrigger:
+        """A validated trigger.
+
+        Raises:
+            DecodeError: not a valid trigger.
+        """
+        ...
+
+    def encode_ready(self, event: ReadyEvent, *, subject: str | None = None) -> bytes:
+        """A READY / SUPERSEDE event's bytes (``subject``: the schema-registry subject, if any).
+
+        Raises:
+            EncodeError: the event does not fit the schema.
+        """
+        ...
+
+    def encode_status(self, event: RunStatusEvent, *, subject: str | None = None) -> bytes:
+        """A run-status event's bytes.
+
+        Raises:
+            EncodeError: the event does not fit the schema.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- observation
+class RunObserver(Protocol):
+    """The one hook bus of the application layer (metrics implement it; the default is silent)."""
+
+    def run_transition(self, status: str) -> None:
+        """A run moved to ``status`` (READY, WAITING, FAILED, QUARANTINED, REJECTED)."""
+        ...
+
+    def evidence_bytes(self, n: int) -> None:
+        """``n`` evidence bytes were hashed."""
+        ...
+
+    def dead_lettered(self, error_class: str) -> None:
+        """A message was dead-lettered with ``error_class``."""
+        ...
+
+    def ready_published(self, n: int = 1) -> None:
+        """``n`` READY / SUPERSEDE facts were acknowledged by the broker."""
+        ...
+
+
+class SilentObserver:
+    """A :class:`RunObserver` that records nothing."""
+
+    def run_transition(self, status: str) -> None:
+        """Ignore."""
+
+    def evidence_bytes(self, n: int) -> None:
+        """Ignore."""
+
+    def dead_lettered(self, error_class: str) -> None:
+        """Ignore."""
+
+    def ready_published(self, n: int = 1) -> None:
+        """Ignore."""

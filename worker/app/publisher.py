@@ -12,15 +12,23 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from worker.adapters.kafka import EventProducer
 from worker.app.crashpoints import INERT, CrashPoint, CrashPoints
-from worker.app.ports import Delivered, Record
+from worker.app.ports import Delivered, EventSink, Record
+from worker.core.vocabulary import (
+    ERROR_CLASS_HEADER,
+    ERROR_HEADER_PREFIX,
+    ERROR_MESSAGE_HEADER,
+    IDEMPOTENCY_HEADER,
+    MAX_ERROR_MESSAGE_CHARS,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+)
 from worker.errors import SRError
 
 log = logging.getLogger("sr.publisher")
 
-IDEMPOTENCY_HEADER = "sr-idempotency-key"
-MAX_ERROR_HEADER_CHARS = 1024
+__all__ = ["IDEMPOTENCY_HEADER", "PublicationLike", "PublishedSink", "Publisher", "error_headers"]
 
 
 class PublicationLike(Protocol):
@@ -51,7 +59,7 @@ class PublishedSink(Protocol):
 class Publisher:
     """Produces stored publications and dead-letters poison messages."""
 
-    def __init__(self, producer: EventProducer, sink: PublishedSink, *, dlq_topic: str,
+    def __init__(self, producer: EventSink, sink: PublishedSink, *, dlq_topic: str,
                  crash_points: CrashPoints = INERT, on_fact_published: Callable[[], None] | None = None) -> None:
         self._on_fact_published = on_fact_published
         self._crash = crash_points
@@ -109,15 +117,15 @@ class Publisher:
             KafkaUnavailableError: the DLQ write was not acknowledged (do not commit the offset).
         """
         code = error.code if isinstance(error, SRError) else "INTERNAL"
-        message = str(error).replace("\n", " ")[:MAX_ERROR_HEADER_CHARS]
+        message = str(error).replace("\n", " ")[:MAX_ERROR_MESSAGE_CHARS]
         headers: list[tuple[str, str | bytes | None]] = [
-            ("sr-error-class", code.encode()),
-            ("sr-error-message", message.encode()),
-            ("sr-source-topic", record.topic.encode()),
-            ("sr-source-partition", str(record.partition).encode()),
-            ("sr-source-offset", str(record.offset).encode()),
+            (ERROR_CLASS_HEADER, code.encode()),
+            (ERROR_MESSAGE_HEADER, message.encode()),
+            (SOURCE_TOPIC_HEADER, record.topic.encode()),
+            (SOURCE_PARTITION_HEADER, str(record.partition).encode()),
+            (SOURCE_OFFSET_HEADER, str(record.offset).encode()),
         ]
-        headers.extend((k, v) for k, v in record.headers if not k.startswith("sr-error"))
+        headers.extend((k, v) for k, v in record.headers if not k.startswith(ERROR_HEADER_PREFIX))
         return self._producer.send_and_wait(self._dlq_topic, key=record.key, value=record.value or b"",
                                             headers=headers)
 

@@ -84,7 +84,7 @@ class ManualClock:
 
 
 # --------------------------------------------------------------------------- crash points
-class SimulatedCrash(BaseException):  # noqa: N818 - it models a process death, not an error
+class SimulatedCrash(BaseException):
     """Raised at an armed crash point; a BaseException so no ``except Exception`` eats it."""
 
 
@@ -489,7 +489,8 @@ class InMemoryLease:
 
     def advance(self, status: RunStatus | str, *, ledger_seq: int, ledger_head_hash: str | None,
                 reason_code: str | None = None, plan_hash: str | None = None, facts_view_hash: str | None = None,
-                next_check_at: datetime | None = None, publications: Sequence[NewPublication] = ()) -> list[Publication]:
+                next_check_at: datetime | None = None,
+                publications: Sequence[NewPublication] = ()) -> list[Publication]:
         """Epoch-checked advance on this session."""
         with self._db.lock:
             self._require()

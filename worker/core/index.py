@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from worker.core.models import RunStatus
+from worker.core.vocabulary import fact_key, status_key
 
 __all__ = ["Admission", "AdmissionOutcome", "NewPublication", "NewRun", "Publication", "PublicationKind", "RunRow"]
 
@@ -176,7 +177,7 @@ class NewPublication:
               msg_key: bytes | None = None, headers: Mapping[str, str] | None = None) -> NewPublication:
         """A READY or SUPERSEDE publication with its derived ``pub_key``."""
         kind = PublicationKind(event_type)
-        return cls(pub_key=f"{run_id}:{facts_view_hash}:{kind.value}", kind=kind.value, topic=topic,
+        return cls(pub_key=fact_key(run_id, facts_view_hash, kind.value), kind=kind.value, topic=topic,
                    payload=payload, msg_key=msg_key, headers=dict(headers or {}),
                    facts_view_hash=facts_view_hash, event_type=kind.value)
 
@@ -184,7 +185,7 @@ class NewPublication:
     def status_event(cls, run_id: str, ledger_seq: int, status: str, *, topic: str, payload: bytes,
                      msg_key: bytes | None = None, headers: Mapping[str, str] | None = None) -> NewPublication:
         """A run-status publication with its derived ``pub_key``."""
-        return cls(pub_key=f"{run_id}:status:{ledger_seq}:{RunStatus(status).value}", kind=PublicationKind.STATUS,
+        return cls(pub_key=status_key(run_id, ledger_seq, RunStatus(status).value), kind=PublicationKind.STATUS,
                    topic=topic, payload=payload, msg_key=msg_key, headers=dict(headers or {}))
 
 

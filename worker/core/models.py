@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from worker.core.keys import parse_s3_uri
+from worker.core.vocabulary import fact_key
 from worker.errors import DecodeError, IntentInvalidError, UnsafeKeyError
 
 __all__ = [
@@ -406,7 +407,7 @@ class ReadyEvent(BaseModel):
     @property
     def idempotency_key(self) -> str:
         """Value of the ``sr-idempotency-key`` header: ``run_id:facts_view_hash:event_type``."""
-        return f"{self.run_id}:{self.facts_view_hash}:{self.event_type.value}"
+        return fact_key(self.run_id, self.facts_view_hash, self.event_type.value)
 
     def to_avro(self) -> dict[str, Any]:
         """The Avro dict shape."""

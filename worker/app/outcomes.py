@@ -1,0 +1,33 @@
+"""What handling one message did: the vocabulary of logs, metrics and tests."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Action", "Outcome"]
+
+
+class Action(enum.StrEnum):
+    """What handling one message did. The first five are run statuses of the same name."""
+
+    READY = "READY"
+    WAITING = "WAITING"
+    FAILED = "FAILED"
+    QUARANTINED = "QUARANTINED"
+    REJECTED = "REJECTED"
+    DUPLICATE = "DUPLICATE"
+    BUSY = "BUSY"
+    UNCHANGED = "UNCHANGED"
+    REEMITTED = "REEMITTED"
+    SUPERSEDED = "SUPERSEDED"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of handling one message: the action, the run it was about, and a detail
+    (a facts_view_hash, a reason_code or a short explanation)."""
+
+    action: Action
+    run_id: str | None
+    detail: str = ""

@@ -1,0 +1,100 @@
+"""Outbox rows for SR's events, and (re-)sending them byte-identically (contract §2, §6).
+
+A publication row holds the exact bytes to send. Rows are built here only — READY /
+SUPERSEDE facts from a ledger entry's :class:`~worker.core.models.ReadyEvent`, status events
+from the ledger entry that records the transition — so a fact rebuilt from the ledger for a
+re-emission encodes to the same bytes as when it was committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.app.context import RunContext
+from worker.core.index import NewPublication, Publication, PublicationKind
+from worker.core.models import ReadyEvent, RunStatusEvent
+from worker.core.vocabulary import IDEMPOTENCY_HEADER, status_key, value_subject
+from worker.errors import IntegrityError
+from worker.logs import RunLogger
+
+__all__ = ["Publications"]
+
+
+class Publications:
+    """Builds outbox rows and sends them through the context's publisher."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+
+    def fact(self, event: ReadyEvent) -> NewPublication:
+        """The outbox row for a READY / SUPERSEDE control fact (exact bytes to send)."""
+        topic = self._ctx.topics.ready
+        return NewPublication.ready(
+            event.run_id, event.facts_view_hash, event.event_type.value,
+            topic=topic,
+            payload=self._ctx.codec.encode_ready(event, subject=value_subject(topic)),
+            msg_key=event.run_id.encode(),
+            headers={IDEMPOTENCY_HEADER: event.idempotency_key},
+        )
+
+    def status(self, event: RunStatusEvent, *, ledger_seq: int) -> NewPublication:
+        """The outbox row for the status event recorded at ``ledger_seq``."""
+        topic = self._ctx.topics.status
+        key = status_key(event.run_id, ledger_seq, event.status.value)
+        return NewPublication(
+            pub_key=key,
+            kind=PublicationKind.STATUS,
+            facts_view_hash=None,
+            event_type=None,
+            topic=topic,
+            msg_key=event.run_id.encode(),
+            payload=self.encode_status(event),
+            headers={IDEMPOTENCY_HEADER: key},
+        )
+
+    def encode_status(self, event: RunStatusEvent) -> bytes:
+        """A status event's bytes for the status topic."""
+        return self._ctx.codec.encode_status(event, subject=value_subject(self._ctx.topics.status))
+
+    def publish_unpublished(self, stored: Sequence[Publication], *, order: Sequence[NewPublication] = ()) -> None:
+        """Produce the rows of ``stored`` not yet published (in ``order``'s key order if given).
+
+        Raises:
+            KafkaUnavailableError: a delivery was not acknowledged (rows stay unpublished).
+        """
+        pending = [p for p in stored if p.published_at is None]
+        if order:
+            rank = {pub.pub_key: i for i, pub in enumerate(order)}
+            pending.sort(key=lambda p: rank.get(p.pub_key, len(rank)))
+        if pending:
+            self._ctx.publisher.publish(pending)
+
+    def republish_pending(self, run_id: str, log: RunLogger) -> None:
+        """Finish any publication of ``run_id`` a crash left unpublished."""
+        pending = self._ctx.index.pending_publications(run_id)
+        if pending:
+            log.info("re-sending %d unpublished publication(s)", len(pending))
+            self._ctx.publisher.publish(pending)
+
+    def send_fact(self, event: ReadyEvent, *, dry_run: bool = False) -> bool:
+        """Produce a control fact rebuilt from the ledger, checked against the stored outbox row.
+
+        Returns True if it was (or, with ``dry_run``, would be) sent.
+
+        Raises:
+            IntegrityError: the index holds different bytes for this fact than the ledger
+                implies (fail closed: nothing is sent).
+            KafkaUnavailableError: not acknowledged.
+        """
+        wanted = self.fact(event)
+        stored = self._ctx.index.publication(wanted.pub_key)
+        if stored is not None and stored.payload != wanted.payload:
+            raise IntegrityError(f"stored publication {wanted.pub_key} differs from the ledger; not re-emitting")
+        if dry_run:
+            return True
+        if stored is not None:
+            self._ctx.publisher.publish([stored])
+        else:
+            self._ctx.publisher.send_raw(wanted.topic, key=wanted.msg_key, payload=wanted.payload,
+                                         headers=dict(wanted.headers))
+        return True

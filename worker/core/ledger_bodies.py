@@ -1,0 +1,123 @@
+"""Typed bodies of ledger entries: one model per entry kind, discriminated by ``LedgerEntry.kind``.
+
+The processor builds entries from these models and every reader (events, operators,
+runpacks) gets fields by attribute instead of by string key. :func:`body_of` turns a model
+into the exact dict stored today — same keys present, same ``null`` s — so the canonical
+bytes of every entry are unchanged (``tests/unit/test_golden_bytes.py``). :func:`parse_body`
+is the reverse, fail-closed: an entry whose body does not fit its kind is an
+:class:`~worker.errors.IntegrityError`.
+
+==============================  ================================================================
+kind                            body
+==============================  ================================================================
+READY                           :class:`ReadyBody`
+WAITING, FAILED, QUARANTINED    :class:`StatusBody`
+SUPERSEDED                      :class:`SupersededBody`
+TRIGGER                         :class:`TriggerBody`
+==============================  ================================================================
+
+Any entry may carry ``intent`` (the admitted intent, Avro-shaped): SR writes it into the
+first entry of a run only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker.core.ledger import LedgerEntry, LedgerKind
+from worker.core.models import Hex64
+from worker.errors import IntegrityError
+
+__all__ = ["LedgerBody", "ReadyBody", "StatusBody", "SupersededBody", "TriggerBody", "body_of", "parse_body"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The admitted intent (Avro dict); only on a run's first entry.
+    intent: dict[str, Any] | None = None
+
+    #: Fields written even when ``None`` (everything else is left out when ``None``).
+    _always: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored body: ``None`` fields are omitted unless the kind always writes them."""
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if v is not None or k in self._always}
+
+
+class ReadyBody(_Body):
+    """A committed fact: READY with its facts view (and, after a SUPERSEDE, the old one)."""
+
+    plan_hash: Hex64
+    facts_view_hash: Hex64
+    facts_view_uri: str
+    policy_rev: str
+    supersedes_facts_view_hash: Hex64 | None = None
+
+
+class StatusBody(_Body):
+    """A WAITING / FAILED / QUARANTINED transition. ``plan_hash`` is null when no plan exists."""
+
+    _always = frozenset({"plan_hash"})
+
+    plan_hash: Hex64 | None
+    reason_code: str
+    detail: str
+
+
+class SupersededBody(_Body):
+    """The announcement that ``old_facts_view_hash`` is replaced by ``new_facts_view_hash``."""
+
+    old_facts_view_hash: Hex64
+    new_facts_view_hash: Hex64
+    facts_view_uri: str
+    plan_hash: Hex64
+    policy_rev: str
+
+
+class TriggerBody(_Body):
+    """A trigger on record: who asked for what, when (``requested_at`` in epoch ms)."""
+
+    kind: str
+    reason: str
+    requested_by: str
+    requested_at: int
+
+
+LedgerBody = ReadyBody | StatusBody | SupersededBody | TriggerBody
+
+_MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
+    LedgerKind.READY: ReadyBody,
+    LedgerKind.WAITING: StatusBody,
+    LedgerKind.FAILED: StatusBody,
+    LedgerKind.QUARANTINED: StatusBody,
+    LedgerKind.SUPERSEDED: SupersededBody,
+    LedgerKind.TRIGGER: TriggerBody,
+}
+
+
+def body_of(body: LedgerBody, *, intent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict to store for ``body``, with ``intent`` added (a run's first entry)."""
+    if intent is not None:
+        body = body.model_copy(update={"intent": intent})
+    return body.to_dict()
+
+
+def parse_body(entry: LedgerEntry) -> LedgerBody:
+    """The typed body of ``entry``.
+
+    Raises:
+        IntegrityError: SR writes no body for this kind, or the body does not fit it.
+    """
+    model = _MODEL_OF.get(entry.kind)
+    if model is None:
+        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id}: no typed body for {entry.kind.value}")
+    try:
+        parsed = model.model_validate(entry.body)
+    except ValidationError as exc:
+        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} ({entry.kind.value}) has an invalid body: "
+                             f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}") from exc
+    return parsed  # type: ignore[return-value]  # _MODEL_OF only holds LedgerBody members
