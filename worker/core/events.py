@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state
+from worker.core.ledger_bodies import ReadyBody, SupersededBody, parse_body
 from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatus, datetime_from_millis
 from worker.errors import IntegrityError
 
@@ -38,33 +39,35 @@ def control_fact(entry: LedgerEntry, intent: RunIntent) -> ReadyEvent:
     Raises:
         IntegrityError: the entry is not a READY/SUPERSEDED entry or lacks required fields.
     """
-    body = entry.body
+    if entry.kind not in (LedgerKind.READY, LedgerKind.SUPERSEDED):
+        raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
+    body = parse_body(entry)
     # READY records the fact it commits; SUPERSEDED records the old→new pair it announces.
-    fields = {
-        LedgerKind.READY: (EventType.READY, "facts_view_hash", "supersedes_facts_view_hash"),
-        LedgerKind.SUPERSEDED: (EventType.SUPERSEDE, "new_facts_view_hash", "old_facts_view_hash"),
-    }.get(entry.kind)
-    if fields is not None:
-        event_type, fact_field, supersedes_field = fields
-        try:
-            return ReadyEvent(
-                event_type=event_type,
-                run_id=entry.run_id,
-                facts_view_hash=body[fact_field],
-                facts_view_uri=body["facts_view_uri"],
-                supersedes_facts_view_hash=body.get(supersedes_field),
-                tenant_id=intent.tenant_id,
-                namespace=intent.namespace,
-                scenario_id=intent.scenario_id,
-                pins=intent.pins,
-                policy_rev=body["policy_rev"],
-                plan_hash=body["plan_hash"],
-                emitted_at=datetime_from_millis(entry.at_ms),
-            )
-        except (KeyError, ValueError) as exc:
-            raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} cannot be rebuilt as an event: "
-                                 f"{exc}") from exc
-    raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
+    if isinstance(body, ReadyBody):
+        event_type, fact, supersedes = EventType.READY, body.facts_view_hash, body.supersedes_facts_view_hash
+    elif isinstance(body, SupersededBody):
+        event_type, fact, supersedes = EventType.SUPERSEDE, body.new_facts_view_hash, body.old_facts_view_hash
+    else:  # parse_body maps READY/SUPERSEDED to exactly these two
+        raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
+    try:
+        return ReadyEvent(
+            event_type=event_type,
+            run_id=entry.run_id,
+            facts_view_hash=fact,
+            facts_view_uri=body.facts_view_uri,
+            supersedes_facts_view_hash=supersedes,
+            tenant_id=intent.tenant_id,
+            namespace=intent.namespace,
+            scenario_id=intent.scenario_id,
+            pins=intent.pins,
+            policy_rev=body.policy_rev,
+            plan_hash=body.plan_hash,
+            emitted_at=datetime_from_millis(entry.at_ms),
+        )
+    except ValueError as exc:
+        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} cannot be rebuilt as an event: "
+                             f"{exc}") from exc
+
 
 
 def control_facts(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
