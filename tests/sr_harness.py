@@ -14,11 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from tests.servers import Servers, make_topics
 from worker.adapters.avro import AvroCodec
-from worker.adapters.kafka import EventProducer, record_from_message
+from worker.adapters.kafka import EventProducer, KafkaConfig, TopicReader
 from worker.app.ports import Record
 from worker.core.identity import run_id_of
 from worker.core.models import Pins, RunIntent, Strategy
@@ -177,26 +175,17 @@ def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Record]], bo
     With ``until=None`` it reads until ``timeout``. After ``until`` holds it keeps reading for
     ``settle`` seconds, so tests can assert nothing *extra* arrived.
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        parts = sorted(md.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    with TopicReader(KafkaConfig(bootstrap=bootstrap), [topic]) as reader:
         records: list[Record] = []
         deadline = time.monotonic() + timeout
         satisfied_at: float | None = None
         while time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is None:
-                    records.append(record_from_message(msg))
+            records.extend(reader.poll(500, 0.2))
             if until is not None and satisfied_at is None and until(records):
                 satisfied_at = time.monotonic()
             if satisfied_at is not None and time.monotonic() - satisfied_at >= settle:
                 break
         return records
-    finally:
-        consumer.close()
 
 
 def produce_raw(env: SREnv, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:

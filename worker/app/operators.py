@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import getpass
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
-from worker.adapters.kafka import KafkaConfig, record_from_message
+from worker.adapters.kafka import KafkaConfig, KafkaPartitionReader
 from worker.adapters.postgres import RunIndex
 from worker.app.ports import Record
 from worker.app.processor import RunProcessor
@@ -30,7 +27,7 @@ from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id
 from worker.core.index import NewPublication
 from worker.core.ledger import derive_state, entry_hash
 from worker.core.models import RunStatus
-from worker.errors import AuthorizationError, InputError, IntegrityError, KafkaUnavailableError, SRError
+from worker.errors import AuthorizationError, InputError, IntegrityError, SRError
 
 log = logging.getLogger("sr.operators")
 
@@ -99,44 +96,10 @@ def read_partition_slice(
         KafkaUnavailableError: the broker could not be reached.
         InputError: the topic or partition does not exist.
     """
-    conf = config.base()
-    conf.update({"group.id": f"sr-replay-{time.monotonic_ns()}", "enable.auto.commit": False,
-                 "enable.partition.eof": False, "auto.offset.reset": "earliest"})
-    consumer = Consumer(conf)
-    try:
-        try:
-            md = consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise KafkaUnavailableError(f"cannot read metadata of {topic}: {exc}") from exc
-        meta = md.topics.get(topic)
-        if meta is None or meta.error is not None or partition not in meta.partitions:
-            raise InputError(f"topic {topic} partition {partition} does not exist")
-        start: int = OFFSET_BEGINNING if from_offset is None else from_offset
-        if from_time is not None:
-            wanted = TopicPartition(topic, partition, int(from_time.timestamp() * 1000))
-            found = consumer.offsets_for_times([wanted], timeout=10)
-            start = found[0].offset if found and found[0].offset >= 0 else OFFSET_BEGINNING
-        consumer.assign([TopicPartition(topic, partition, start)])
-        idle_rounds = 0
-        while True:
-            msgs = consumer.consume(500, idle_timeout)
-            records = [record_from_message(m) for m in msgs if m.error() is None]
-            if not records:
-                idle_rounds += 1
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5,
-                                                           cached=False)
-                position = consumer.position([TopicPartition(topic, partition)])[0].offset
-                if (position >= high or idle_rounds >= max_idle_rounds) or (
-                        to_offset is not None and position >= to_offset):
-                    return
-                continue
-            idle_rounds = 0
-            for record in records:
-                if to_offset is not None and record.offset >= to_offset:
-                    return
-                yield record
-    finally:
-        consumer.close()
+    reader = KafkaPartitionReader(config, max_idle_rounds=max_idle_rounds)
+    from_time_ms = None if from_time is None else int(from_time.timestamp() * 1000)
+    return reader.read_slice(topic, partition, from_offset=from_offset, from_time_ms=from_time_ms,
+                             to_offset=to_offset, idle_timeout=idle_timeout)
 
 
 def run_id_in(record: Record, processor: RunProcessor) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from worker.app.ports import Record
 from worker.embedded.stack import Endpoints
 
 # What each sample must end as (contract §3–§4).
@@ -23,10 +24,8 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
 
     Returns True when every sample reached its expected outcome within ``timeout`` seconds.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     from worker.adapters.avro import AvroCodec
-    from worker.adapters.kafka import EventProducer
+    from worker.adapters.kafka import EventProducer, TopicReader
     from worker.core.identity import run_id_of
     from worker.demo import SAMPLES
     from worker.logs import configure_logging
@@ -40,12 +39,9 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     thread.start()
     seen: Counter[str] = Counter()
     topics = settings.topics
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"demo-reader-{uuid.uuid4().hex}",
-                       "enable.auto.commit": False})
+    reader = TopicReader(kafka_config(settings), (topics.ready, topics.status, topics.dlq))
     try:
-        md = reader.list_topics(timeout=10)
-        reader.assign([TopicPartition(t, p, OFFSET_BEGINNING)
-                       for t in (topics.ready, topics.status, topics.dlq) for p in md.topics[t].partitions])
+        reader.open()
         if not worker.ready.wait(60):
             console.print("[red]worker did not start[/]")
             return False
@@ -108,23 +104,20 @@ def _drain(reader: Any, codec: Any, console: Console, seen: Counter[str], stop: 
     while not until():
         if stop.is_set() or time.monotonic() > deadline:
             return bool(until())
-        for msg in reader.consume(100, 0.2):
-            if msg.error() is not None:
-                continue
-            _print_event(msg, codec, console, seen)
+        for record in reader.poll(100, 0.2):
+            _print_event(record, codec, console, seen)
     return True
 
 
-def _print_event(msg: Any, codec: Any, console: Console, seen: Counter[str]) -> None:
-    topic = msg.topic()
-    if topic.endswith("dlq"):
-        headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or [])}
+def _print_event(record: Record, codec: Any, console: Console, seen: Counter[str]) -> None:
+    if record.topic.endswith("dlq"):
+        headers = {k: v.decode(errors="replace") for k, v in record.headers}
         seen["DLQ"] += 1
         console.print(f"[magenta]DLQ[/]        class={headers.get('sr-error-class')} "
                       f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False, soft_wrap=True)
         return
-    record, datum = codec.decode(msg.value())
-    if record.endswith("ReadyEvent"):
+    record_name, datum = codec.decode(record.value)
+    if record_name.endswith("ReadyEvent"):
         seen[datum["event_type"]] += 1
         console.print(f"[bold green]{datum['event_type']:<10}[/] run_id={datum['run_id']} "
                       f"facts_view_hash={datum['facts_view_hash'][:16]}… uri={datum['facts_view_uri']}",

@@ -33,9 +33,13 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_status)
 
     topics = sub.add_parser("topics", help="topic administration").add_subparsers(dest="topics_cmd", required=True)
-    p = topics.add_parser("create", help="create SR's topics (idempotent)")
+    p = topics.add_parser("create", help="create SR's topics (idempotent: existing topics are left as they are)")
     p.add_argument("--partitions", type=int, default=4, help="partitions for intents/triggers/ready/status")
-    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument("--replication-factor", type=int, default=1,
+                   help="replicas per partition (at most the number of brokers)")
+    p.add_argument("--config", dest="topic_config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="topic config for every created topic, e.g. retention.ms=604800000 (repeatable)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the cluster")
     p.set_defaults(handler=cmd_topics_create)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_cmd", required=True)
@@ -147,17 +151,43 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- admin
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    """Create SR's topics if missing."""
-    from worker.embedded.stack import TopicSpec, create_topics
+    """Create SR's topics if missing (with the worker's Kafka settings, SASL/TLS included);
+    prints one line per topic: created, or already existed."""
+    from worker.adapters.kafka import TopicAdmin, TopicRefusedError, TopicSpec
+    from worker.runtime.worker import kafka_config
 
     settings = _settings(args)
+    config = _topic_config(args.topic_config)
     t = settings.topics
-    specs = [TopicSpec(name, args.partitions) for name in (t.intents, t.triggers, t.ready, t.status)]
-    specs.append(TopicSpec(t.dlq, 1))
-    create_topics(settings.kafka_bootstrap, specs)
-    for spec in specs:
-        print(f"topic {spec.name} ready ({spec.partitions} partitions)")
+    specs = [TopicSpec(name, args.partitions, args.replication_factor, config)
+             for name in (t.intents, t.triggers, t.ready, t.status)]
+    specs.append(TopicSpec(t.dlq, 1, args.replication_factor, config))
+    try:
+        results = TopicAdmin(kafka_config(settings)).ensure(specs, timeout=args.timeout)
+    except TopicRefusedError as exc:
+        for name in exc.created:
+            print(f"topic {name} created")
+        for name in exc.existed:
+            print(f"topic {name} already existed")
+        raise
+    for result in results:
+        print(result.describe())
     return 0
+
+
+def _topic_config(pairs: list[str]) -> dict[str, str]:
+    """``--config key=value`` arguments as a dict.
+
+    Raises:
+        InputError: an argument is not ``key=value`` with a non-empty key.
+    """
+    config: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--config expects key=value, got {pair!r}")
+        config[key.strip()] = value
+    return config
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:

