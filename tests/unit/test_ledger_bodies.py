@@ -1,0 +1,63 @@
+"""Typed ledger bodies: the same stored dicts as before, and fail-closed parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker.core.ledger import LedgerEntry, LedgerKind, next_entry
+from worker.core.ledger_bodies import ReadyBody, StatusBody, SupersededBody, TriggerBody, body_of, parse_body
+from worker.errors import IntegrityError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RUN = "0" * 32
+H1, H2 = "a" * 64, "b" * 64
+
+
+def _stored_entries() -> list[LedgerEntry]:
+    golden = json.loads((FIXTURES / "golden_v1" / "objects.json").read_text())["objects"]
+    texts = [t for k, t in golden.items() if "/record/" in k]
+    texts += [p.read_text() for p in sorted((FIXTURES / "runpack_v1" / "ledger").glob("*.json"))]
+    return [LedgerEntry.model_validate(json.loads(t)) for t in texts]
+
+
+@pytest.mark.parametrize("entry", _stored_entries(), ids=lambda e: f"{e.run_id[:6]}-{e.seq}-{e.kind.value}")
+def test_every_stored_body_round_trips_through_its_type(entry: LedgerEntry) -> None:
+    assert body_of(parse_body(entry)) == entry.body
+
+
+def test_status_bodies_keep_a_null_plan_hash_and_drop_other_nulls() -> None:
+    assert StatusBody(plan_hash=None, reason_code="X", detail="d").to_dict() == {
+        "plan_hash": None, "reason_code": "X", "detail": "d"}
+    ready = ReadyBody(plan_hash=H1, facts_view_hash=H2, facts_view_uri="s3://b/k", policy_rev="r")
+    assert "supersedes_facts_view_hash" not in ready.to_dict() and "intent" not in ready.to_dict()
+    assert body_of(ready, intent={"tenant_id": "t"})["intent"] == {"tenant_id": "t"}
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (LedgerKind.READY, {"plan_hash": H1, "facts_view_uri": "s3://b/k", "policy_rev": "r"}),  # no facts hash
+    (LedgerKind.READY, {"plan_hash": "short", "facts_view_hash": H2, "facts_view_uri": "u", "policy_rev": "r"}),
+    (LedgerKind.WAITING, {"reason_code": "X", "detail": "d", "plan_hash": None, "surprise": 1}),
+    (LedgerKind.SUPERSEDED, {"new_facts_view_hash": H2}),
+    (LedgerKind.TRIGGER, {"kind": "REEMIT", "reason": "r", "requested_by": "o", "requested_at": "yesterday"}),
+    (LedgerKind.PUBLISHED, {"facts_view_hash": H1, "event_type": "READY"}),  # SR writes no such body
+])
+def test_a_body_that_does_not_fit_its_kind_is_an_integrity_error(kind: LedgerKind, body: dict[str, object]) -> None:
+    entry = next_entry(RUN, None, kind=kind, at_ms=1, lease_epoch=1, body=body)
+    with pytest.raises(IntegrityError):
+        parse_body(entry)
+
+
+def test_each_kind_parses_to_its_model() -> None:
+    cases = {
+        LedgerKind.READY: ReadyBody(plan_hash=H1, facts_view_hash=H2, facts_view_uri="u", policy_rev="r"),
+        LedgerKind.FAILED: StatusBody(plan_hash=None, reason_code="UNKNOWN_OUTPUT", detail="d"),
+        LedgerKind.SUPERSEDED: SupersededBody(old_facts_view_hash=H1, new_facts_view_hash=H2, facts_view_uri="u",
+                                              plan_hash=H1, policy_rev="r"),
+        LedgerKind.TRIGGER: TriggerBody(kind="REEMIT", reason="r", requested_by="o", requested_at=5),
+    }
+    for kind, body in cases.items():
+        entry = next_entry(RUN, None, kind=kind, at_ms=1, lease_epoch=1, body=body.to_dict())
+        assert parse_body(entry) == body
