@@ -70,7 +70,7 @@ def _raw(client: Any, bucket: str, keys: list[str], concurrency: int, *, obstore
 
 
 def measure(ctx: Any) -> dict[str, Any]:
-    from worker.adapters.s3 import ObjectStore
+    from worker.adapters.s3 import ObjectStore, raw_boto3_client, raw_obstore_store
     from worker.app.verifier import EvidenceVerifier
     from worker.core.plan import PlanGate
     from worker.core.policy import GateMethod
@@ -92,8 +92,9 @@ def measure(ctx: Any) -> dict[str, Any]:
         h.update(bundle_objects[rel])
     top_flag = f"sha256_hex={h.hexdigest()}\n".encode()
 
-    with ObjectStore(s3_config(servers, pool=defaults.s3_max_pool_connections)) as store:
-        client = store.client
+    config = s3_config(servers, pool=defaults.s3_max_pool_connections)
+    with ObjectStore(config) as store:
+        client = raw_boto3_client(config)
         t0 = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=f"{root}/{kv[0]}", Body=kv[1]),
@@ -107,7 +108,7 @@ def measure(ctx: Any) -> dict[str, Any]:
         groups = {"bench (client/verifier)": [ctx.pid], **server_groups(servers)}
         # The raw read uses the library SR's adapter streams GETs with, configured like it.
         library = library_for("GET", "sr")
-        obs = store.obstore_store(bucket)
+        obs = raw_obstore_store(config, bucket) if library == "obstore" else None
         _raw(client, bucket, keys[: min(len(keys), conc)], conc, obstore_store=obs)  # warm connections, page cache
 
         def measure_raw() -> tuple[float, dict[str, Any]]:

@@ -272,11 +272,9 @@ def s3_config(servers: Servers, pool: int = 32) -> Any:
 
 def s3_client(servers: Servers, pool: int = 32) -> Any:
     """A boto3 client configured exactly like the worker's (checksums off, no botocore retry)."""
-    from worker.adapters.s3 import ObjectStore
+    from worker.adapters.s3 import raw_boto3_client
 
-    store = ObjectStore(s3_config(servers, pool))
-    store.open()
-    return store.client
+    return raw_boto3_client(s3_config(servers, pool))
 
 
 def put_many(client: Any, bucket: str, items: Iterable[tuple[str, bytes]], concurrency: int = 16) -> int:

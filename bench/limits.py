@@ -94,7 +94,7 @@ def _s3_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def library_for(verb: str, library: str) -> str:
     """The client library a raw ``verb`` is measured with: ``library`` itself, or for ``"sr"``
-    the one the worker's adapter uses for that verb (see ``worker/adapters/s3.py``)."""
+    the one the worker's adapter uses for that verb (``worker.adapters.s3.routes_for``)."""
     if library != "sr":
         return library
     from worker.adapters.s3 import S3Config
@@ -104,13 +104,11 @@ def library_for(verb: str, library: str) -> str:
 
 def _obstore(servers: Servers) -> Any:
     """obstore's store for the bench bucket, built by SR's own adapter (same configuration:
-    checksums, timeouts, no obstore retries)."""
+    checksums, timeouts, no obstore retries). No request is sent."""
     from bench.common import s3_config
-    from worker.adapters.s3 import ObjectStore
+    from worker.adapters.s3 import raw_obstore_store
 
-    store = ObjectStore(s3_config(servers).model_copy(update={"client_library": "obstore"}))
-    store.open()  # no request is sent (as in bench.common.s3_client)
-    return store.obstore_store(servers.s3_bucket)
+    return raw_obstore_store(s3_config(servers), servers.s3_bucket)
 
 
 def _obstore_op(store: Any, verb: str, args: dict[str, Any], me: str, i: int, n: int, body: bytes) -> None:  # noqa: PLR0917

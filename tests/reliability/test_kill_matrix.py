@@ -45,7 +45,7 @@ from tests.reliability.helpers import (
 )
 from tests.sr_harness import SREnv, make_intent, produce_raw, read_topic
 from worker.adapters.postgres import RoundTripCounter, RunIndex
-from worker.adapters.s3 import ObjectStore
+from worker.adapters.s3 import Boto3Transport, ObjectStore, raw_boto3_client
 from worker.app.crashpoints import CrashPoint
 from worker.app.truth import TruthStore
 from worker.core.identity import run_id_of
@@ -250,8 +250,10 @@ def _capture_boto3_put(store: ObjectStore, bucket: str, key: str, body: bytes) -
                                                    for k, v in request.headers.items()})
         return AWSResponse(request.url, 200, {}, _EmptyBody())  # not sent: the test replays it torn
 
-    store.client.meta.events.register("before-send.s3.PutObject", capture)
-    assert store.create(bucket, key, body)
+    client = raw_boto3_client(store.config)  # SR's own client configuration, with the hook attached
+    client.meta.events.register("before-send.s3.PutObject", capture)
+    with ObjectStore(store.config, transport=Boto3Transport(store.config, client=client)) as hooked:
+        assert hooked.create(bucket, key, body)
     return captured["url"], captured["headers"]
 
 

@@ -1,8 +1,13 @@
-"""Pure parts of the S3 adapter and verifier: error translation, counters, evidence-root checks."""
+"""Pure parts of the S3 adapter and verifier: error translation, the verb→transport table,
+retries and counting on a stand-in client, counters, evidence-root checks."""
 
 from __future__ import annotations
 
+import ast
 import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import (
@@ -13,24 +18,36 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from worker.adapters.s3 import ObjectStore, RequestCounter, S3Config, _translate
+import worker.adapters.s3 as s3_package
+from worker.adapters.s3 import (
+    Boto3Transport,
+    ObjectStore,
+    ObstoreTransport,
+    RequestCounter,
+    S3Config,
+    raw_boto3_client,
+    routes_for,
+)
+from worker.adapters.s3.errors import classify_answer, translate_boto3_error, translate_obstore_error
 from worker.app.verifier import EvidenceVerifier
 from worker.errors import (
     ConfigError,
     EvidenceRootForbiddenError,
+    ObjectLockUnsupportedError,
     ObjectNotFoundError,
     PreconditionFailedError,
     RetryableError,
     S3AccessError,
     S3UnavailableError,
 )
+from worker.runpack.retention import LockMode, Retention, apply_retention, require_object_lock
 
 
 def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "GetObject")
+    response: Any = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")
 
 
 @pytest.mark.parametrize(
@@ -59,7 +76,7 @@ def client_error(code: str, status: int) -> ClientError:
     ],
 )
 def test_translate(exc: Exception, expected: type[Exception]) -> None:
-    translated = _translate(exc, "GET s3://b/k")
+    translated = translate_boto3_error(exc, "GET s3://b/k")
     assert type(translated) is expected
     assert isinstance(translated, RetryableError) == (expected is S3UnavailableError)
     assert "s3://b/k" in str(translated)
@@ -104,14 +121,194 @@ def _obstore_cases() -> list[tuple[Exception, type[Exception]]]:
 def test_translate_obstore_errors() -> None:
     """obstore's exceptions map to the same SR errors as boto3's: not-found vs. missing bucket,
     412, denied, transient (5xx, 429, retryable 4xx codes, no answer at all), fail closed."""
-    from worker.adapters.s3 import _RETRYABLE_CODES
-    from worker.adapters.s3.obstore import translate_obstore_error
-
     for exc, expected in _obstore_cases():
-        translated = translate_obstore_error(exc, "GET s3://b/k", retryable_codes=_RETRYABLE_CODES)
+        translated = translate_obstore_error(exc, "GET s3://b/k")
         assert type(translated) is expected, (exc, translated)
         assert isinstance(translated, RetryableError) == (expected is S3UnavailableError)
         assert "s3://b/k" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "object_lock", "expected"),
+    [
+        (404, "ObjectLockConfigurationNotFoundError", "configuration", ObjectLockUnsupportedError),
+        (404, "", "configuration", ObjectLockUnsupportedError),
+        (501, "", "configuration", ObjectLockUnsupportedError),
+        (400, "InvalidRequest", "retention", ObjectLockUnsupportedError),
+        (501, "NotImplemented", "retention", ObjectLockUnsupportedError),
+        (404, "NoSuchKey", "retention", ObjectNotFoundError),
+        (503, "SlowDown", "configuration", S3UnavailableError),
+        (400, "RequestTimeout", "retention", S3UnavailableError),
+        (403, "AccessDenied", "retention", S3AccessError),
+        (400, "InvalidRequest", None, S3AccessError),  # only an Object Lock call means "no lock"
+        (404, "", None, ObjectNotFoundError),
+        (404, "NoSuchBucket", None, S3AccessError),
+        (409, "ConditionalRequestConflict", None, S3UnavailableError),
+        (400, "BadDigest", None, S3UnavailableError),
+    ],
+)
+def test_classify_answer_is_the_one_table(status: int, code: str, object_lock: Any, expected: type[Exception]) -> None:
+    """Both libraries' answers and the Object Lock calls go through one decision; only
+    S3UnavailableError is retryable."""
+    kind = classify_answer(status, code, object_lock=object_lock)
+    assert kind is expected
+    assert issubclass(kind, RetryableError) == (expected is S3UnavailableError)
+    error = client_error(code, status)
+    translated = translate_boto3_error(error, "GET object-lock configuration of s3://b", object_lock=object_lock)
+    assert type(translated) is expected
+
+
+def test_object_lock_transport_faults_are_transient_and_config_faults_fail_closed() -> None:
+    """Was: any non-ClientError of an Object Lock call became S3UnavailableError (3 codes, no
+    retries). Now they share the adapter's translation."""
+    what = "PUT retention of s3://b/k"
+    assert type(translate_boto3_error(EndpointConnectionError(endpoint_url="http://x"), what,
+                                      object_lock="retention")) is S3UnavailableError
+    assert type(translate_boto3_error(NoCredentialsError(), what, object_lock="retention")) is S3AccessError
+
+
+# --------------------------------------------------------------------------- the verb → transport table
+def test_routes_obstore_serves_the_object_requests_boto3_the_rest() -> None:
+    config = S3Config(client_library="obstore")
+    routes = routes_for("obstore", boto3=Boto3Transport(config), obstore=ObstoreTransport(config))
+    assert routes.names() == {"PUT": "obstore", "GET": "obstore", "HEAD": "obstore", "LIST": "boto3",
+                              "DELETE": "boto3", "BUCKET": "boto3", "LOCK": "boto3"}
+    assert [t.name for t in routes.transports()] == ["obstore", "boto3"]
+
+
+def test_routes_boto3_serves_everything() -> None:
+    config = S3Config(client_library="boto3")
+    boto3 = Boto3Transport(config)
+    routes = routes_for("boto3", boto3=boto3, obstore=ObstoreTransport(config))
+    assert set(routes.names().values()) == {"boto3"}
+    assert routes.transports() == [boto3]
+    assert set(routes_for("boto3", boto3=boto3, obstore=None).names().values()) == {"boto3"}
+    with pytest.raises(ValueError, match="obstore"):
+        routes_for("obstore", boto3=boto3, obstore=None)
+
+
+@pytest.mark.parametrize("library", ["obstore", "boto3"])
+def test_store_routes_follow_client_library(library: str) -> None:
+    config = S3Config(endpoint_url="http://127.0.0.1:1", client_library=library,
+                      access_key_id=SecretStr("k"), secret_access_key=SecretStr("s"))
+    with ObjectStore(config) as store:
+        names = store.route_names()
+    assert {names[verb] for verb in ("PUT", "GET", "HEAD")} == {library}
+    assert {names[verb] for verb in ("LIST", "DELETE", "BUCKET", "LOCK")} == {"boto3"}
+
+
+def test_the_two_transports_do_not_import_each_other_and_escape_hatches_are_gone() -> None:
+    package = Path(s3_package.__file__).parent
+    for module, other in (("boto3_transport", "obstore"), ("obstore_transport", "boto3_transport")):
+        tree = ast.parse((package / f"{module}.py").read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(other in name for name in imported), (module, imported)
+    assert not hasattr(ObjectStore, "client") and not hasattr(ObjectStore, "obstore_store")
+    assert all(len((p.read_text()).splitlines()) < 600 for p in package.glob("*.py"))
+
+
+def test_raw_boto3_client_is_configured_like_the_adapter() -> None:
+    client = raw_boto3_client(S3Config(endpoint_url="http://127.0.0.1:1"))
+    try:
+        config: Any = client.meta.config  # the stubs do not declare its attributes
+        assert config.retries == {"total_max_attempts": 1, "mode": "standard"}  # botocore never retries
+        assert config.s3 == {"addressing_style": "path"}
+        assert config.request_checksum_calculation == "when_required"
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- retries and counting, stand-in client
+class _LockClient:
+    """Stands in for the S3 service's Object Lock API: answers each call with the next of
+    ``answers`` (an exception is raised, anything else returned)."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def _answer(self, name: str, kwargs: dict[str, Any]) -> Any:
+        self.calls.append((name, kwargs))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def get_object_lock_configuration(self, **kwargs: Any) -> Any:
+        return self._answer("get_object_lock_configuration", kwargs)
+
+    def put_object_retention(self, **kwargs: Any) -> Any:
+        return self._answer("put_object_retention", kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def _store_with(client: object, *, max_attempts: int = 5) -> tuple[ObjectStore, list[tuple[str, bool]]]:
+    config = S3Config(backoff_initial=0, backoff_max=0, max_attempts=max_attempts, client_library="boto3")
+    seen: list[tuple[str, bool]] = []
+    store = ObjectStore(config, transport=Boto3Transport(config, client=client),  # type: ignore[arg-type]
+                        on_request=lambda verb, _secs, ok: seen.append((verb, ok)))
+    store.open()
+    return store, seen
+
+
+_ENABLED = {"ObjectLockConfiguration": {"ObjectLockEnabled": "Enabled"}}
+
+
+def test_object_lock_check_is_retried_and_counted_like_every_get() -> None:
+    client = _LockClient(client_error("SlowDown", 503), EndpointConnectionError(endpoint_url="http://x"), _ENABLED)
+    store, seen = _store_with(client)
+    require_object_lock(store, "b")
+    assert store.counter.snapshot()["GET"] == 3 and store.counter.requests == 3
+    assert seen == [("GET", False), ("GET", False), ("GET", True)]
+    assert client.calls[0] == ("get_object_lock_configuration", {"Bucket": "b"})
+
+
+def test_object_lock_missing_is_permanent_and_names_the_bucket() -> None:
+    store, _ = _store_with(_LockClient(client_error("ObjectLockConfigurationNotFoundError", 404)))
+    with pytest.raises(ObjectLockUnsupportedError, match="bucket 'b' has no S3 Object Lock configuration"):
+        require_object_lock(store, "b")
+    assert store.counter.snapshot()["GET"] == 1  # not retried
+    store, _ = _store_with(_LockClient({"ObjectLockConfiguration": {}}))
+    with pytest.raises(ObjectLockUnsupportedError, match="does not have S3 Object Lock enabled"):
+        require_object_lock(store, "b")
+
+
+def test_retention_put_is_retried_and_counted_like_every_put() -> None:
+    until = datetime.now(UTC) + timedelta(days=1)
+    client = _LockClient(client_error("InternalError", 500), {})
+    store, seen = _store_with(client)
+    apply_retention(store, "b", "k", Retention.until(LockMode.COMPLIANCE, until))
+    assert store.counter.snapshot()["PUT"] == 2 and store.counter.requests == 2
+    assert seen == [("PUT", False), ("PUT", True)]
+    assert client.calls[-1] == ("put_object_retention", {
+        "Bucket": "b", "Key": "k", "Retention": {"Mode": "COMPLIANCE", "RetainUntilDate": until.astimezone(UTC)}})
+
+
+def test_retention_put_gives_up_after_the_budget_and_refusals_are_not_retried() -> None:
+    until = datetime.now(UTC) + timedelta(days=1)
+    store, _ = _store_with(_LockClient(*[client_error("SlowDown", 503)] * 3), max_attempts=3)
+    with pytest.raises(S3UnavailableError):
+        apply_retention(store, "b", "k", Retention.until("governance", until))
+    assert store.counter.snapshot()["PUT"] == 3
+    store, _ = _store_with(_LockClient(client_error("InvalidRequest", 400)))
+    with pytest.raises(ObjectLockUnsupportedError):
+        apply_retention(store, "b", "k", Retention.until("governance", until))
+    store, _ = _store_with(_LockClient(client_error("AccessDenied", 403)))
+    with pytest.raises(S3AccessError):
+        apply_retention(store, "b", "k", Retention.until("governance", until))
+    assert store.counter.snapshot()["PUT"] == 1
+
+
+def test_unopened_store_fails_like_a_request() -> None:
+    store = ObjectStore(S3Config(endpoint_url="http://127.0.0.1:1"))
+    with pytest.raises(S3AccessError, match="before open"):
+        store.object_lock_enabled("b")
+    with pytest.raises(S3AccessError, match="before open"):
+        store.route_names()
+    assert store.counter.snapshot()["GET"] == 1
 
 
 def test_obstore_selected_but_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,6 +317,17 @@ def test_obstore_selected_but_missing_is_a_clear_error(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "obstore", None)  # import obstore -> ImportError
     store = ObjectStore(S3Config(endpoint_url="http://127.0.0.1:1", client_library="obstore"))
     with pytest.raises(S3AccessError, match="obstore package is not installed"):
+        store.open()
+
+
+def test_obstore_without_credentials_is_an_access_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/sr-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/sr-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = ObjectStore(S3Config(endpoint_url="http://127.0.0.1:1", client_library="obstore"))
+    with pytest.raises(S3AccessError, match="no S3 credentials"):
         store.open()
 
 
@@ -146,7 +354,7 @@ def test_counter_is_thread_safe() -> None:
 def test_config_validation_and_secrets() -> None:
     with pytest.raises(ValidationError):
         S3Config(max_attempts=0)
-    config = S3Config(access_key_id="AKIA-visible?", secret_access_key="very-secret")  # type: ignore[arg-type]
+    config = S3Config(access_key_id="AKIA-visible?", secret_access_key="very-secret")
     assert "very-secret" not in repr(config) and "very-secret" not in str(config.model_dump())
 
 
@@ -252,9 +460,8 @@ class _ResumingClient:
 
 def test_iter_chunks_resumes_with_range_and_if_match() -> None:
     data = b"0123456789abcdef"
-    store = ObjectStore(S3Config(backoff_initial=0, backoff_max=0, client_library="boto3"))
     fake = _ResumingClient(data)
-    store._client = fake  # type: ignore[assignment]
+    store, _ = _store_with(fake)
     assert b"".join(store.iter_chunks("b", "k", max_bytes=len(data), chunk_size=4)) == data
     assert fake.calls[1]["Range"] == "bytes=5-" and fake.calls[1]["IfMatch"] == '"e1"'
     assert store.counter.snapshot()["GET"] == 2

@@ -20,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
 
 from worker.adapters.postgres import PgConfig, prune_publications
 from worker.adapters.s3 import ObjectStore
-from worker.errors import ObjectLockUnsupportedError, S3AccessError, S3UnavailableError
+from worker.errors import ObjectLockUnsupportedError
 
 __all__ = [
     "LockMode",
@@ -71,40 +70,8 @@ class Retention:
         return cls(LockMode(str(mode).upper()), retain_until.astimezone(UTC))
 
 
-# Error codes S3-compatible servers use when a bucket has no Object Lock (or none at all).
-_NO_LOCK_CODES: Final = frozenset({
-    "ObjectLockConfigurationNotFoundError",
-    "ObjectLockConfigurationNotFound",
-    "NotImplemented",
-    "InvalidBucketState",
-    "InvalidRequest",
-    "XNotImplemented",
-})
-
-
-def _client_error(exc: Exception) -> tuple[str, int] | None:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return None
-    response: dict[str, Any] = dict(exc.response or {})
-    code = str(response.get("Error", {}).get("Code", "") or "")
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
-def _transient(exc: Exception, what: str) -> S3UnavailableError | S3AccessError:
-    err = _client_error(exc)
-    if err is None:
-        return S3UnavailableError(f"{what}: {type(exc).__name__}")
-    code, status = err
-    if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}:
-        return S3UnavailableError(f"{what}: {code or 'HTTP'} {status}")
-    return S3AccessError(f"{what}: {code or 'HTTP'} {status}")
-
-
 def require_object_lock(store: ObjectStore, bucket: str) -> None:
-    """Check that ``bucket`` has S3 Object Lock enabled (one request, nothing written).
+    """Check that ``bucket`` has S3 Object Lock enabled (one counted, retried GET; nothing written).
 
     Raises:
         ObjectLockUnsupportedError: the bucket has no Object Lock configuration, or the
@@ -112,45 +79,28 @@ def require_object_lock(store: ObjectStore, bucket: str) -> None:
             plain MinIO buckets, ...).
         S3UnavailableError / S3AccessError: the check itself failed.
     """
-    what = f"GET object-lock configuration of s3://{bucket}"
-    store.counter.add("GET")
     try:
-        response = store.client.get_object_lock_configuration(Bucket=bucket)
-    except Exception as exc:
-        err = _client_error(exc)
-        if err is not None and (err[0] in _NO_LOCK_CODES or err[1] in (404, 501)):
-            raise ObjectLockUnsupportedError(
-                f"bucket {bucket!r} has no S3 Object Lock configuration ({err[0] or err[1]}): WORM retention "
-                "needs a bucket created with Object Lock enabled; nothing was written"
-            ) from exc
-        raise _transient(exc, what) from exc
-    enabled = (response.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled")
-    if enabled != "Enabled":
+        enabled = store.object_lock_enabled(bucket)
+    except ObjectLockUnsupportedError as exc:
+        raise ObjectLockUnsupportedError(
+            f"bucket {bucket!r} has no S3 Object Lock configuration ({exc}): WORM retention "
+            "needs a bucket created with Object Lock enabled; nothing was written"
+        ) from exc
+    if not enabled:
         raise ObjectLockUnsupportedError(
             f"bucket {bucket!r} does not have S3 Object Lock enabled; nothing was written")
 
 
 def apply_retention(store: ObjectStore, bucket: str, key: str, retention: Retention) -> None:
-    """Put Object Lock retention on the current version of ``bucket/key`` (one request).
+    """Put Object Lock retention on the current version of ``bucket/key`` (one counted,
+    retried PUT).
 
     Raises:
         ObjectLockUnsupportedError: the server refuses Object Lock for this bucket.
         S3AccessError: e.g. shortening a COMPLIANCE retention, or missing permissions.
-        S3UnavailableError: a transient fault.
+        S3UnavailableError: a transient fault persisted through the retry budget.
     """
-    what = f"PUT retention of s3://{bucket}/{key}"
-    store.counter.add("PUT")
-    try:
-        store.client.put_object_retention(
-            Bucket=bucket,
-            Key=key,
-            Retention={"Mode": retention.mode.value, "RetainUntilDate": retention.retain_until},
-        )
-    except Exception as exc:
-        err = _client_error(exc)
-        if err is not None and err[0] in _NO_LOCK_CODES:
-            raise ObjectLockUnsupportedError(f"{what}: {err[0]}") from exc
-        raise _transient(exc, what) from exc
+    store.put_object_retention(bucket, key, mode=retention.mode.value, retain_until=retention.retain_until)
 
 
 # --------------------------------------------------------------------------- index pruning
