@@ -56,12 +56,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM; a signal finishes in-flight work and commits."""
     from worker.logs import configure_logging
-    from worker.runtime.worker import Worker, load_policy_file
+    from worker.runtime.compose import load_policy_file
+    from worker.runtime.worker import Worker
 
     configure_logging()
     settings = _settings(args)
     policy = load_policy_file(settings.policy_file)
-    worker = Worker(settings, policy)
+    worker = Worker(settings, policy, migrate_db=not args.no_migrate)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         worker.stop()
@@ -75,10 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- submit
 def cmd_submit(args: argparse.Namespace) -> int:
     """Encode JSON intents to Avro and produce them (keyed by run_id); prints run ids."""
-    from worker.adapters.kafka import EventProducer
     from worker.core.identity import run_id_of
     from worker.core.models import parse_intent
-    from worker.runtime.worker import kafka_config, make_codec
+    from worker.runtime.compose import event_producer, make_codec
 
     settings = _settings(args)
     raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -90,7 +90,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     codec = make_codec(settings)
     subject = f"{settings.topics.intents}-value"
     intents = [parse_intent(item) for item in items]
-    with EventProducer(kafka_config(settings)) as producer:
+    with event_producer(settings) as producer:
         futures = []
         for intent in intents:
             run_id = run_id_of(intent)
@@ -106,23 +106,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
-    from worker.adapters.postgres import RoundTripCounter, RunIndex
-    from worker.adapters.s3 import ObjectStore
     from worker.app.truth import TruthStore
     from worker.core.keys import run_keys
     from worker.core.models import RunIntent, datetime_from_millis
-    from worker.runtime.worker import pg_config, s3_config
+    from worker.runtime.compose import object_store, run_index
 
     settings = _settings(args)
     console = Console()
-    with RunIndex(pg_config(settings), RoundTripCounter()) as index:
+    with run_index(settings) as index:
         row = index.get(args.run_id)
     if row is None:
         print(f"sr: run {args.run_id} not found", file=sys.stderr)
         return 1
     intent = RunIntent.from_avro(row.intent)
     keys = run_keys(settings.s3_prefix, intent.tenant_id, intent.namespace, row.run_id)
-    with ObjectStore(s3_config(settings)) as store:
+    with object_store(settings) as store:
         entries = TruthStore(store, settings.s3_bucket, settings.s3_prefix).read_ledger(keys) \
             if row.ledger_seq >= 0 else ()
     timeline = [
