@@ -183,7 +183,8 @@ def operator_cli(monkeypatch: pytest.MonkeyPatch, migrations: list[str]) -> list
     monkeypatch.setattr(compose, "open_services", refuse)
     monkeypatch.setattr(operators, "authorize", lambda *a, **k: None)
     monkeypatch.setattr(operators, "reemit_run", lambda run_id, **k: "f" * 64)
-    monkeypatch.setattr(operators, "read_partition_slice", lambda *a, **k: iter(()))
+    no_records = SimpleNamespace(read_slice=lambda *a, **k: iter(()))
+    monkeypatch.setattr(compose, "partition_reader", lambda settings: no_records)
     monkeypatch.setattr(operators, "replay", lambda records, **k: ReplaySummary())
     monkeypatch.setattr(operators, "rebuild_index", lambda **k: RebuildSummary())
     return opened

@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.adapters.kafka import KafkaConfig, KafkaPartitionReader
-from worker.adapters.postgres import RunIndex
-from worker.app.ports import Record
+from worker.app.ports import OperatorAudit, Record, RunIndex
 from worker.app.processor import RunProcessor
 from worker.app.truth import TruthStore
 from worker.core.events import admitted_intent, control_facts, current_ready
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
 from worker.core.index import NewPublication
-from worker.core.ledger import derive_state, entry_hash
+from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
+from worker.core.ledger_bodies import TriggerBody, parse_body
 from worker.core.models import RunStatus
 from worker.errors import AuthorizationError, InputError, IntegrityError, SRError
 
@@ -40,7 +39,7 @@ def operator_name(explicit: str | None, environ: dict[str, str] | None = None) -
     return env.get("SR_OPERATOR") or getpass.getuser()
 
 
-def authorize(index: RunIndex, operators: Sequence[str], operator: str, action: str,
+def authorize(index: OperatorAudit, operators: Sequence[str], operator: str, action: str,
               detail: dict[str, Any] | None = None) -> None:
     """Record the attempt and refuse operators outside the allowlist.
 
@@ -72,34 +71,6 @@ class ReplaySummary:
         """JSON-able form."""
         return {"records": self.records, "runs": self.runs, "reemitted": self.reemitted,
                 "skipped": dict(self.skipped), "first_offset": self.first_offset, "last_offset": self.last_offset}
-
-
-def read_partition_slice(
-    config: KafkaConfig,
-    topic: str,
-    partition: int,
-    *,
-    from_offset: int | None = None,
-    from_time: datetime | None = None,
-    to_offset: int | None = None,
-    idle_timeout: float = 3.0,
-    max_idle_rounds: int = 3,
-) -> Iterator[Record]:
-    """Yield the records of one partition slice, without joining a consumer group.
-
-    The end is found without trusting the high watermark alone (Tansu reports a wrong one for
-    multi-record batches, contract §1): reading stops at ``to_offset`` (exclusive) when given,
-    else once no record arrived for ``idle_timeout`` seconds *and* the position reached the
-    watermark — or after ``max_idle_rounds`` idle periods whatever the watermark says.
-
-    Raises:
-        KafkaUnavailableError: the broker could not be reached.
-        InputError: the topic or partition does not exist.
-    """
-    reader = KafkaPartitionReader(config, max_idle_rounds=max_idle_rounds)
-    from_time_ms = None if from_time is None else int(from_time.timestamp() * 1000)
-    return reader.read_slice(topic, partition, from_offset=from_offset, from_time_ms=from_time_ms,
-                             to_offset=to_offset, idle_timeout=idle_timeout)
 
 
 def run_id_in(record: Record, processor: RunProcessor) -> str:
@@ -241,7 +212,7 @@ def rebuild_index(
             summary.skipped["identity mismatch"] += 1
             continue
         state = derive_state(entries)
-        plan_hash = state.plan_hash or _first(entries, "plan_hash")
+        plan_hash = state.plan_hash or _first_plan_hash(entries)
         index.restore_run({
             "run_id": run_id,
             "run_equivalence_key": equivalence_key,
@@ -269,10 +240,12 @@ def rebuild_index(
     return summary
 
 
-def _first(entries: Sequence[Any], key: str) -> str | None:
+def _first_plan_hash(entries: Sequence[LedgerEntry]) -> str | None:
+    """The first plan hash any entry records (a run that never was READY)."""
     for entry in entries:
-        value = entry.body.get(key)
-        if isinstance(value, str):
-            return value
+        if entry.kind is LedgerKind.TRIGGER:
+            continue
+        body = parse_body(entry)
+        if not isinstance(body, TriggerBody) and body.plan_hash is not None:
+            return body.plan_hash
     return None
-

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from worker.adapters.s3 import ObjectStore
-from worker.app.ports import WriteOutcome
+from worker.app.ports import ObjectStore, WriteOutcome
 from worker.core.canonical import sha256_hex
 from worker.core.facts import MAX_FACTS_BYTES, FactsView, parse_facts_view
 from worker.core.keys import RunKeys, parse_run_key, run_keys, validate_prefix, validate_segment

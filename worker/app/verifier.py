@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
-from worker.adapters.s3 import ObjectStore
-from worker.app.ports import ObjectMeta
+from worker.app.ports import ObjectMeta, ObjectStore
 from worker.core.evidence import (
     FLAG_NAME,
     INDEX_NAME,

@@ -152,8 +152,8 @@ def cmd_reemit(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Authorize, read the slice with a progress bar, re-emit, print the summary table."""
-    from worker.app.operators import authorize, operator_name, read_partition_slice, replay
-    from worker.runtime.compose import kafka_config, open_operator_services
+    from worker.app.operators import authorize, operator_name, replay
+    from worker.runtime.compose import open_operator_services, partition_reader
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
@@ -165,9 +165,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         authorize(services.index, settings.operators, operator, "replay", {
             "topic": args.topic, "partition": args.partition, "from_offset": args.from_offset,
             "from_time": args.from_time, "to_offset": args.to_offset, "dry_run": args.dry_run})
-        records = read_partition_slice(kafka_config(settings), args.topic, args.partition,
-                                       from_offset=args.from_offset, from_time=from_time,
-                                       to_offset=args.to_offset, idle_timeout=args.idle_timeout)
+        from_time_ms = None if from_time is None else int(from_time.timestamp() * 1000)
+        records = partition_reader(settings).read_slice(args.topic, args.partition, from_offset=args.from_offset,
+                                                        from_time_ms=from_time_ms, to_offset=args.to_offset,
+                                                        idle_timeout=args.idle_timeout)
         with _progress(console) as progress:
             total = (args.to_offset - (args.from_offset or 0)) if args.to_offset is not None else None
             task = progress.add_task(f"reading {args.topic}[{args.partition}]", total=total)

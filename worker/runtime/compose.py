@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
-from worker.adapters.kafka import EventProducer, KafkaConfig
+from worker.adapters.kafka import EventProducer, KafkaConfig, KafkaPartitionReader
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.app.crashpoints import CrashPoints
+from worker.app.ports import PartitionReader
 from worker.app.processor import RunProcessor, Topics
 from worker.app.publisher import Publisher
 from worker.app.truth import TruthStore
@@ -51,6 +52,7 @@ __all__ = [
     "open_operator_services",
     "open_services",
     "open_worker_services",
+    "partition_reader",
     "pg_config",
     "run_index",
     "s3_config",
@@ -126,6 +128,11 @@ def object_store(settings: Settings, *, on_request: Callable[[str, float, bool],
 def event_producer(settings: Settings) -> EventProducer:
     """An unopened producer (``with event_producer(s) as producer``); it refuses to send unopened."""
     return EventProducer(kafka_config(settings))
+
+
+def partition_reader(settings: Settings) -> PartitionReader:
+    """A reader of partition slices (``sr replay``); it joins no consumer group."""
+    return KafkaPartitionReader(kafka_config(settings))
 
 
 # --------------------------------------------------------------------------- services
