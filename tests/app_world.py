@@ -18,7 +18,7 @@ from typing import Any
 from worker.adapters.avro import AvroCodec
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ports import Record
-from worker.app.processor import Outcome, RunProcessor, Topics
+from worker.app.processor import Outcome, OutputTopics, RunProcessor
 from worker.app.publisher import Publisher
 from worker.app.testing import (
     InMemoryDatabase,
@@ -42,7 +42,7 @@ BUCKET = "sr-unit"
 PREFIX = "sr"
 TENANT = "t1"
 START = datetime(2026, 3, 1, tzinfo=UTC)
-TOPICS = Topics(ready="sr.ready", status="sr.run-status")
+TOPICS = OutputTopics(ready="sr.ready", status="sr.run-status")
 DLQ = "sr.dlq"
 INTENTS = "sr.run-intents"
 TRIGGERS = "sr.triggers"

@@ -18,7 +18,7 @@ from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
 from worker.core.policy import Policy
 
-__all__ = ["RunContext", "Topics", "utcnow"]
+__all__ = ["OutputTopics", "RunContext", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -27,7 +27,7 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class Topics:
+class OutputTopics:
     """Output topics the services write publications for."""
 
     ready: str
@@ -48,7 +48,7 @@ class RunContext:
     truth: TruthStore
     verifier: EvidenceVerifier
     publisher: Publisher
-    topics: Topics
+    topics: OutputTopics
     s3_bucket: str
     policy: Policy | None = None
     tenant_prefixes: Mapping[str, Sequence[str]] | None = None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from worker.app.admission import IntentAdmission
-from worker.app.context import RunContext, Topics, utcnow
+from worker.app.context import OutputTopics, RunContext, utcnow
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ledger_writer import LedgerWriter
 from worker.app.outcomes import Action, Outcome
@@ -32,7 +32,7 @@ from worker.core.models import ReadyEvent, RunIntent, RunTrigger
 from worker.core.policy import Policy
 from worker.logs import RunLogger, run_logger
 
-__all__ = ["Action", "Outcome", "RunProcessor", "Topics", "utcnow"]
+__all__ = ["Action", "Outcome", "OutputTopics", "RunProcessor", "utcnow"]
 
 
 class RunProcessor:
@@ -48,7 +48,7 @@ class RunProcessor:
         truth: TruthStore,
         verifier: EvidenceVerifier,
         publisher: Publisher,
-        topics: Topics,
+        topics: OutputTopics,
         s3_bucket: str,
         tenant_prefixes: Mapping[str, Sequence[str]] | None = None,
         recheck_interval: float = 30.0,

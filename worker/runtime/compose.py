@@ -32,7 +32,7 @@ from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.app.crashpoints import CrashPoints
 from worker.app.ports import PartitionReader
-from worker.app.processor import RunProcessor, Topics
+from worker.app.processor import OutputTopics, RunProcessor
 from worker.app.publisher import Publisher
 from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
@@ -173,7 +173,7 @@ def build_processor(settings: Settings, *, policy: Policy | None, codec: AvroCod
         verifier=verifier,
         publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash,
                             on_fact_published=metrics.ready_published if metrics is not None else None),
-        topics=Topics(ready=settings.topics.ready, status=settings.topics.status),
+        topics=OutputTopics(ready=settings.topics.ready, status=settings.topics.status),
         s3_bucket=settings.s3_bucket,
         tenant_prefixes=settings.tenant_evidence_prefixes,
         recheck_interval=settings.recheck_interval,
