@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -144,6 +144,11 @@ class EvidenceVerifier:
         self._member_pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sr-verify-member")
         self._lock = threading.Lock()
         self._bytes_verified = 0
+        #: Gate method → verification (add a method: a GateMethod member, a policy check, a row here).
+        self._methods: dict[GateMethod, Callable[[S3Location, _Progress], None]] = {
+            GateMethod.SHA256_BUNDLE_DIGEST: self._verify_bundle_digest,
+            GateMethod.SHA256_MEMBER_DIGEST_CONCAT: self._verify_member_concat,
+        }
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> Self:
@@ -249,10 +254,7 @@ class EvidenceVerifier:
         progress = _Progress()
         outcome, detail = GateOutcome.PASS, ""
         try:
-            if gate.method is GateMethod.SHA256_BUNDLE_DIGEST:
-                self._verify_bundle_digest(bundle, progress)
-            else:
-                self._verify_member_concat(bundle, progress)
+            self._methods[gate.method](bundle, progress)
         except _GateFinding as finding:
             outcome, detail = finding.outcome, finding.detail
         else:
