@@ -1,10 +1,26 @@
 """Audit runpacks: deterministic export of one run's whole story, offline verification, retention.
 
-* :mod:`worker.runpack.format` — the v1 layout, byte caps, manifest and root hash (pure);
-* :mod:`worker.runpack.artifacts` — derived artifacts (receipts, publications, run summary);
-* :mod:`worker.runpack.export` — collect a run from S3 truth + the outbox, write it out;
-* :mod:`worker.runpack.verify` — verify a runpack directory or S3 prefix, offline;
-* :mod:`worker.runpack.retention` — S3 Object Lock on export, pruning of index working data.
+Format (pure):
+
+* :mod:`worker.runpack.format` — the v1 layout, byte caps, manifest and root hash;
+* :mod:`worker.runpack.artifacts` — derived artifacts (receipts, publications, run summary).
+
+Export (:mod:`worker.runpack.export`, :func:`export_run`):
+
+* :mod:`worker.runpack.collect` — assemble a run's runpack in memory from S3 truth + the outbox;
+* :mod:`worker.runpack.targets` — the export target protocol, S3 targets, :func:`open_target`;
+* :mod:`worker.runpack.directory_target` — write-once, symlink-safe export into a directory.
+
+Verification (:mod:`worker.runpack.verify`, :func:`verify_runpack`), offline:
+
+* :mod:`worker.runpack.sources` — read a runpack directory or S3 prefix safely;
+* :mod:`worker.runpack.manifest_checks` — manifest, listed files, location;
+* :mod:`worker.runpack.content` — what the content checks share;
+* :mod:`worker.runpack.ledger_checks` — ledger (typed bodies), intent, plan, facts views, run.json;
+* :mod:`worker.runpack.publication_checks` — publications against the ledger;
+* :mod:`worker.runpack.report` — problems and the report.
+
+Retention: :mod:`worker.runpack.retention` — S3 Object Lock on export, pruning of index working data.
 """
 
 from worker.runpack.export import DirectoryTarget, ExportResult, Runpack, S3Target, collect_runpack, export_run

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from worker.core.canonical import canonical_json, sha256_hex
 from worker.core.facts import FactsView
-from worker.core.ledger import LedgerEntry, LedgerKind, RunState
+from worker.core.ledger import LedgerEntry, RunState
+from worker.core.ledger_bodies import LedgerBody, ReadyBody, SupersededBody, TriggerBody
 from worker.core.models import Hex64, RunId
 
 __all__ = [
@@ -171,37 +172,46 @@ def receipts_bytes(view: FactsView, facts_view_hash: str) -> bytes:
     })
 
 
-def plan_references(entries: Sequence[LedgerEntry]) -> list[str]:
-    """Distinct ``plan_hash`` values the ledger records, in first-seen order."""
+def plan_references(bodies: Iterable[LedgerBody]) -> list[str]:
+    """Distinct ``plan_hash`` values the ledger bodies record, in first-seen order."""
     found: list[str] = []
-    for entry in entries:
-        value = entry.body.get("plan_hash")
-        if isinstance(value, str) and value not in found:
-            found.append(value)
+    for body in bodies:
+        plan = None if isinstance(body, TriggerBody) else body.plan_hash
+        if plan is not None and plan not in found:
+            found.append(plan)
     return found
 
 
-def facts_references(entries: Sequence[LedgerEntry]) -> list[str]:
+def facts_references(bodies: Iterable[LedgerBody]) -> list[str]:
     """Distinct facts-view hashes the ledger references (READY, SUPERSEDED), first-seen order."""
     found: list[str] = []
-    for entry in entries:
+    for body in bodies:
         names: tuple[str, ...]
-        if entry.kind is LedgerKind.READY:
-            names = ("facts_view_hash",)
-        elif entry.kind is LedgerKind.SUPERSEDED:
-            names = ("old_facts_view_hash", "new_facts_view_hash")
+        if isinstance(body, ReadyBody):
+            names = (body.facts_view_hash,)
+        elif isinstance(body, SupersededBody):
+            names = (body.old_facts_view_hash, body.new_facts_view_hash)
         else:
             continue
         for name in names:
-            value = entry.body.get(name)
-            if isinstance(value, str) and value not in found:
-                found.append(value)
+            if name not in found:
+                found.append(name)
     return found
 
 
-def run_summary(state: RunState, entries: Sequence[LedgerEntry], *, tenant_id: str, namespace: str,
-                scenario_id: str, ledger_head_sha256: str, source: Mapping[str, str]) -> dict[str, Any]:
-    """The ``run.json`` document: what the ledger says about the run, as of its last entry."""
+def run_summary(state: RunState, entries: Sequence[LedgerEntry], bodies: Iterable[LedgerBody], *, tenant_id: str,
+                namespace: str, scenario_id: str, ledger_head_sha256: str,
+                source: Mapping[str, str]) -> dict[str, Any]:
+    """The ``run.json`` document: what the ledger says about the run, as of its last entry.
+
+    Args:
+        state: the state derived from ``entries``.
+        entries: the whole ledger, in seq order (not empty).
+        bodies: the typed bodies of ``entries`` (:func:`~worker.core.ledger_bodies.parse_body`).
+        tenant_id / namespace / scenario_id: the run's intent.
+        ledger_head_sha256: sha256 of the last entry's bytes.
+        source: where the run's truth was read (bucket, run root).
+    """
     return {
         "run_id": state.run_id,
         "tenant_id": tenant_id,
@@ -212,7 +222,7 @@ def run_summary(state: RunState, entries: Sequence[LedgerEntry], *, tenant_id: s
         "plan_hash": state.plan_hash,
         "facts_view_hash": state.facts_view_hash,
         "facts_history": list(state.facts_history),
-        "facts_referenced": facts_references(entries),
+        "facts_referenced": facts_references(bodies),
         "fenced_seqs": list(state.fenced_seqs),
         "ledger_entries": len(entries),
         "ledger_head_sha256": ledger_head_sha256,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "ArtifactKind",
     "FileEntry",
     "Manifest",
+    "Progress",
     "artifact_cap",
     "artifact_kind",
     "build_manifest",
@@ -69,6 +70,10 @@ MANIFEST_NAME: Final = "manifest.json"
 MAX_FILES: Final = 100_000
 
 MiB: Final = 1024 * 1024
+
+#: ``progress(path, done, total)``: called after each runpack file is written (export) or
+#: checked (verify); ``done`` counts from 1 to ``total``.
+Progress = Callable[[str, int, int], None]
 
 
 class ArtifactKind(StrEnum):

@@ -1,0 +1,199 @@
+"""Runpacks without servers: the frozen v1 fixture verifies, export reproduces it byte for byte, and
+hostile content is reported (never raised).
+
+The fixture's own truth (ledger, plan, facts views) is loaded into the in-memory object store,
+so :func:`collect_runpack` runs exactly as it does against S3. The integration tests
+(``tests/integration/test_runpack.py``) cover the same paths on real servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.app.testing import InMemoryObjectStore
+from worker.app.truth import TruthStore
+from worker.core.canonical import canonical_json
+from worker.errors import IntegrityError
+from worker.runpack import DirectorySource, DirectoryTarget, VerifyReport, collect_runpack, export_run, verify_runpack
+from worker.runpack.format import FileEntry, root_hash
+
+FIXTURE_V1 = Path(__file__).resolve().parents[1] / "fixtures" / "runpack_v1"
+#: Root hash of the committed v1 fixture (the same constant as the integration test's).
+FIXTURE_V1_ROOT_HASH = "a0589fa7804057bc11d5b8adace61c08acdcded13608f7383a933345bf7df0b6"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_bytes())
+
+
+@dataclass(frozen=True)
+class _Publication:
+    """An outbox row rebuilt from ``publications.json`` (what :class:`PublicationSource` needs)."""
+
+    run_id: str
+    pub_key: str
+    kind: str
+    facts_view_hash: str | None
+    event_type: str | None
+    topic: str
+    msg_key: bytes | None
+    payload: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _FixtureRun:
+    store: InMemoryObjectStore
+    truth: TruthStore
+    run: dict[str, Any]
+    publications: list[_Publication]
+
+
+def _fixture_truth() -> _FixtureRun:
+    """The fixture's truth at the S3 location ``run.json`` names, in an in-memory store."""
+    store = InMemoryObjectStore()
+    run = _json(FIXTURE_V1 / "run.json")
+    bucket, root = run["source"]["bucket"], run["source"]["run_root"]
+    for path in sorted((FIXTURE_V1 / "ledger").glob("*.json")):
+        store.put(bucket, f"{root}/record/{path.name}", path.read_bytes())
+    store.put(bucket, f"{root}/plan.json", (FIXTURE_V1 / "plan.json").read_bytes())
+    for path in sorted((FIXTURE_V1 / "facts").glob("*.json")):
+        store.put(bucket, f"{root}/facts/{path.name}", path.read_bytes())
+    doc = _json(FIXTURE_V1 / "publications.json")
+    pubs = [_Publication(doc["run_id"], r["pub_key"], r["kind"], r["facts_view_hash"], r["event_type"], r["topic"],
+                         None if r["msg_key_b64"] is None else base64.b64decode(r["msg_key_b64"]),
+                         base64.b64decode(r["payload_b64"]), r["headers"]) for r in doc["publications"]]
+    return _FixtureRun(store, TruthStore(store, bucket, root.split("/tenant/")[0]), run, pubs)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def fixture_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "runpack"
+    shutil.copytree(FIXTURE_V1, target)
+    return target
+
+
+def _resign(root: Path) -> None:
+    """Re-chain the ledger and re-sign run.json and the manifest, so only content checks can object."""
+    previous: bytes | None = None
+    for path in sorted((root / "ledger").glob("*.json")):
+        entry = _json(path)
+        entry["prev_hash"] = None if previous is None else _sha(previous)
+        previous = canonical_json(entry)
+        path.write_bytes(previous)
+    assert previous is not None
+    run = _json(root / "run.json")
+    run["ledger_head_sha256"] = _sha(previous)
+    (root / "run.json").write_bytes(canonical_json(run))
+    manifest = _json(root / "manifest.json")
+    manifest["ledger_head_sha256"] = _sha(previous)
+    manifest["files"] = [{"path": f["path"], "sha256": _sha((root / f["path"]).read_bytes()),
+                          "size": len((root / f["path"]).read_bytes())} for f in manifest["files"]]
+    manifest["root_hash"] = root_hash([FileEntry.model_validate(f) for f in manifest["files"]])
+    (root / "manifest.json").write_bytes(canonical_json(manifest))
+
+
+def _edit_body(root: Path, seq: int, edit: Callable[[dict[str, Any]], object]) -> None:
+    path = root / "ledger" / f"{seq:012d}.json"
+    entry = _json(path)
+    edit(entry["body"])
+    path.write_bytes(canonical_json(entry))
+    _resign(root)
+
+
+def _problems(report: VerifyReport) -> list[tuple[str, str | None]]:
+    return [(p.code, p.path) for p in report.problems]
+
+
+# ----------------------------------------------------------------------------- the frozen fixture
+def test_the_frozen_v1_fixture_verifies() -> None:
+    report = verify_runpack(DirectorySource(FIXTURE_V1))
+    assert report.ok, report.problems
+    assert (report.root_hash, report.format_version, report.files_checked) == (FIXTURE_V1_ROOT_HASH, 1, 14)
+
+
+def test_collecting_the_fixture_run_reproduces_it_byte_for_byte() -> None:
+    fixture = _fixture_truth()
+    runpack = collect_runpack(fixture.truth, fixture.run["run_id"], tenant_id=fixture.run["tenant_id"],
+                              namespace=fixture.run["namespace"], publications=fixture.publications)
+    assert dict(runpack.files_in_write_order()) == _tree(FIXTURE_V1)
+    assert runpack.manifest.root_hash == FIXTURE_V1_ROOT_HASH
+
+
+def test_two_exports_are_byte_identical_and_verify(tmp_path: Path) -> None:
+    fixture = _fixture_truth()
+    trees = []
+    for name in ("first", "second"):
+        result = export_run(fixture.run["run_id"], DirectoryTarget(tmp_path / name), truth=fixture.truth, index=None,
+                            tenant_id=fixture.run["tenant_id"], namespace=fixture.run["namespace"])
+        trees.append(_tree(Path(result.location)))
+        report = verify_runpack(DirectorySource(result.location))
+        assert report.ok and report.root_hash == result.root_hash, report.problems
+    assert trees[0] == trees[1]
+
+
+def test_export_refuses_truth_whose_ledger_body_does_not_fit_its_kind() -> None:
+    fixture = _fixture_truth()
+    key = f"{fixture.run['source']['run_root']}/record/000000000005.json"  # the head: no later entry to re-link
+    entry = json.loads(fixture.store.read(fixture.truth.bucket, key))
+    del entry["body"]["facts_view_uri"]
+    fixture.store.put(fixture.truth.bucket, key, canonical_json(entry))
+    with pytest.raises(IntegrityError, match=r"seq 5 .*\(READY\) has an invalid body"):
+        collect_runpack(fixture.truth, fixture.run["run_id"], tenant_id=fixture.run["tenant_id"],
+                        namespace=fixture.run["namespace"])
+
+
+# ----------------------------------------------------------------------------- reported, never raised
+@pytest.mark.parametrize(("seq", "edit", "expected"), [
+    (1, lambda b: b.pop("requested_by"), [("LEDGER_BODY_INVALID", "ledger/000000000001.json")]),
+    (0, lambda b: b.update(reason_code=5), [("LEDGER_BODY_INVALID", "ledger/000000000000.json")]),
+    (5, lambda b: b.update(facts_view_uri=b["facts_view_uri"].replace("/facts/21c4", "/facts/ffff")),
+     [("LEDGER_URI_MISMATCH", "ledger/000000000005.json"), ("PUBLICATION_MISMATCH", "publications.json")]),
+    (0, lambda b: b["intent"].update(scenario_id="scn-other"), [("INTENT_MISMATCH", "intent.json")]),
+], ids=["trigger-without-requester", "status-reason-not-a-string", "uri-names-another-view", "intent-differs"])
+def test_ledger_body_problems_are_reported(fixture_copy: Path, seq: int, edit: Callable[[dict[str, Any]], object],
+                                           expected: list[tuple[str, str]]) -> None:
+    _edit_body(fixture_copy, seq, edit)
+    assert _problems(verify_runpack(DirectorySource(fixture_copy))) == expected
+
+
+@pytest.mark.parametrize("path", ["ledger/abcdefghijkl.json", "facts/../../etc/passwd", "receipts/x.json"])
+def test_listed_paths_outside_the_layout_are_refused_not_raised(fixture_copy: Path, path: str) -> None:
+    manifest = _json(fixture_copy / "manifest.json")
+    manifest["files"] = sorted([*manifest["files"], {"path": path, "sha256": "0" * 64, "size": 1}],
+                               key=lambda f: f["path"])
+    manifest["root_hash"] = root_hash([FileEntry.model_validate(f) for f in manifest["files"]])
+    (fixture_copy / "manifest.json").write_bytes(canonical_json(manifest))
+    assert _problems(verify_runpack(DirectorySource(fixture_copy))) == [("UNSAFE_PATH", path)]
+
+
+@pytest.mark.parametrize("seq_field", ["\u00b2", "00", "1"], ids=["superscript-digit", "zero-padded", "other-seq"])
+def test_a_status_publication_must_carry_its_own_status_key(fixture_copy: Path, seq_field: str) -> None:
+    path = fixture_copy / "publications.json"
+    doc = _json(path)
+    for pub in doc["publications"]:
+        if pub["kind"] == "STATUS":
+            pub["pub_key"] = pub["pub_key"].replace(":status:0:", f":status:{seq_field}:")
+            pub["headers"]["sr-idempotency-key"] = pub["pub_key"]
+    doc["publications"].sort(key=lambda p: p["pub_key"])
+    path.write_bytes(canonical_json(doc))
+    _resign(fixture_copy)
+    report = verify_runpack(DirectorySource(fixture_copy))
+    assert report.codes() and set(report.codes()) == {"PUBLICATION_MISMATCH"}, report.problems

@@ -1,0 +1,162 @@
+"""Runpack verification, publication stage: ``publications.json`` against the ledger.
+
+``publications.json`` must be canonical, for this run, sorted and unique by ``pub_key``.
+Each publication's payload must decode and:
+
+* every publication is keyed by the run id and carries its ``pub_key`` as the idempotency
+  header (:data:`~worker.core.vocabulary.IDEMPOTENCY_HEADER`);
+* a READY / SUPERSEDE event is keyed :func:`~worker.core.vocabulary.fact_key`, names facts
+  views of the runpack and equals the control fact rebuilt from its ledger entry
+  (:func:`worker.core.events.control_fact`);
+* a STATUS event is keyed :func:`~worker.core.vocabulary.status_key` and matches the ledger
+  entry of that seq (kind, commit time, reason code).
+
+A runpack carries no schema registry: payloads are decoded with SR's own schemas.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from worker.adapters.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
+from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
+from worker.core.events import control_fact
+from worker.core.ledger import LedgerKind
+from worker.core.ledger_bodies import StatusBody
+from worker.core.models import EventType, ReadyEvent, RunStatusEvent, millis
+from worker.core.vocabulary import IDEMPOTENCY_HEADER, fact_key, status_key
+from worker.errors import IntegrityError, InvalidJSONError, MessageTooLargeError, SRError
+from worker.runpack.artifacts import PublicationRecord, PublicationsDoc, b64decode_strict
+from worker.runpack.content import RunContent
+from worker.runpack.format import facts_path, sorted_paths
+from worker.runpack.report import validation_summary
+
+__all__ = ["check_publications"]
+
+_PATH = "publications.json"
+
+
+def check_publications(c: RunContent) -> None:
+    """Check ``publications.json`` and every publication in it (see the module docstring)."""
+    data = c.required(_PATH)
+    if data is None:
+        return
+    try:
+        doc = PublicationsDoc.model_validate(parse_json_strict(data, max_bytes=len(data)))
+    except (InvalidJSONError, MessageTooLargeError) as exc:
+        c.add("PUBLICATIONS_INVALID", _PATH, str(exc))
+        return
+    except ValidationError as exc:
+        c.add("PUBLICATIONS_INVALID", _PATH, validation_summary(exc))
+        return
+    if canonical_json(doc.model_dump(mode="json")) != data:
+        c.add("PUBLICATIONS_INVALID", _PATH, "not canonical JSON")
+    if doc.run_id != c.run_id:
+        c.add("PUBLICATIONS_INVALID", _PATH, f"lists publications of run {doc.run_id}")
+    if not sorted_paths([p.pub_key for p in doc.publications]):
+        c.add("PUBLICATIONS_INVALID", _PATH, "publications are not sorted/unique by pub_key")
+    codec = AvroCodec()
+    for pub in doc.publications:
+        _check_publication(c, codec, pub)
+
+
+def _bad(c: RunContent, pub: PublicationRecord, detail: str, code: str = "PUBLICATION_MISMATCH") -> None:
+    c.add(code, _PATH, f"{pub.pub_key}: {detail}")
+
+
+def _check_publication(c: RunContent, codec: AvroCodec, pub: PublicationRecord) -> None:
+    try:
+        payload = b64decode_strict(pub.payload_b64)
+        key = None if pub.msg_key_b64 is None else b64decode_strict(pub.msg_key_b64)
+    except ValueError as exc:
+        _bad(c, pub, str(exc), "PUBLICATION_INVALID")
+        return
+    if sha256_hex(payload) != pub.payload_sha256:
+        _bad(c, pub, "payload bytes do not hash to payload_sha256", "PUBLICATION_INVALID")
+    if key != c.run_id.encode():
+        _bad(c, pub, "the message key is not the run id")
+    if pub.headers.get(IDEMPOTENCY_HEADER) != pub.pub_key:
+        _bad(c, pub, f"header {IDEMPOTENCY_HEADER} is not the pub_key")
+    frame = _single_object(codec, payload, "ReadyEvent" if pub.kind != "STATUS" else "RunStatusEvent")
+    try:
+        if pub.kind == "STATUS":
+            _check_status(c, pub, codec.decode_status(frame))
+        else:
+            _check_ready(c, pub, codec.decode_ready(frame))
+    except SRError as exc:
+        _bad(c, pub, f"payload does not decode: {exc}", "PUBLICATION_UNDECODABLE")
+
+
+def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> None:
+    fv = event.facts_view_hash
+    expected_key = fact_key(c.run_id, fv, event.event_type.value)
+    if event.run_id != c.run_id or pub.pub_key != expected_key:
+        _bad(c, pub, f"the payload is the event {expected_key} of run {event.run_id}, not this row's")
+    if event.event_type.value != pub.kind or pub.event_type != pub.kind or pub.facts_view_hash != fv:
+        _bad(c, pub, "event type / facts_view_hash differ between the row and the payload")
+    if facts_path(fv) not in c.listed:
+        _bad(c, pub, f"names facts view {fv}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
+    if not event.facts_view_uri.endswith(f"/facts/{fv}.json"):
+        _bad(c, pub, f"facts_view_uri {event.facts_view_uri} does not name facts view {fv}")
+    old = event.supersedes_facts_view_hash
+    if old is not None and facts_path(old) not in c.listed:
+        _bad(c, pub, f"supersedes facts view {old}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
+    # The event must be exactly the control fact its ledger entry records.
+    entry = c.entry_recording(event.event_type, fv)
+    if entry is None:
+        if c.complete_ledger:
+            kind = LedgerKind.READY if event.event_type is EventType.READY else LedgerKind.SUPERSEDED
+            _bad(c, pub, f"no {kind.value} ledger entry records facts view {fv}")
+        return
+    if c.intent is None:
+        return
+    try:
+        expected = control_fact(entry, c.intent)
+    except IntegrityError as exc:
+        _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as an event: {exc}")
+        return
+    if event != expected:
+        got, want = event.model_dump(), expected.model_dump()
+        fields = sorted(k for k in want if got.get(k) != want[k])
+        _bad(c, pub, f"differs from the {event.event_type.value} fact of ledger seq {entry.seq} in: "
+                     f"{', '.join(fields)}")
+
+
+def _status_seq(pub_key: str) -> int | None:
+    """The ledger seq a STATUS key names (its third ``:`` field, ASCII digits), or None."""
+    fields = pub_key.split(":")
+    if len(fields) != 4 or not (fields[2].isascii() and fields[2].isdigit()):
+        return None
+    return int(fields[2])
+
+
+def _check_status(c: RunContent, pub: PublicationRecord, event: RunStatusEvent) -> None:
+    seq = _status_seq(pub.pub_key)
+    if (seq is None or event.run_id != c.run_id or pub.pub_key != status_key(c.run_id, seq, event.status.value)
+            or pub.facts_view_hash is not None or pub.event_type is not None):
+        _bad(c, pub, "a STATUS publication must be keyed <run_id>:status:<seq>:<status> of its own event")
+        return
+    entry = next((e for e in c.entries if e.seq == seq), None)
+    if entry is None:
+        if c.complete_ledger:
+            _bad(c, pub, f"ledger entry seq {seq} does not exist")
+        return
+    if entry.kind.value != event.status.value:
+        _bad(c, pub, f"ledger entry seq {seq} is {entry.kind.value}, not {event.status.value}")
+    if millis(event.emitted_at) != entry.at_ms:
+        _bad(c, pub, f"emitted_at is not the commit time of ledger entry seq {seq}")
+    body = c.bodies.get(seq)
+    recorded = body.reason_code if isinstance(body, StatusBody) else None
+    if body is not None and recorded != event.reason_code:  # a body that did not fit is reported already
+        _bad(c, pub, f"reason_code differs from ledger entry seq {seq}")
+
+
+def _single_object(codec: AvroCodec, payload: bytes, record: str) -> bytes:
+    """Re-frame a Confluent-framed payload (magic 0 + schema id) for offline decoding.
+
+    A runpack has no schema registry; SR wrote the payload with its own schema, so the body
+    is decoded with the local schema of ``record`` (a mismatch fails to decode and is reported).
+    """
+    if payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5:
+        return SINGLE_OBJECT_MAGIC + codec.fingerprint(record) + payload[5:]
+    return payload
