@@ -5,22 +5,11 @@ exact bytes of entry ``seq-1``; entries are canonical JSON, so an edited, missin
 or re-formatted entry is detected by :func:`parse_ledger`. Status is *derived* from the
 ledger by :func:`derive_state`; nothing else is authoritative.
 
-Body conventions (all values canonical-JSON data):
-
-============  ==============================================================
-kind          body
-============  ==============================================================
-ADMITTED      ``plan_hash`` (optional), anything else informational
-WAITING       ``reason_code``, ``detail``
-READY         ``facts_view_hash``, ``plan_hash`` (both required)
-FAILED        ``reason_code``, ``detail``
-QUARANTINED   ``reason_code``, ``detail``
-REJECTED      ``reason_code``, ``detail``
-SUPERSEDED    ``old_facts_view_hash`` (null if the run never was READY),
-              ``new_facts_view_hash`` (required)
-TRIGGER       informational (``kind``, ``reason``, ``requested_by``...)
-PUBLISHED     ``facts_view_hash``, ``event_type``
-============  ==============================================================
+Bodies are canonical-JSON data. The kinds SR writes (READY, WAITING, FAILED, QUARANTINED,
+SUPERSEDED, TRIGGER) have typed bodies in :mod:`worker.core.ledger_bodies`; a run's first
+entry also carries the admitted ``intent``. ADMITTED, REJECTED and PUBLISHED are never
+written; :func:`derive_state` still folds them (ADMITTED/REJECTED as statuses, PUBLISHED as
+``facts_view_hash`` + ``event_type``) so that a hand-made ledger is judged, not crashed on.
 
 Fencing: an entry whose ``lease_epoch`` is lower than an epoch already seen earlier in the
 chain was written by a fenced (stale) lease holder; :func:`derive_state` ignores it and lists

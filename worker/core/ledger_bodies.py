@@ -30,7 +30,7 @@ from worker.core.ledger import LedgerEntry, LedgerKind
 from worker.core.models import Hex64
 from worker.errors import IntegrityError
 
-__all__ = ["LedgerBody", "ReadyBody", "StatusBody", "SupersededBody", "TriggerBody", "body_of", "parse_body"]
+__all__ = ["TYPED_KINDS", "LedgerBody", "ReadyBody", "StatusBody", "SupersededBody", "TriggerBody", "body_of", "parse_body"]
 
 
 class _Body(BaseModel):
@@ -97,6 +97,10 @@ _MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
     LedgerKind.SUPERSEDED: SupersededBody,
     LedgerKind.TRIGGER: TriggerBody,
 }
+
+
+#: The entry kinds SR writes, i.e. the kinds :func:`parse_body` accepts.
+TYPED_KINDS: Final = frozenset(_MODEL_OF)
 
 
 def body_of(body: LedgerBody, *, intent: dict[str, Any] | None = None) -> dict[str, Any]:
