@@ -30,7 +30,16 @@ from worker.core.ledger import LedgerEntry, LedgerKind
 from worker.core.models import Hex64
 from worker.errors import IntegrityError
 
-__all__ = ["TYPED_KINDS", "LedgerBody", "ReadyBody", "StatusBody", "SupersededBody", "TriggerBody", "body_of", "parse_body"]
+__all__ = [
+    "TYPED_KINDS",
+    "LedgerBody",
+    "ReadyBody",
+    "StatusBody",
+    "SupersededBody",
+    "TriggerBody",
+    "body_of",
+    "parse_body",
+]
 
 
 class _Body(BaseModel):
