@@ -1,9 +1,10 @@
 """The worker loop and its side tasks, on a scripted consumer and processor (no servers).
 
 What is checked: the poll thread keeps storing and committing offsets while a sweep is
-stuck; the sweep, the outbox flush and the runs-by-status gauge run on their own threads;
-the first outbox flush happens before the first poll; an oversized record reaches the DLQ
-through the codec's cap; stopping joins every side thread.
+stuck; the sweep and the outbox flush run on their own threads, the first flush before the
+first poll; the polled gauges are read on the poll thread (the consumer answers only it);
+an oversized record reaches the DLQ through the codec's cap; stopping joins every side
+thread.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ScriptedConsumer:
         self._lock = threading.Lock()
         self.stored: dict[tuple[str, int], int] = {}
         self.commits = 0
+        self.lag_threads: set[str] = set()
 
     def __enter__(self) -> ScriptedConsumer:
         return self
@@ -80,6 +82,7 @@ class ScriptedConsumer:
         self.commits += 1
 
     def assignment(self) -> list[Any]:
+        self.lag_threads.add(threading.current_thread().name)
         return []
 
 
@@ -176,12 +179,12 @@ def test_offsets_are_stored_and_committed_while_a_sweep_is_running(world: Simple
     assert world.opened == [{"migrate_db": False, "metrics": world.worker.metrics}]
 
 
-def test_outbox_and_gauges_run_on_side_threads_and_the_first_flush_precedes_polling(world: SimpleNamespace) -> None:
+def test_the_outbox_flush_runs_on_a_side_thread_after_a_first_flush_before_polling(world: SimpleNamespace) -> None:
     processor = world.processor
     assert world.events[:2] == ["flush", "poll"]
     assert wait_until(lambda: "sr-side-outbox" in processor.threads["flush"] and bool(world.gauge_threads))
     assert processor.threads["flush"] == {"sr-test-worker", "sr-side-outbox"}  # first flush: before the loop
-    assert world.gauge_threads == {"sr-side-gauges"}
+    assert world.gauge_threads == world.consumer.lag_threads == {"sr-test-worker"}  # the poll thread
     assert 'sr_runs_by_status{status="WAITING"} 2.0' in world.worker.metrics.render().decode()
 
 

@@ -1,9 +1,8 @@
 """Refreshers of the two gauges that are not event-driven: consumer lag and runs by status.
 
-The worker refreshes them every few seconds: :func:`refresh_consumer_lag` on the poll
-thread (it reads the consumer, which only that thread touches), :func:`refresh_runs_by_status`
-on a side task (a Postgres query must not hold up polling). A failed refresh leaves the
-gauge as it was.
+The worker refreshes both together every few seconds on its poll thread: the consumer
+answers only the thread polling it. Each costs one round trip (committed offsets; one
+GROUP BY). A failed refresh leaves the gauge as it was.
 """
 
 from __future__ import annotations

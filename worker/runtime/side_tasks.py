@@ -3,8 +3,7 @@
 The worker's poll thread only polls, hands records to the run pool, reaps, stores offsets
 and commits. Work that can take long — the sweep drives up to 100 due runs, each with full
 verification — or that waits on Postgres/Kafka for reasons unrelated to the records in
-flight (the outbox flush, the runs-by-status gauge) runs here, so offsets and commits never
-wait behind it.
+flight (the outbox flush) runs here, so offsets and commits never wait behind it.
 
 Each task runs ``interval`` seconds after the previous run *finished* (fixed delay: a slow
 run is never overlapped by the next, runs never pile up), first ``interval`` seconds after

@@ -9,12 +9,13 @@ longest prefix of *finished* records is stored, and stored offsets are committed
 only after its effects are durable — READY published, DLQ copy acknowledged, or a duplicate
 recognised.
 
-The poll thread only polls, hands records to the pool, reaps, stores and commits (and reads
-the consumer-lag gauge, since only it may touch the consumer). Periodic work runs on side
-tasks (:mod:`worker.runtime.side_tasks`) so it never holds up offsets: the sweep (due WAITING
-runs and abandoned ADMITTED runs, each driven under its lease), the outbox flush (publications
-a crash left behind; the first flush still runs before consuming starts) and the
-runs-by-status gauge.
+The poll thread only polls, hands records to the pool (whose threads decode and dispatch
+them), reaps, stores and commits; every few seconds it also reads the two polled gauges
+(consumer lag needs the consumer, which answers only the thread polling it). Periodic work
+runs on side tasks (:mod:`worker.runtime.side_tasks`) so it never holds up offsets: the sweep
+(due WAITING runs and abandoned ADMITTED runs, each driven under its lease, up to 100 with
+full verification) and the outbox flush (publications a crash left behind; the first flush
+still runs before consuming starts). They stop after the consumer left the group.
 
 Rebalances: on revoke the loop waits (at most ``revoke_drain_timeout``) for the revoked
 partitions' in-flight records, stores their finished prefix and lets the consumer commit it;
@@ -187,17 +188,17 @@ class Worker:
                                               "pg_round_trips": services.pg_counter.snapshot()})
 
     def _side_tasks(self, services: Services) -> list[SideTask]:
-        """The periodic work of a worker, off the poll thread."""
+        """The periodic work of a worker that may take long, off the poll thread."""
         processor = services.processor
         return [
             SideTask("sweep", self._settings.sweep_interval, lambda: self._sweep(processor)),
             SideTask("outbox", OUTBOX_INTERVAL, processor.flush_outbox),
-            SideTask("gauges", GAUGE_INTERVAL, lambda: refresh_runs_by_status(services.index, self.metrics)),
         ]
 
     def _consume(self, services: Services, consumer: IntakeConsumer, pool: ThreadPoolExecutor,
                  inflight: InFlight) -> None:
-        """The poll loop, until :meth:`stop`: poll, dispatch, reap, store, commit."""
+        """The poll loop, until :meth:`stop`: poll, dispatch, reap, store, commit (and read the
+        two polled gauges every ``GAUGE_INTERVAL``)."""
         s = self._settings
         last_gauges = last_commit = time.monotonic()
         uncommitted = False
@@ -209,14 +210,19 @@ class Worker:
                 self._commit(consumer)
                 last_commit, uncommitted = now, False
             if now - last_gauges > GAUGE_INTERVAL:
-                self._refresh_lag(consumer)
+                # Here, not on a side task: the consumer answers only the thread polling it
+                # (assignment() from another thread blocks while this one consumes).
+                self._refresh_gauges(services, consumer)
                 last_gauges = time.monotonic()
 
-    def _refresh_lag(self, consumer: IntakeConsumer) -> None:
-        """The consumer-lag gauge (watermarks from the last fetch); a failure only costs one refresh."""
+    def _refresh_gauges(self, services: Services, consumer: IntakeConsumer) -> None:
+        """Consumer lag (watermarks from the last fetch; one committed-offsets round trip) and
+        runs-by-status (one GROUP BY), together so a scrape shows both from the same moment;
+        a failure only costs one refresh."""
         s = self._settings
         try:
             refresh_consumer_lag(consumer, [s.topics.intents, s.topics.triggers], self.metrics, cached=True)
+            refresh_runs_by_status(services.index, self.metrics)
         except SRError as exc:
             log.debug("gauge refresh failed", extra={"error": str(exc)})
 
