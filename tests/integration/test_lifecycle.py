@@ -239,7 +239,17 @@ def test_index_rebuild_after_database_loss(pg_server_dsn: str, write_evidence: E
         conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{dbname}"')
 
-    rebuilt = sr_cli(env, "index", "rebuild", "--json", extra={"SR_OPERATORS": "ops", "SR_OPERATOR": "ops"})
+    # Operator commands need no policy file and never migrate: on the lost database the
+    # rebuild refuses and creates nothing; `sr db migrate` first, then it restores.
+    operator_env = {**env.env(), "SR_OPERATORS": "ops", "SR_OPERATOR": "ops"}
+    del operator_env["SR_POLICY_FILE"]
+    rebuild = [SR, "index", "rebuild", "--json"]
+    refused = subprocess.run(rebuild, env=operator_env, capture_output=True, text=True, timeout=180)
+    assert refused.returncode == 2 and refused.stderr.startswith("sr: error:"), refused.stderr
+    with psycopg.connect(env.settings.pg_dsn.get_secret_value()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    assert sr_cli(env, "db", "migrate").returncode == 0
+    rebuilt = subprocess.run(rebuild, env=operator_env, capture_output=True, text=True, timeout=180)
     assert rebuilt.returncode == 0, rebuilt.stderr
     summary = json.loads(rebuilt.stdout.strip().splitlines()[-1])
     assert summary["restored"] == {"READY": 3, "WAITING": 2}
