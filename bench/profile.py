@@ -29,11 +29,10 @@ from bench.common import (
     make_intent,
     make_world,
     open_servers,
-    put_many,
     s3_client,
-    standard_evidence,
     temp_state_dir,
 )
+from tests.harness.evidence import synthetic_example_evidence, write_objects
 
 CATEGORIES = (
     ("/obstore/", "obstore"),
@@ -110,7 +109,7 @@ class ThreadProfiles:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
 
 
 def _merge(main_prof: cProfile.Profile, threads: ThreadProfiles) -> pstats.Stats:
@@ -130,7 +129,8 @@ def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: in
     from worker.runtime.worker import open_services
 
     world = make_world(servers, "prof", state / "work", partitions=1)
-    put_many(s3_client(servers), world.bucket, standard_evidence(world.evidence_prefix("ok")))
+    write_objects(s3_client(servers), world.bucket, synthetic_example_evidence(world.evidence_prefix("ok")),
+                  concurrency=16)
     root = world.evidence_root("ok")
     base = [make_intent(world, "prof", i, root) for i in range(n)]
     main_prof = cProfile.Profile(time.thread_time)

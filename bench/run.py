@@ -27,6 +27,7 @@ from bench.common import (
     log,
     machine_info,
     open_servers,
+    server_versions,
     temp_state_dir,
 )
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(s in only for s in ("B1", "B2", "B5")):
             limits_mod.prewarm(2)
         with open_servers(state / "stack") as servers:
-            doc["servers"] = {"embedded": servers.embedded, **servers.versions}
+            doc["servers"] = {"embedded": servers.embedded is not None, **server_versions(servers)}
             ctx = Context(servers=servers, mode=mode, sizes=sizes, work_dir=state / "work", log_dir=state / "logs")
             ctx.worker_settings = _worker_defaults()
             doc["worker_settings"] = ctx.worker_settings

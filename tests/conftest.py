@@ -1,19 +1,28 @@
-"""Shared fixtures: session-scoped real servers, per-test isolation, orphan-process checks."""
+"""Shared fixtures: session-scoped real servers, per-test isolation, evidence, orphan-process checks."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
-from tests.servers import Servers, make_topics, resolve_servers, unavailable, unique
-from tests.sr_harness import SREnv, build_env
+from tests.harness.evidence import Boto3Sink, EvidenceWriter, ExampleEvidence
+from tests.harness.servers import Servers, ServerUnavailable, ensure_bucket, resolve_servers, unavailable, unique
+from tests.harness.sr_env import SREnv, build_env, dsn_for_db, make_topics
+from worker.adapters.kafka import TopicSpec
+from worker.embedded.stack import create_topics
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 pytest_plugins: list[str] = []
+
+#: The old private name; ``tests/integration/test_runpack.py`` still imports it from here.
+_dsn_for_db = dsn_for_db
 
 
 # ----------------------------------------------------------------------------- servers
@@ -24,8 +33,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     Teardown verifies that every process the session started is gone.
     """
     with resolve_servers(tmp_path_factory.mktemp("stack")) as found:
+        started = found.started_pids
         yield found
-    still_alive = [pid for pid in found.started_pids if _alive(pid)]
+    still_alive = [pid for pid in started if _alive(pid)]
     if still_alive:
         raise RuntimeError(f"server processes still alive after teardown: {still_alive}")
 
@@ -38,12 +48,17 @@ def _alive(pid: int) -> bool:
     return proc.status() != psutil.STATUS_ZOMBIE
 
 
+def _required(endpoint: Callable[[], str]) -> str:
+    try:
+        return endpoint()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+
+
 @pytest.fixture
 def kafka_bootstrap(servers: Servers) -> str:
     """Bootstrap servers of the session's Kafka (skips/fails when unavailable)."""
-    if not servers.kafka_bootstrap:
-        unavailable(f"kafka: {servers.problems.get('kafka', 'not configured')}")
-    return servers.kafka_bootstrap or ""
+    return _required(servers.require_kafka)
 
 
 @pytest.fixture
@@ -55,7 +70,6 @@ def topics(kafka_bootstrap: str) -> dict[str, str]:
 @pytest.fixture
 def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
     """Create a unique topic: ``topic_factory("hint", partitions=4) -> name``."""
-    from worker.embedded.stack import TopicSpec, create_topics
 
     def _make(hint: str = "t", partitions: int = 1) -> str:
         name = unique(f"{hint}.")
@@ -74,17 +88,7 @@ def group_id() -> str:
 @pytest.fixture
 def pg_server_dsn(servers: Servers) -> str:
     """DSN of the session's Postgres server (the maintenance database)."""
-    if not servers.pg_dsn:
-        unavailable(f"postgres: {servers.problems.get('postgres', 'not configured')}")
-    return servers.pg_dsn or ""
-
-
-def _dsn_for_db(server_dsn: str, dbname: str) -> str:
-    import psycopg.conninfo
-
-    params = psycopg.conninfo.conninfo_to_dict(server_dsn)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+    return _required(servers.require_postgres)
 
 
 @pytest.fixture(scope="session")
@@ -94,16 +98,12 @@ def pg_template(servers: Servers) -> str | None:
         return None
     import psycopg
 
+    from worker.adapters.postgres import migrate
+
     name = f"sr_template_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    template_dsn = _dsn_for_db(servers.pg_dsn, name)
-    try:
-        from worker.adapters.postgres import migrate
-    except ImportError:
-        migrate = None
-    if migrate is not None:
-        migrate(template_dsn)
+    migrate(dsn_for_db(servers.pg_dsn, name))
     return name
 
 
@@ -116,36 +116,32 @@ def pg_dsn(pg_server_dsn: str, pg_template: str | None) -> Iterator[str]:
     with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"' if pg_template
                      else f'CREATE DATABASE "{name}"')
-    yield _dsn_for_db(pg_server_dsn, name)
+    yield dsn_for_db(pg_server_dsn, name)
     with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def s3_client(servers: Servers) -> Any:
-    """A boto3 S3 client for the session's object store."""
-    if not servers.s3_endpoint:
-        unavailable(f"s3: {servers.problems.get('s3', 'not configured')}")
+def s3_client(servers: Servers) -> S3Client:
+    """A boto3 S3 client for the session's object store (the test bucket exists)."""
+    endpoint = _required(servers.require_s3)
     import boto3
     from botocore.config import Config
 
     client = boto3.client(
         "s3",
-        endpoint_url=servers.s3_endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id=servers.s3_access_key,
         aws_secret_access_key=servers.s3_secret_key,
         region_name=servers.s3_region,
         config=Config(retries={"max_attempts": 2}, max_pool_connections=32),
     )
-    try:
-        client.head_bucket(Bucket=servers.s3_bucket)
-    except Exception:
-        client.create_bucket(Bucket=servers.s3_bucket)
+    ensure_bucket(client, servers.s3_bucket)
     return client
 
 
 @pytest.fixture
-def sr_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
+def sr_env(servers: Servers, pg_dsn: str, s3_client: S3Client, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
     """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers."""
     return build_env(servers, pg_dsn, tmp_path)
 
@@ -154,6 +150,16 @@ def sr_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str, 
 def s3_prefix() -> str:
     """A unique key prefix for this test inside the shared test bucket."""
     return unique("t-")
+
+
+@pytest.fixture
+def write_evidence(sr_env: SREnv, s3_client: S3Client) -> EvidenceWriter:
+    """``write_evidence(name, gates=("3A", "6B"), tamper=None, flag_6b="auto", extra_6b=None)``.
+
+    Seeds the example policy's gates for the run ``name`` in ``sr_env`` (see
+    :class:`~tests.harness.evidence.EvidenceWriter`).
+    """
+    return ExampleEvidence(Boto3Sink(s3_client), sr_env.bucket, sr_env.evidence_prefix)
 
 
 # ----------------------------------------------------------------------------- orphan check

@@ -10,8 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import EvidenceWriter
-from tests.sr_harness import SREnv, make_intent, read_topic, start_worker_process, stop_process
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.kafka import read_topic
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import start_worker_process, stop_process
 from worker.core.identity import run_id_of
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +51,7 @@ def test_operator_flow_submit_run_status(sr_env: SREnv, write_evidence: Evidence
         doc = json.loads(status.stdout)
         assert doc["status"] == "READY"
         assert [e["kind"] for e in doc["ledger"]] == ["READY"]
-        assert doc["facts_view_hash"] == sr_env.codec.decode_ready(ready[0].value).facts_view_hash
+        assert doc["facts_view_hash"] == sr_env.codec.decode_ready(ready[0].value or b"").facts_view_hash
         human = sr(sr_env, "status", line["run_id"])
         assert human.returncode == 0 and "READY" in human.stdout
         unknown = sr(sr_env, "status", "0" * 32)

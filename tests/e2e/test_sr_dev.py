@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.servers import unavailable
+from tests.harness.servers import unavailable
 from worker.embedded.stack import find_pg_bin_dir, find_tansu, find_weed
 from worker.errors import BinaryMissingError
 

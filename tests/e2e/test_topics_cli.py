@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.servers import Servers, unique
+from tests.harness.servers import Servers, unique
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import EvidenceWriter
-from tests.sr_harness import SREnv, make_intent, read_topic
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.kafka import read_topic
+from tests.harness.sr_env import SREnv, make_intent
 from worker.adapters.postgres.leases import advance_with_epoch
 from worker.app.ports import Record
 from worker.app.processor import Action
@@ -76,8 +77,8 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
     write_evidence("race")
     intent = make_intent(sr_env, "race")
     run_id = run_id_of(intent)
-    blocker = BlockingVerifier(a.processor._verifier)
-    a.processor._verifier = blocker  # type: ignore[assignment]
+    blocker = BlockingVerifier(a.processor.context.verifier)
+    object.__setattr__(a.processor.context, "verifier", blocker)  # RunContext is frozen; every service reads it
 
     result: dict[str, Any] = {}
 
@@ -118,8 +119,8 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
     assert (final.status, final.facts_view_hash, final.lease_epoch) == (
         RunStatus.READY, row_b.facts_view_hash, row_b.lease_epoch)
     # One consistent history: a single READY entry, written under B's epoch; one READY event.
-    keys = b.processor._truth.keys_for(intent.tenant_id, intent.namespace, run_id)
-    ledger = b.processor._truth.read_ledger(keys)
+    keys = b.processor.context.truth.keys_for(intent.tenant_id, intent.namespace, run_id)
+    ledger = b.processor.context.truth.read_ledger(keys)
     assert [(e.kind.value, e.lease_epoch) for e in ledger] == [("READY", row_b.lease_epoch)]
     ready = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.ready,
                        until=lambda rs: len(rs) >= 1, settle=1.5)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # no __all__ upstream
 
-from tests.servers import Servers, unique
+from tests.harness.servers import Servers, unique
 from worker.adapters.kafka import KafkaConfig, TopicAdmin, TopicRefusedError, TopicSpec
 from worker.errors import KafkaFatalError, KafkaUnavailableError
 

@@ -23,16 +23,16 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.evidence_fixtures import s3_config_for
-from tests.faultproxy import FaultProxy
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.servers import Servers, s3_config_for
 from tests.integration.test_postgres_index import new_run
-from tests.servers import Servers
 from worker.adapters.kafka import KafkaConfig
 from worker.adapters.kafka.health import consumer_lag, kafka_check
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.adapters.postgres.health import postgres_check
 from worker.adapters.s3 import ObjectStore
 from worker.adapters.s3.health import s3_check
+from worker.app.ports import Record
 from worker.core.models import RunStatus
 from worker.errors import KafkaFatalError, KafkaUnavailableError, PostgresUnavailableError, S3AccessError
 from worker.runtime.gauges import refresh_consumer_lag, refresh_runs_by_status
@@ -260,10 +260,10 @@ def test_metrics_expose_every_series_with_exact_values(
     counter = RoundTripCounter(on_query=metrics.observe_pg)
     statuses = [RunStatus.ADMITTED] * 3 + [RunStatus.WAITING] * 2 + [RunStatus.REJECTED]
     with RunIndex(PgConfig(dsn=SecretStr(pg_dsn)), counter) as index:
-        for status in statuses:
+        for run_status in statuses:
             base = new_run()
             index.admit(type(base)(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                                      "status": status}))
+                                      "status": run_status}))
         assert index.list_runs(limit=10)
         counts = refresh_runs_by_status(index, metrics)
     assert counts == {"ADMITTED": 3, "WAITING": 2, "REJECTED": 1}
@@ -373,7 +373,7 @@ def test_consumer_lag_of_the_worker_intake_consumer(kafka_bootstrap: str, topic_
         producer.flush(10)
     config = KafkaConfig(bootstrap=kafka_bootstrap, session_timeout=6.0)
     with IntakeConsumer(config, group_id=group_id, topics=[topic]) as consumer:
-        records = []
+        records: list[Record] = []
         deadline = time.monotonic() + 20
         while len(records) < 3 and time.monotonic() < deadline:
             records += consumer.poll_batch(10, 0.2)

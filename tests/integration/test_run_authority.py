@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.evidence_fixtures import bundle_digest, member_concat_digest_of
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
-from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic, replace_intent, submit
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    EvidenceWriter,
+    bundle_digest,
+    member_concat_digest_of,
+)
+from tests.harness.kafka import produce_raw, read_topic, submit
+from tests.harness.sr_env import SREnv, make_intent, replace_intent
+from tests.harness.workers import WorkerThread
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.app.publisher import error_headers
 from worker.core.identity import run_id_of
@@ -52,7 +59,7 @@ def test_complete_evidence_gives_exactly_one_verifiable_ready(sr_env: SREnv, wri
         worker.stop()
     assert len(records) == 1
     record = records[0]
-    event = sr_env.codec.decode_ready(record.value)
+    event = sr_env.codec.decode_ready(record.value or b"")
     assert event.event_type.value == "READY"
     assert event.run_id == run_id_of(intent)
     assert record.key == event.run_id.encode()
@@ -182,9 +189,9 @@ def test_poison_messages_are_dead_lettered_and_the_partition_flows(sr_env: SREnv
         time.sleep(1.0)
     finally:
         worker.stop()
-    assert [sr_env.codec.decode_ready(r.value).run_id for r in ready] == [run_id_of(good)]
+    assert [sr_env.codec.decode_ready(r.value or b"").run_id for r in ready] == [run_id_of(good)]
     assert len(dlq) == len(poison)
-    classes = Counter()
+    classes: Counter[str] = Counter()
     offsets = []
     for record in dlq:
         headers = error_headers(record.headers)

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.evidence_fixtures import s3_config_for
-from tests.faultproxy import FaultProxy
-from tests.http_capture import OneRequestCapture
-from tests.servers import Servers
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.http_capture import OneRequestCapture
+from tests.harness.servers import Servers, s3_config_for
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.app.ports import ObjectMeta, WriteOutcome
 from worker.errors import (
@@ -208,7 +207,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_unreachable_endpoint_retries_boundedly_then_unavailable(library: str) -> None:
     config = S3Config(
-        client_library=library,  # type: ignore[arg-type]
+        client_library=library,
         endpoint_url=f"http://127.0.0.1:{_closed_port()}",
         region="us-east-1",
         access_key_id=SecretStr("unused"),

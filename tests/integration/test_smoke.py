@@ -31,7 +31,7 @@ def test_kafka_1000_keyed_records_and_group_rebalance(kafka_bootstrap: str, topi
                    "auto.offset.reset": "earliest", "enable.auto.commit": False,
                    "session.timeout.ms": 6000})
     c1.subscribe([topic], on_assign=lambda _c, ps: first_assignments.append(sorted(p.partition for p in ps)))
-    seen: dict[bytes, bytes] = {}
+    seen: dict[bytes | None, bytes | None] = {}
     deadline = time.monotonic() + 60
     while len(seen) < 1000 and time.monotonic() < deadline:
         for msg in c1.consume(500, 0.5):

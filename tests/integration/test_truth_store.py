@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.evidence_fixtures import s3_config_for
-from tests.servers import Servers
-from worker.adapters.s3 import ObjectStore
+from tests.harness.servers import Servers, s3_config_for
+from worker.adapters.s3 import ObjectStore, RequestCounter
 from worker.app.ports import WriteOutcome
 from worker.app.truth import AppendStatus, TruthStore
 from worker.core.facts import FactsView, GateReceipt, facts_view_bytes, facts_view_hash
@@ -64,6 +63,12 @@ def truth(servers: Servers, s3_client: Any, s3_prefix: str) -> Iterator[TruthSto
         yield TruthStore(store, servers.s3_bucket, f"sr/{s3_prefix}")
 
 
+def _counter(truth: TruthStore) -> RequestCounter:
+    """The S3 request counter of the adapter behind ``truth`` (the ObjectStore port has none)."""
+    assert isinstance(truth.store, ObjectStore)
+    return truth.store.counter
+
+
 def new_run(truth: TruthStore, tenant: str = "t1", namespace: str = "ns") -> tuple[str, RunKeys]:
     run_id = uuid.uuid4().hex
     return run_id, truth.keys_for(tenant, namespace, run_id)
@@ -102,9 +107,9 @@ def test_plan_write_once_and_verified_read(truth: TruthStore) -> None:
 
 def test_plan_write_costs_one_put(truth: TruthStore) -> None:
     run_id, keys = new_run(truth)
-    truth.store.counter.reset()
+    _counter(truth).reset()
     truth.write_plan(keys, plan_bytes(make_plan(run_id)))
-    snap = truth.store.counter.snapshot()
+    snap = _counter(truth).snapshot()
     assert (snap["PUT"], snap["GET"], snap["HEAD"], snap["LIST"]) == (1, 0, 0, 0)
 
 
@@ -136,10 +141,10 @@ def test_ledger_append_and_read(truth: TruthStore) -> None:
     # Retrying our own append is adopted, not a conflict.
     again = truth.append(keys, entries[2])
     assert again.status is AppendStatus.APPENDED_IDENTICAL and again.ok
-    truth.store.counter.reset()
+    _counter(truth).reset()
     read = truth.read_ledger(keys)
     assert read == tuple(entries)
-    snap = truth.store.counter.snapshot()
+    snap = _counter(truth).snapshot()
     assert (snap["LIST"], snap["GET"], snap["HEAD"]) == (1, 4, 0)
     assert derive_state(read).status is RunStatus.WAITING
 
@@ -153,11 +158,11 @@ def test_append_conflict_returns_the_existing_entry(truth: TruthStore) -> None:
     theirs = next_entry(run_id, first, kind=LedgerKind.FAILED, at_ms=6, lease_epoch=2,
                         body={"reason_code": "EVIDENCE_MISSING_DEADLINE", "detail": "theirs"})
     assert truth.append(keys, theirs).status is AppendStatus.APPENDED
-    truth.store.counter.reset()
+    _counter(truth).reset()
     outcome = truth.append(keys, mine)
     assert outcome.status is AppendStatus.CONFLICT and not outcome.ok
     assert outcome.entry == theirs
-    snap = truth.store.counter.snapshot()
+    snap = _counter(truth).snapshot()
     assert (snap["PUT"], snap["GET"], snap["HEAD"]) == (1, 1, 0)
     assert truth.read_ledger(keys) == (first, theirs)  # never overwritten
 

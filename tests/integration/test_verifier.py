@@ -11,15 +11,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.evidence_fixtures import (
-    bundle_uri,
-    flag_bytes,
-    index_bytes,
-    s3_config_for,
-    upload_bundle_gate,
-    upload_member_concat_gate,
-)
-from tests.servers import Servers
+from tests.harness.evidence import bundle_uri, flag_bytes, index_bytes, upload_bundle_gate, upload_member_concat_gate
+from tests.harness.servers import Servers, s3_config_for
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.app.verifier import EvidenceVerifier, MiB
 from worker.core.evidence import Classification, GateOutcome, GateResult, classify
@@ -127,7 +120,7 @@ def test_a_large_member_replaced_after_listing_is_a_mismatch(
     upload_bundle_gate(s3_client, bucket, root, "gates/swap2", {"big": big})
     original = store.get_range
 
-    def swap_then_read(*args: Any, **kwargs: Any) -> bytes:
+    def swap_then_read(*args: Any, **kwargs: Any) -> list[bytes | memoryview]:
         s3_client.put_object(Bucket=bucket, Key=f"{root}/gates/swap2/big", Body=b"\x03" * (6 * MiB))
         store.get_range = original  # type: ignore[method-assign]
         return original(*args, **kwargs)

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
-from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic, submit, wait_for
+from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
+from tests.harness.kafka import produce_raw, read_topic, submit
+from tests.harness.probes import wait_for
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import WorkerThread
 
 pytestmark = pytest.mark.integration
 

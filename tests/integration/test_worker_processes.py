@@ -12,16 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import EvidenceWriter
-from tests.sr_harness import (
-    SREnv,
-    make_intent,
-    read_topic,
-    start_worker_process,
-    stop_process,
-    submit,
-    wait_for,
-)
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.kafka import read_topic, submit
+from tests.harness.probes import wait_for
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import start_worker_process, stop_process
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
@@ -60,8 +55,8 @@ def test_fifty_duplicates_over_two_processes_make_one_ready(sr_env: SREnv, write
     keys = run_keys(sr_env.settings.s3_prefix, base.tenant_id, base.namespace, run_id_of(base))
     objects = sorted(o["Key"][len(keys.root) + 1:] for page in s3_client.get_paginator("list_objects_v2").paginate(
         Bucket=sr_env.bucket, Prefix=keys.root + "/") for o in page.get("Contents", []))
-    assert objects == ["facts/" + sr_env.codec.decode_ready(ready[0].value).facts_view_hash + ".json", "plan.json",
-                       "record/000000000000.json"]
+    assert objects == ["facts/" + sr_env.codec.decode_ready(ready[0].value or b"").facts_view_hash + ".json",
+                       "plan.json", "record/000000000000.json"]
     stats = [_stop_stats(p) for p in logs]
     puts = sum(s["s3_requests"]["PUT"] for s in stats)
     print(f"\nworkers' S3 requests: {[s['s3_requests'] for s in stats]}; pg round trips: "

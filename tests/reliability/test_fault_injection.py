@@ -32,13 +32,22 @@ import psycopg.conninfo
 import pytest
 from pydantic import SecretStr
 
-from tests.evidence_fixtures import bundle_digest, flag_bytes, upload_member_concat_gate
-from tests.faultproxy import FaultProxy
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
-from tests.reliability.conftest import EvidenceWriter, report
-from tests.reliability.helpers import committed_total, group_by_idempotency_key, lock_holder, poll, status_counts
-from tests.servers import Servers, unavailable
-from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, read_topic, submit
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    EvidenceWriter,
+    bundle_digest,
+    flag_bytes,
+    upload_member_concat_gate,
+)
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.kafka import committed_total, group_by_idempotency_key, read_topic, submit
+from tests.harness.probes import lock_holder, status_counts
+from tests.harness.probes import wait_for as poll
+from tests.harness.servers import Servers, unavailable
+from tests.harness.sr_env import SREnv, build_env, make_intent
+from tests.harness.workers import WorkerThread
+from tests.reliability.conftest import report
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
 from worker.app.truth import TruthStore

@@ -27,8 +27,11 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from tests.reliability.conftest import HOSTILE, EvidenceWriter
-from tests.sr_harness import SREnv, WorkerThread, make_intent, produce_raw, read_topic
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.kafka import produce_raw, read_topic
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import WorkerThread
+from tests.reliability.conftest import HOSTILE
 from worker.adapters.avro import SINGLE_OBJECT_MAGIC, AvroCodec
 from worker.app.publisher import error_headers
 from worker.app.verifier import EvidenceVerifier
@@ -74,7 +77,7 @@ _SEGMENT_OK = re.compile(r"[A-Za-z0-9._=+-]{1,128}")
 FRAGMENTS = ["..", ".", "/", "//", "\\", "\x00", "%2F", "%00", "\u2215", "\uff0e", "\u202e", "\n", "\r", " ",
              "\t", "s3://", "evidence", "t1", "tenant", "run", "a", "A", "0", "-", "_", "=", "+", "é", "\ufeff",
              "a" * 64, "b" * 129]
-no_surrogates = st.characters(blacklist_categories=("Cs",))
+no_surrogates = st.characters(exclude_categories=["Cs"])
 hostile_text = st.one_of(
     st.text(no_surrogates, max_size=40),
     st.lists(st.sampled_from(FRAGMENTS), max_size=10).map("".join),
@@ -526,7 +529,7 @@ def _hostile_frames(env: SREnv) -> list[tuple[str, bytes]]:
         ("confluent-without-registry", b"\x00\x00\x00\x00\x07" + CODEC.encode_intent(good)[10:]),
     ]
     base = good.to_avro()
-    hostile_fields = {
+    hostile_fields: dict[str, dict[str, Any]] = {
         "tenant-traversal": {"tenant_id": "../" + env.tenant},
         "tenant-nul": {"tenant_id": env.tenant + "\x00"},
         "namespace-slash": {"namespace": "payments/../../x"},
@@ -583,9 +586,8 @@ def test_hostile_messages_never_crash_the_worker_and_are_dead_lettered_typed(
 @pytest.mark.integration
 def test_hostile_evidence_fails_closed_with_typed_reasons(sr_env: SREnv, s3_client: Any) -> None:
     """Flags and indexes from the corpus (plus oversized ones) in real S3: FAILED, never READY."""
-    from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
-    from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
-    from tests.sr_harness import submit
+    from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
+    from tests.harness.kafka import submit
 
     cases: dict[str, tuple[bytes | None, bytes | None, str]] = {
         # name: (index.json bytes, 3A flag bytes, expected reason)

@@ -30,20 +30,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.http_capture import OneRequestCapture
-from tests.reliability.conftest import ROUNDS, EvidenceWriter, report
-from tests.reliability.helpers import (
-    WorkerProc,
-    committed_total,
-    group_by_idempotency_key,
-    list_objects,
-    poll,
-    status_counts,
-    stop_all,
-    unpublished_count,
-    wait_group_split,
-)
-from tests.sr_harness import SREnv, make_intent, produce_raw, read_topic
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.http_capture import OneRequestCapture
+from tests.harness.kafka import committed_total, group_by_idempotency_key, produce_raw, read_topic
+from tests.harness.probes import list_objects, status_counts, unpublished_count
+from tests.harness.probes import wait_for as poll
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import WorkerProc, stop_all, wait_group_split
+from tests.reliability.conftest import ROUNDS, report
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.s3 import Boto3Transport, ObjectStore, raw_boto3_client
 from worker.app.crashpoints import CrashPoint
@@ -161,8 +155,8 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
     assert all(len(v) == 1 for v in status_facts.values()), "two status records for one transition differ"
     announced: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for record in statuses:
-        event = sr_env.codec.decode_status(record.value or b"")
-        announced[event.run_id].add((event.status.value, event.reason_code))
+        status_event = sr_env.codec.decode_status(record.value or b"")
+        announced[status_event.run_id].add((status_event.status.value, status_event.reason_code))
     assert set(announced) == not_ready
     for run_id in not_ready:
         kind = kind_of[run_id]
@@ -248,10 +242,13 @@ def _capture_boto3_put(store: ObjectStore, bucket: str, key: str, body: bytes) -
     def capture(request: Any, **_: Any) -> AWSResponse:
         captured.update(url=request.url, headers={k: v.decode() if isinstance(v, bytes) else str(v)
                                                    for k, v in request.headers.items()})
-        return AWSResponse(request.url, 200, {}, _EmptyBody())  # not sent: the test replays it torn
+        # botocore-stubs want HTTPHeaders; AWSResponse takes any mapping (it copies it into a HeadersDict).
+        return AWSResponse(request.url, 200, {}, _EmptyBody())  # type: ignore[arg-type]  # not sent: replayed torn
 
     client = raw_boto3_client(store.config)  # SR's own client configuration, with the hook attached
-    client.meta.events.register("before-send.s3.PutObject", capture)
+    # botocore-stubs type handlers as returning None; a before-send handler returning a response
+    # is botocore's documented way to answer a request without sending it.
+    client.meta.events.register("before-send.s3.PutObject", capture)  # type: ignore[arg-type]
     with ObjectStore(store.config, transport=Boto3Transport(store.config, client=client)) as hooked:
         assert hooked.create(bucket, key, body)
     return captured["url"], captured["headers"]

@@ -16,25 +16,24 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 
-from tests.evidence_fixtures import bundle_digest, flag_bytes, upload_member_concat_gate
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
-from tests.reliability.conftest import report
-from tests.reliability.helpers import (
-    WorkerProc,
-    assigned_partitions,
-    list_objects,
-    lock_holder,
-    log_lines,
-    poll,
-    stop_all,
-    terminate_backend,
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    bundle_digest,
+    flag_bytes,
+    upload_member_concat_gate,
 )
-from tests.sr_harness import SREnv, make_intent, read_topic, submit
+from tests.harness.kafka import read_topic, submit
+from tests.harness.probes import list_objects, lock_holder, terminate_backend
+from tests.harness.probes import wait_for as poll
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import WorkerProc, assigned_partitions, log_lines, stop_all
+from tests.reliability.conftest import report
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.postgres.leases import advance_with_epoch, touch_head_with_epoch
 from worker.adapters.s3 import ObjectStore
@@ -185,9 +184,9 @@ def test_worker_survives_a_commit_refused_because_the_group_moved_on(
 ) -> None:
     """Regression (found here, fixed in 6fc57bc): a commit refused with "Local: Group partition
     assignment lost" — what the SIGCONT'd worker above meets — used to end ``sr run``."""
-    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka import Consumer, KafkaError, KafkaException
 
-    from tests.sr_harness import WorkerThread
+    from tests.harness.workers import WorkerThread
     from worker.adapters.kafka import IntakeConsumer
 
     upload_member_concat_gate(s3_client, sr_env.bucket, sr_env.evidence_prefix("moved"), "gates/3A",
@@ -198,7 +197,7 @@ def test_worker_survives_a_commit_refused_because_the_group_moved_on(
     def commit_once_refused(consumer: Any) -> None:
         if not refused:
             refused.append(1)
-            real_commit(_Refusing(KafkaException(KafkaError(KafkaError._ASSIGNMENT_LOST))))
+            real_commit(cast(Consumer, _Refusing(KafkaException(KafkaError(KafkaError._ASSIGNMENT_LOST)))))
         real_commit(consumer)
 
     monkeypatch.setattr(IntakeConsumer, "_commit", staticmethod(commit_once_refused))
@@ -264,8 +263,8 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
     dsn = sr_env.settings.pg_dsn.get_secret_value()
     with open_services(sr_env.settings, sr_env.policy) as a, \
             open_services(sr_env.settings, sr_env.policy, migrate_db=False) as b:
-        gated = _GatedVerifier(a.processor._verifier)
-        a.processor._verifier = gated  # type: ignore[assignment]
+        gated = _GatedVerifier(a.processor.context.verifier)
+        object.__setattr__(a.processor.context, "verifier", gated)  # RunContext is frozen; every service reads it
         result: dict[str, Any] = {}
 
         def stale_holder() -> None:

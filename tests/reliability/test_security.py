@@ -32,17 +32,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from tests.faultproxy import FaultProxy
-from tests.reliability.conftest import HOSTILE, EvidenceWriter, report
-from tests.reliability.helpers import WorkerProc, list_objects, log_lines, poll, stop_all
-from tests.sr_harness import (
-    SREnv,
-    make_intent,
-    produce_raw,
-    read_topic,
-    replace_intent,
-    submit,
-)
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.kafka import produce_raw, read_topic, submit
+from tests.harness.probes import list_objects
+from tests.harness.probes import wait_for as poll
+from tests.harness.sr_env import SREnv, make_intent, replace_intent
+from tests.harness.workers import WorkerProc, log_lines, stop_all
+from tests.reliability.conftest import HOSTILE, report
 from worker.adapters.kafka import EventProducer, IntakeConsumer
 from worker.adapters.postgres import PgConfig, connect
 from worker.app.ports import Record
@@ -76,8 +73,7 @@ def test_evidence_roots_outside_the_tenants_allowed_prefixes_are_rejected_before
     prefixes = {alice: [f"s3://{bucket}/shared/{alice}/"], bob: [f"s3://{bucket}/shared/{bob}/", f"s3://{bucket}/x/"]}
     settings = sr_env.settings.model_copy(update={"tenant_evidence_prefixes": prefixes})
     # Alice's real evidence lives in her configured prefix.
-    from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
-    from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
+    from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
 
     upload_member_concat_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/3A", GATE_3A_MEMBERS)
     upload_bundle_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/6B", GATE_6B_MEMBERS)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.app_world import BUCKET, PREFIX, World
+from tests.harness.app_world import BUCKET, PREFIX, World
 from worker.core.identity import run_id_of
 from worker.core.models import TriggerKind
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.app_world import BUCKET, DLQ, TOPICS, World
+from tests.harness.app_world import BUCKET, DLQ, TOPICS, World
 from worker.app.processor import Action
 from worker.core.identity import run_id_of
 from worker.core.models import RunStatus, Strategy

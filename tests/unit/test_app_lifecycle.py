@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tests.app_world import TOPICS, World
+from tests.harness.app_world import TOPICS, World
 from worker.app.crashpoints import CrashPoint
 from worker.app.processor import Action
 from worker.app.testing import InMemoryLeases, RaisingCrashPoints, SimulatedCrash

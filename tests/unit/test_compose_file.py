@@ -87,7 +87,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    svcs = compose["services"]
+    svcs: dict[str, dict[str, Any]] = compose["services"]
     assert {"kafka", "postgres", "minio", "minio-init", "sr-init", "worker"} <= set(svcs)
     return svcs
 
@@ -344,7 +344,8 @@ def test_k8s_manifests_are_well_formed() -> None:
 
 
 def _pod(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
+    pod: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return pod
 
 
 def _assert_hardened(pod: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faultproxy import FaultProxy, Mode
+from tests.harness.faultproxy import FaultProxy, Mode
 
 
 class EchoServer:

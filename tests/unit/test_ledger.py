@@ -31,7 +31,7 @@ def chain(*steps: tuple[LedgerKind, dict[str, Any]] | tuple[LedgerKind, dict[str
     entries: list[LedgerEntry] = []
     for i, step in enumerate(steps):
         kind, body = step[0], step[1]
-        epoch = step[2] if len(step) == 3 else 1  # type: ignore[misc]
+        epoch = step[2] if len(step) == 3 else 1
         entries.append(
             next_entry(RUN, entries[-1] if entries else None, kind=kind, at_ms=1000 + i, lease_epoch=epoch, body=body)
         )

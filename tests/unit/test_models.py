@@ -132,6 +132,7 @@ def test_missing_field_and_non_mapping() -> None:
     del data["tenant_id"]
     with pytest.raises(IntentInvalidError):
         parse_intent(data)
+    bad: object
     for bad in (None, [], "x", 5):
         with pytest.raises(IntentInvalidError):
             parse_intent(bad)  # type: ignore[arg-type]

@@ -8,13 +8,13 @@ one on the same state, exactly like a restart.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from tests.harness.evidence import upload_bundle_gate, upload_member_concat_gate
+from tests.harness.paths import EXAMPLE_POLICY
 from worker.adapters.avro import AvroCodec
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ports import Record
@@ -36,8 +36,6 @@ from worker.core.ledger import LedgerEntry
 from worker.core.models import Pins, RunIntent, RunTrigger, Strategy, TriggerKind
 from worker.core.policy import Policy, load_policy
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_POLICY = REPO / "schemas" / "policy.example.toml"
 BUCKET = "sr-unit"
 PREFIX = "sr"
 TENANT = "t1"
@@ -49,15 +47,6 @@ TRIGGERS = "sr.triggers"
 
 GATE_3A_MEMBERS = {"a.csv": b"id,amount\n1,10\n", "b.csv": b"id,amount\n2,20\n"}
 GATE_6B_MEMBERS = {"part-0": b"transactions-0\n", "part-1": b"transactions-1\n"}
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def flag(digest: str) -> bytes:
-    """A valid ``_passed.flag`` for ``digest``."""
-    return f"sha256_hex={digest}\n".encode()
 
 
 @dataclass
@@ -153,30 +142,15 @@ class World:
     def write_gate_3a(self, intent: RunIntent, members: Mapping[str, bytes] = GATE_3A_MEMBERS, *,
                       with_flag: bool = True, tamper: Mapping[str, bytes] | None = None) -> str:
         """A ``sha256_member_digest_concat`` bundle at ``gates/3A``; returns its digest."""
-        prefix = f"{self.root_prefix(intent)}/gates/3A"
-        for rel, body in members.items():
-            self.store.put(BUCKET, f"{prefix}/{rel}", body)
-        index = "[" + ",".join(f'{{"path":"{p}","sha256_hex":"{_sha(b)}"}}' for p, b in members.items()) + "]"
-        self.store.put(BUCKET, f"{prefix}/index.json", index.encode())
-        digest = hashlib.sha256("".join(_sha(b) for b in members.values()).encode()).hexdigest()
-        if with_flag:
-            self.store.put(BUCKET, f"{prefix}/_passed.flag", flag(digest))
-        for rel, body in (tamper or {}).items():
-            self.store.put(BUCKET, f"{prefix}/{rel}", body)
-        return digest
+        return upload_member_concat_gate(self.store, BUCKET, self.root_prefix(intent), "gates/3A", members,
+                                         flag="auto" if with_flag else None,
+                                         tamper_after_flag=tamper)
 
     def write_gate_6b(self, intent: RunIntent, members: Mapping[str, bytes] = GATE_6B_MEMBERS, *,
                       with_flag: bool = True, tamper: Mapping[str, bytes] | None = None) -> str:
         """A ``sha256_bundle_digest`` bundle at ``gates/6B``; returns its digest."""
-        prefix = f"{self.root_prefix(intent)}/gates/6B"
-        for rel, body in members.items():
-            self.store.put(BUCKET, f"{prefix}/{rel}", body)
-        digest = hashlib.sha256(b"".join(members[k] for k in sorted(members, key=str.encode))).hexdigest()
-        if with_flag:
-            self.store.put(BUCKET, f"{prefix}/_passed.flag", flag(digest))
-        for rel, body in (tamper or {}).items():
-            self.store.put(BUCKET, f"{prefix}/{rel}", body)
-        return digest
+        return upload_bundle_gate(self.store, BUCKET, self.root_prefix(intent), "gates/6B", members,
+                                  flag="auto" if with_flag else None, tamper_after_flag=tamper)
 
     def write_complete(self, intent: RunIntent) -> None:
         """Evidence for both example gates (``transactions`` needs 6B, which needs 3A)."""
