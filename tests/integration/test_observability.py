@@ -1,6 +1,6 @@
 """Metrics, /healthz, /readyz and the readiness checks, on the real servers (no mocks).
 
-Outages are made with tests/faultproxy.py in front of the session's real SeaweedFS/MinIO
+Outages are made with tests/harness/faultproxy.py in front of the session's real SeaweedFS/MinIO
 and PostgreSQL: the checks point at the proxy, the proxy goes down / black-holes, /readyz
 must turn 503 within 10 s and 200 again within 10 s of the proxy coming back.
 """

@@ -1,7 +1,7 @@
-"""Fault injection between the worker and each of Kafka, Postgres and S3 (``tests/faultproxy.py``).
+"""Fault injection between the worker and each of Kafka, Postgres and S3 (``tests/harness/faultproxy.py``).
 
 Each test runs an in-process worker whose connection to one server goes through a
-:class:`~tests.faultproxy.FaultProxy`, and drives it through phases — latency, connection
+:class:`~tests.harness.faultproxy.FaultProxy`, and drives it through phases — latency, connection
 resets, a blackhole (a partition that later heals) — each with its own batch of intents fed
 just before the fault starts, so it hits them mid-flight. After each fault heals, every
 intent of the phase must be decided and its event acknowledged by Kafka within a bounded time

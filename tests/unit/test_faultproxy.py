@@ -1,4 +1,4 @@
-"""The TCP fault proxy (tests/faultproxy.py) against a tiny in-process echo server."""
+"""The TCP fault proxy (tests/harness/faultproxy.py) against a tiny in-process echo server."""
 
 from __future__ import annotations
 
