@@ -45,7 +45,7 @@ from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, produc
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
 from worker.app.truth import TruthStore
-from worker.cli.runpack import register_prune
+from worker.cli import index as index_cli
 from worker.core.identity import run_id_of
 from worker.core.keys import S3Location
 from worker.core.ledger import derive_state
@@ -565,8 +565,7 @@ def _publications(dsn: str) -> list[tuple[str, str, str | None]]:
 
 def _prune_cli(dsn: str, *argv: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="sr")
-    index_sub = parser.add_subparsers(dest="command").add_parser("index").add_subparsers(dest="index_cmd")
-    register_prune(index_sub)
+    index_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["index", "prune", *argv, "--operator", "auditor", "--json"])
     args.settings = Settings(pg_dsn=dsn, operators=["auditor"])  # type: ignore[arg-type]
     capsys.readouterr()
@@ -623,7 +622,7 @@ def test_prune_needs_an_authorized_operator(clone_db: str) -> None:
     from worker.errors import AuthorizationError
 
     parser = argparse.ArgumentParser(prog="sr")
-    register_prune(parser.add_subparsers(dest="command").add_parser("index").add_subparsers(dest="index_cmd"))
+    index_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["index", "prune", "--older-than", "0", "--operator", "mallory"])
     args.settings = Settings(pg_dsn=clone_db, operators=["auditor"])  # type: ignore[arg-type]
     before = _publications(clone_db)

@@ -105,7 +105,7 @@ def run_dev(args: argparse.Namespace) -> int:
             console.print("[bold green]sr dev ready[/] — Ctrl-C to stop", highlight=False)
             sys.stdout.flush()
             if args.demo:
-                from worker.cli.demo import run_demo
+                from worker.embedded.demo import run_demo
 
                 ok = run_demo(stack.endpoints, console, shutdown.requested, exit_when_done=args.exit_when_done)
                 if args.exit_when_done:

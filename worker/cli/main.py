@@ -1,5 +1,10 @@
 """``sr``: the Scenario Runner command line.
 
+One rule for where a command lives: ``sr NAME ...`` is implemented in ``worker/cli/NAME.py``,
+which defines ``register(sub)`` (adding ``NAME`` and its sub-commands to the parser) and the
+``cmd_*`` handlers. :data:`COMMAND_GROUPS` lists the modules, in ``sr --help`` order; clients
+come from :mod:`worker.runtime.compose`, never from an adapter directly.
+
 Every expected failure is an :class:`~worker.errors.SRError`; it is printed as one line on
 stderr (``sr: error: ...``) with exit code 2, never as a traceback.
 """
@@ -7,25 +12,28 @@ stderr (``sr: error: ...``) with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from worker.errors import SRError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the ``sr`` argument parser with every sub-command registered."""
-    from worker.cli import dev, operate, ops
-    from worker.cli import runpack as runpack_cli
+#: The command modules of ``sr``, in help order (module name = command name).
+COMMAND_GROUPS: Final = ("dev", "run", "submit", "status", "trigger", "runs", "reemit", "replay", "index", "topics",
+                         "db", "runpack")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``sr`` argument parser with every command module registered."""
     parser = argparse.ArgumentParser(prog="sr", description="Scenario Runner: the run readiness authority.")
     parser.add_argument("--config", help="TOML config file (environment variables override it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dev.register(sub)
-    ops.register(sub)
-    runpack_cli.register(sub, operate.register(sub))
+    for name in COMMAND_GROUPS:
+        importlib.import_module(f"worker.cli.{name}").register(sub)
     return parser
 
 

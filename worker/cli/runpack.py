@@ -1,9 +1,4 @@
-"""``sr runpack export|verify`` and ``sr index prune``: audit runpacks and index retention.
-
-Wiring (in :func:`worker.cli.main.build_parser`)::
-
-    from worker.cli import runpack as runpack_cli
-    runpack_cli.register(sub, operate.register(sub))   # sr runpack export|verify, sr index prune
+"""``sr runpack export|verify``: audit runpacks (a run's whole story, verifiable offline).
 
 Exit codes: 0 success; 1 ``verify`` found problems; 2 any SR error (printed by ``main``).
 """
@@ -12,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,15 +20,11 @@ from worker.errors import InputError
 from worker.runpack.export import Progress as ProgressFn
 from worker.settings import Settings
 
-__all__ = ["cmd_export", "cmd_prune", "cmd_verify", "register", "register_prune"]
+__all__ = ["cmd_export", "cmd_verify", "register"]
 
 
-def register(sub: Any, index_sub: Any = None) -> None:
-    """Register ``runpack export|verify`` on ``sub`` (the top-level sub-parsers).
-
-    With ``index_sub`` (the sub-parsers of ``sr index``, as returned by
-    :func:`worker.cli.operate.register`) ``index prune`` is registered there too.
-    """
+def register(sub: Any) -> None:
+    """Register ``runpack export|verify`` on ``sub`` (the top-level sub-parsers)."""
     runpack = sub.add_parser("runpack", help="audit runpacks: export one run's whole story, verify it offline")
     actions = runpack.add_subparsers(dest="runpack_cmd", required=True, metavar="ACTION")
 
@@ -66,36 +56,6 @@ def register(sub: Any, index_sub: Any = None) -> None:
                    help="the root hash recorded at export time; any other root hash fails verification")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_verify)
-    if index_sub is not None:
-        register_prune(index_sub)
-
-
-def register_prune(index_sub: Any) -> None:
-    """Register ``index prune`` on ``index_sub`` (the sub-parsers of ``sr index``)."""
-    p = index_sub.add_parser(
-        "prune", help="delete superseded working data from the Postgres index (never S3 truth)",
-        description="Delete published outbox rows older than --older-than days that no code path needs again: "
-                    "READY/SUPERSEDE rows of superseded facts views and STATUS rows of runs in a final status. "
-                    "Run rows, unpublished rows and the current facts' rows are never deleted; S3 is not touched. "
-                    "Like every operator action it needs an operator in SR_OPERATORS and is audited.",
-    )
-    p.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
-                   help="only rows published more than DAYS days ago (database clock)")
-    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
-    p.add_argument("--batch-size", type=int, default=1000, help="rows deleted per transaction (default 1000)")
-    p.add_argument("--operator", help="operator identity (default: $SR_OPERATOR or the OS user)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_prune)
-
-
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError("--older-than must be a finite number of days >= 0")
-    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:

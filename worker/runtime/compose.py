@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
-from worker.adapters.kafka import EventProducer, KafkaConfig, KafkaPartitionReader
+from worker.adapters.kafka import EventProducer, KafkaConfig, KafkaPartitionReader, TopicAdmin
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
@@ -48,6 +48,7 @@ __all__ = [
     "kafka_config",
     "load_policy_file",
     "make_codec",
+    "migrate_database",
     "object_store",
     "open_operator_services",
     "open_services",
@@ -56,6 +57,7 @@ __all__ = [
     "pg_config",
     "run_index",
     "s3_config",
+    "topic_admin",
 ]
 
 
@@ -128,6 +130,20 @@ def object_store(settings: Settings, *, on_request: Callable[[str, float, bool],
 def event_producer(settings: Settings) -> EventProducer:
     """An unopened producer (``with event_producer(s) as producer``); it refuses to send unopened."""
     return EventProducer(kafka_config(settings))
+
+
+def migrate_database(settings: Settings) -> list[str]:
+    """Apply pending SQL migrations (``sr db migrate``, the worker at start); returns those applied.
+
+    Raises:
+        PostgresUnavailableError / MigrationError: as :func:`worker.adapters.postgres.migrate`.
+    """
+    return migrate(settings.pg_dsn.get_secret_value())
+
+
+def topic_admin(settings: Settings) -> TopicAdmin:
+    """Topic administration with the worker's Kafka settings (``SR_KAFKA_*`` SASL/TLS included)."""
+    return TopicAdmin(kafka_config(settings))
 
 
 def partition_reader(settings: Settings) -> PartitionReader:
@@ -223,7 +239,7 @@ def open_worker_services(settings: Settings, policy: Policy, *, migrate_db: bool
         SRError: a client could not be opened.
     """
     if migrate_db:
-        migrate(settings.pg_dsn.get_secret_value())
+        migrate_database(settings)
     with ExitStack() as stack:
         yield _open(stack, settings, policy=policy, metrics=metrics, open_producer=True, open_leases=True)
 

@@ -1,0 +1,25 @@
+"""``sr db migrate``: apply SR's SQL migrations (the only command that does)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from worker.settings import Settings
+
+
+def register(sub: Any) -> None:
+    """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
+    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_cmd", required=True)
+    p = db.add_parser("migrate", help="apply SR's SQL migrations (idempotent)")
+    p.set_defaults(handler=cmd_db_migrate)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations; prints the ones applied."""
+    from worker.runtime.compose import migrate_database
+
+    settings: Settings = args.settings
+    applied = migrate_database(settings)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0

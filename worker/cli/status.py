@@ -1,0 +1,64 @@
+"""``sr status RUN_ID``: a run's index row and its verified ledger timeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.settings import Settings
+
+
+def register(sub: Any) -> None:
+    """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
+    p = sub.add_parser("status", help="show a run's status and its ledger timeline")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
+    from worker.app.truth import TruthStore
+    from worker.core.keys import run_keys
+    from worker.core.models import RunIntent, datetime_from_millis
+    from worker.runtime.compose import object_store, run_index
+
+    settings: Settings = args.settings
+    console = Console()
+    with run_index(settings) as index:
+        row = index.get(args.run_id)
+    if row is None:
+        print(f"sr: run {args.run_id} not found", file=sys.stderr)
+        return 1
+    intent = RunIntent.from_avro(row.intent)
+    keys = run_keys(settings.s3_prefix, intent.tenant_id, intent.namespace, row.run_id)
+    with object_store(settings) as store:
+        entries = TruthStore(store, settings.s3_bucket, settings.s3_prefix).read_ledger(keys) \
+            if row.ledger_seq >= 0 else ()
+    timeline = [
+        {"seq": e.seq, "kind": e.kind.value, "at": datetime_from_millis(e.at_ms).isoformat(),
+         "epoch": e.lease_epoch, "body": {k: v for k, v in e.body.items() if k != "intent"}}
+        for e in entries
+    ]
+    summary = {
+        "run_id": row.run_id, "status": row.status, "reason_code": row.reason_code,
+        "tenant_id": row.tenant_id, "namespace": row.namespace, "scenario_id": row.scenario_id,
+        "plan_hash": row.plan_hash, "facts_view_hash": row.facts_view_hash, "lease_epoch": row.lease_epoch,
+        "ledger": timeline,
+    }
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0
+    console.print(f"[bold]{row.run_id}[/] {row.status} {row.reason_code or ''}", highlight=False)
+    table = Table("seq", "kind", "at", "epoch", "details")
+    for item in timeline:
+        body: dict[str, object] = item["body"]  # type: ignore[assignment]
+        details = ", ".join(f"{k}={v}" for k, v in body.items())
+        table.add_row(str(item["seq"]), str(item["kind"]), str(item["at"]), str(item["epoch"]), details)
+    console.print(table)
+    return 0

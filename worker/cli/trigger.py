@@ -1,0 +1,40 @@
+"""``sr trigger RUN_ID --kind K``: publish a RunTrigger keyed by run_id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.settings import Settings
+
+
+def register(sub: Any) -> None:
+    """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
+    p = sub.add_parser("trigger", help="publish a RunTrigger for a run")
+    p.add_argument("run_id")
+    p.add_argument("--kind", required=True, choices=["EVIDENCE_ARRIVED", "REEVALUATE", "REEMIT", "SUPERSEDE"])
+    p.add_argument("--reason", default="", help="free text recorded in the run's ledger")
+    p.add_argument("--requested-by", default=None, help="who asks (default: $SR_OPERATOR or the OS user)")
+    p.set_defaults(handler=cmd_trigger)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Publish one RunTrigger keyed by run_id."""
+    from worker.app.operators import operator_name
+    from worker.core.models import RunTrigger, TriggerKind
+    from worker.runtime.compose import event_producer, make_codec
+
+    settings: Settings = args.settings
+    trigger = RunTrigger(run_id=args.run_id, kind=TriggerKind(args.kind), reason=args.reason,
+                         requested_by=operator_name(args.requested_by, dict(os.environ)),
+                         requested_at=datetime.now(UTC))
+    codec = make_codec(settings)
+    with event_producer(settings) as producer:
+        where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(),
+                                       value=codec.encode_trigger(trigger, subject=f"{settings.topics.triggers}-value"))
+    print(json.dumps({"run_id": trigger.run_id, "kind": trigger.kind.value, "partition": where.partition,
+                      "offset": where.offset}))
+    return 0
