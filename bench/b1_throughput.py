@@ -20,28 +20,23 @@ import itertools
 import time
 from typing import Any
 
+from bench.clients import IntentPublisher, TopicWatcher
 from bench.common import (
-    CpuMeter,
-    IntentPublisher,
-    TopicWatcher,
-    WorkerProc,
     World,
-    bottleneck,
-    cpu_per_unit,
     figure,
     log,
     make_intent,
     make_world,
     percentile,
     s3_client,
-    server_groups,
     start_worker,
-    stop_all,
     sum_stop_stats,
     wait_assigned,
 )
+from bench.cpu import CpuMeter, bottleneck, cpu_per_unit, server_groups
 from bench.limits import mean_rates, s3_rates, s3_ready_limit
 from tests.harness.evidence import synthetic_example_evidence, write_objects
+from tests.harness.workers import WorkerProc, stop_all
 
 
 def seed_shared_evidence(world: World, name: str = "shared") -> str:

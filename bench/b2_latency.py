@@ -20,20 +20,9 @@ import time
 from typing import Any
 
 from bench.b1_throughput import seed_shared_evidence
-from bench.common import (
-    CpuMeter,
-    IntentPublisher,
-    OneWorkerScenario,
-    TopicWatcher,
-    bottleneck,
-    figure,
-    log,
-    make_intent,
-    make_world,
-    percentile,
-    server_groups,
-    start_worker,
-)
+from bench.clients import IntentPublisher, TopicWatcher
+from bench.common import OneWorkerScenario, figure, log, make_intent, make_world, percentile, start_worker
+from bench.cpu import CpuMeter, bottleneck, server_groups
 
 
 class PacedPublisher:

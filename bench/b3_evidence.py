@@ -25,7 +25,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.common import CpuMeter, InProcessScenario, MiB, bottleneck, figure, log, s3_config, server_groups
+from bench.common import InProcessScenario, MiB, figure, log, s3_config
+from bench.cpu import CpuMeter, bottleneck, server_groups
 from bench.limits import library_for
 
 CHUNK = 1 * MiB

