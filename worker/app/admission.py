@@ -79,7 +79,7 @@ class IntentAdmission:
         if admission.outcome is AdmissionOutcome.DUPLICATE:
             return self._on_duplicate(admission, log)
         log.info("run admitted")
-        return self._step.drive(run_id, fresh=True, log=log)
+        return self._step.drive(run_id, fresh=True, log=log, intent=intent)
 
     def _on_duplicate(self, admission: Admission, log: RunLogger) -> Outcome:
         row = admission.row

@@ -24,15 +24,16 @@ from worker.app.ledger_writer import LedgerWriter
 from worker.app.outcomes import Action, Outcome
 from worker.app.ports import Lease
 from worker.app.publications import Publications
+from worker.core.canonical import sha256_hex
 from worker.core.events import control_fact
 from worker.core.evidence import Classification, ClassificationResult, GateResult, classify
-from worker.core.facts import build_facts_view, facts_view_bytes, facts_view_hash
+from worker.core.facts import build_facts_view, facts_view_bytes
 from worker.core.index import RunRow
 from worker.core.keys import RunKeys
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
 from worker.core.ledger_bodies import ReadyBody, StatusBody
 from worker.core.models import RunIntent, RunStatus, RunStatusEvent, RunTrigger, datetime_from_millis
-from worker.core.plan import Plan, build_plan, plan_bytes, plan_hash
+from worker.core.plan import Plan, build_plan, plan_bytes
 from worker.core.statuses import FINAL_STATUSES, event_status, ledger_kind, run_status
 from worker.errors import ConfigError, EvidenceError, LeaseBusyError, RunNotFoundError
 from worker.logs import RunLogger, run_logger
@@ -75,11 +76,12 @@ class RunStep:
 
     # ------------------------------------------------------------------ entry
     def drive(self, run_id: str, *, fresh: bool, wait: float | None = None, trigger: RunTrigger | None = None,
-              log: RunLogger | None = None) -> Outcome:
+              log: RunLogger | None = None, intent: RunIntent | None = None) -> Outcome:
         """Take the lease and advance the run one step.
 
         ``fresh`` means this process just inserted the index row, so no S3 state can exist
-        yet and the ledger need not be listed.
+        yet and the ledger need not be listed. ``intent`` is the decoded intent when the
+        caller has it (admission), so the row's copy need not be parsed again.
 
         Raises:
             RunNotFoundError: ``run_id`` is not in the index.
@@ -98,11 +100,12 @@ class RunStep:
                 raise RunNotFoundError(f"run {run_id} is not in the index")
             # Every line about this step carries the run, its tenant and the fencing epoch.
             log = run_logger("sr.run", **{**(log.extra or {}), "tenant_id": row.tenant_id, "epoch": lease.epoch})
-            return self._step(lease, row, fresh=fresh, trigger=trigger, log=log)
+            return self._step(lease, row, fresh=fresh, trigger=trigger, log=log, intent=intent)
 
     def _step(self, lease: Lease, row: RunRow, *, fresh: bool, trigger: RunTrigger | None,
-              log: RunLogger) -> Outcome:
-        intent = RunIntent.from_avro(row.intent)
+              log: RunLogger, intent: RunIntent | None) -> Outcome:
+        if intent is None:
+            intent = RunIntent.from_avro(row.intent)
         keys = self._ctx.truth.keys_for(intent.tenant_id, intent.namespace, row.run_id)
         if row.status in FINAL_STATUSES and trigger is None:
             # Nothing to decide again; finish any publication a crash left behind. The index
@@ -121,13 +124,12 @@ class RunStep:
             self.publications.republish_pending(row.run_id, log)
             return Outcome(Action.UNCHANGED, row.run_id, status.value)
         try:
-            plan = self._plan_for(step)
+            plan, p_hash = self._plan_for(step)
         except EvidenceError as exc:
             # E.g. an output the policy does not know: the run cannot ever be planned.
             failed = ClassificationResult(classification=Classification.FAILED, reason_code=exc.code,
                                           detail=str(exc))
             return self.commit_status(step, p_hash=None, verdict=failed, current=status)
-        p_hash = plan_hash(plan)
         results = self.verify(plan)
         verdict = classify(results, deadline=intent.deadline, now=self._ctx.clock())
         if verdict.classification is Classification.COMPLETE:
@@ -141,8 +143,8 @@ class RunStep:
         self._ctx.observer.evidence_bytes(sum(r.byte_count for r in results))
         return results
 
-    def _plan_for(self, step: StepState) -> Plan:
-        """The run's plan: built once, written once; later steps use the stored one.
+    def _plan_for(self, step: StepState) -> tuple[Plan, str]:
+        """The run's plan and its hash: built once, written once; later steps use the stored one.
 
         Raises:
             EvidenceError: the intent cannot be planned under the policy (and no plan is stored).
@@ -156,15 +158,16 @@ class RunStep:
         except EvidenceError:
             if row.plan_hash is None:
                 raise
-            return ctx.truth.read_plan(step.keys, row.plan_hash)
-        p_hash = plan_hash(plan)
+            return ctx.truth.read_plan(step.keys, row.plan_hash), row.plan_hash
+        data = plan_bytes(plan)  # serialised once: its hash is the plan's address
+        p_hash = sha256_hex(data)
         if row.plan_hash is None:
-            ctx.truth.write_plan(step.keys, plan_bytes(plan))
+            ctx.truth.write_plan(step.keys, data)
             ctx.crash.hit(CrashPoint.AFTER_PLAN_WRITE)
         elif row.plan_hash != p_hash:
             # The policy changed since admission: the run keeps the plan it was admitted with.
-            plan = ctx.truth.read_plan(step.keys, row.plan_hash)
-        return plan
+            return ctx.truth.read_plan(step.keys, row.plan_hash), row.plan_hash
+        return plan, p_hash
 
     # ------------------------------------------------------------------ commits
     def facts_uri(self, keys: RunKeys, fv_hash: str) -> str:
@@ -174,9 +177,9 @@ class RunStep:
     def commit_ready(self, step: StepState, *, plan: Plan, p_hash: str, results: Sequence[GateResult]) -> Outcome:
         """Facts view → READY entry → index row + publication → produce."""
         ctx = self._ctx
-        view = build_facts_view(plan, p_hash, results)
-        fv_hash = facts_view_hash(view)
-        ctx.truth.write_facts_view(step.keys, facts_view_bytes(view))
+        view_bytes = facts_view_bytes(build_facts_view(plan, p_hash, results))
+        fv_hash = sha256_hex(view_bytes)
+        ctx.truth.write_facts_view(step.keys, view_bytes)
         ctx.crash.hit(CrashPoint.AFTER_FACTS_WRITE)
         body = ReadyBody(plan_hash=p_hash, facts_view_hash=fv_hash, facts_view_uri=self.facts_uri(step.keys, fv_hash),
                          policy_rev=plan.policy_rev)
