@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
 pytest_plugins: list[str] = []
 
-#: The old private name; ``tests/integration/test_runpack.py`` still imports it from here.
-_dsn_for_db = dsn_for_db
-
 
 # ----------------------------------------------------------------------------- servers
 @pytest.fixture(scope="session")

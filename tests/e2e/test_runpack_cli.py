@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import EvidenceWriter
-from tests.servers import unique
-from tests.sr_harness import SREnv, WorkerThread, make_intent, read_topic, submit
+from tests.harness.evidence import EvidenceWriter
+from tests.harness.kafka import read_topic, submit
+from tests.harness.servers import unique
+from tests.harness.sr_env import SREnv, make_intent
+from tests.harness.workers import WorkerThread
 from worker.core.identity import run_id_of
 
 pytestmark = pytest.mark.e2e

@@ -13,10 +13,18 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
-from tests.servers import Servers
-from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, read_topic, submit, wait_for
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    EvidenceWriter,
+    upload_bundle_gate,
+    upload_member_concat_gate,
+)
+from tests.harness.kafka import read_topic, submit
+from tests.harness.probes import wait_for
+from tests.harness.servers import Servers
+from tests.harness.sr_env import SREnv, build_env, make_intent
+from tests.harness.workers import WorkerThread
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
@@ -89,7 +97,7 @@ def test_sweeper_picks_up_evidence_and_fails_expired_deadlines(sr_env: SREnv,
         statuses = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.status, timeout=4)
     finally:
         worker.stop()
-    decoded = [sr_env.codec.decode_status(r.value) for r in statuses]
+    decoded = [sr_env.codec.decode_status(r.value or b"") for r in statuses]
     expiring_events = [(e.status.value, e.reason_code) for e in decoded if e.run_id == run_id_of(expiring)]
     assert expiring_events == [("WAITING", "EVIDENCE_MISSING"), ("FAILED", "EVIDENCE_MISSING_DEADLINE")]
     assert run_status(sr_env, run_id_of(expiring)) == "FAILED"

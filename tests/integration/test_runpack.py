@@ -37,11 +37,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import _dsn_for_db
-from tests.evidence_fixtures import upload_bundle_gate, upload_member_concat_gate
-from tests.integration.conftest import GATE_3A_MEMBERS, GATE_6B_MEMBERS
-from tests.servers import Servers, unavailable, unique
-from tests.sr_harness import SREnv, WorkerThread, build_env, make_intent, produce_raw, read_topic, submit
+from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
+from tests.harness.kafka import produce_raw, read_topic, submit
+from tests.harness.servers import Servers, unavailable, unique
+from tests.harness.sr_env import SREnv, build_env, make_intent
+from tests.harness.sr_env import dsn_for_db as _dsn_for_db
+from tests.harness.workers import WorkerThread
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.adapters.s3 import ObjectStore
 from worker.app.truth import TruthStore
@@ -103,7 +104,7 @@ class World:
         return ObjectStore(s3_config(self.settings))
 
     def index(self, dsn: str | None = None) -> RunIndex:
-        config = pg_config(self.settings) if dsn is None else PgConfig(dsn=dsn)  # type: ignore[arg-type]
+        config = pg_config(self.settings) if dsn is None else PgConfig(dsn=dsn)
         return RunIndex(config, RoundTripCounter())
 
     def export(self, name: str, target: Any, *, dsn: str | None = None, **kwargs: Any) -> Any:
@@ -567,10 +568,11 @@ def _prune_cli(dsn: str, *argv: str, capsys: pytest.CaptureFixture[str]) -> dict
     parser = argparse.ArgumentParser(prog="sr")
     index_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["index", "prune", *argv, "--operator", "auditor", "--json"])
-    args.settings = Settings(pg_dsn=dsn, operators=["auditor"])  # type: ignore[arg-type]
+    args.settings = Settings(pg_dsn=dsn, operators=["auditor"])
     capsys.readouterr()
     assert args.handler(args) == 0
-    return json.loads(capsys.readouterr().out)
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
 
 
 def test_prune_deletes_only_superseded_working_data_never_s3(world: World, clone_db: str, tmp_path: Path,
@@ -624,7 +626,7 @@ def test_prune_needs_an_authorized_operator(clone_db: str) -> None:
     parser = argparse.ArgumentParser(prog="sr")
     index_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["index", "prune", "--older-than", "0", "--operator", "mallory"])
-    args.settings = Settings(pg_dsn=clone_db, operators=["auditor"])  # type: ignore[arg-type]
+    args.settings = Settings(pg_dsn=clone_db, operators=["auditor"])
     before = _publications(clone_db)
     with pytest.raises(AuthorizationError):
         args.handler(args)
