@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from worker.app.context import RunContext
 from worker.app.outcomes import Action, Outcome
-from worker.app.ports import Record
 from worker.app.publications import Publications
 from worker.app.run_step import RunStep
 from worker.app.verifier import EvidenceVerifier
@@ -43,12 +42,13 @@ class IntentAdmission:
         self._step = step
         self._publications = publications
 
-    def handle(self, intent: RunIntent, source: Record) -> Outcome:
-        """Admit ``intent`` (consumed as ``source``) and drive its run as far as the evidence allows.
+    def handle(self, intent: RunIntent) -> Outcome:
+        """Admit ``intent`` and drive its run as far as the evidence allows.
+
+        A rejection's outcome carries the error for the message's DLQ copy.
 
         Raises:
             RetryableError: a server is unavailable (the caller retries; offset not stored).
-            KafkaUnavailableError: a rejection's DLQ copy was not acknowledged.
         """
         ctx = self._ctx
         equivalence_key = run_equivalence_key(intent)
@@ -58,8 +58,7 @@ class IntentAdmission:
             EvidenceVerifier.check_evidence_root(intent.evidence_root, intent.tenant_id, default_bucket=ctx.s3_bucket,
                                                  tenant_prefixes=ctx.tenant_prefixes)
         except EvidenceRootForbiddenError as exc:
-            self.reject(source, intent, run_id, exc, log=log)
-            return Outcome(Action.REJECTED, run_id, exc.code)
+            return self.reject(intent, run_id, exc, log=log)
         admission = ctx.index.admit(NewRun(
             run_id=run_id,
             run_equivalence_key=equivalence_key,
@@ -74,8 +73,7 @@ class IntentAdmission:
         if admission.outcome is AdmissionOutcome.COLLISION:
             detail = (f"run {run_id} exists with a different intent fingerprint; "
                       "the existing run is left untouched")
-            self.reject(source, intent, run_id, RejectionError("EQUIV_KEY_COLLISION", detail), log=log)
-            return Outcome(Action.REJECTED, run_id, "EQUIV_KEY_COLLISION")
+            return self.reject(intent, run_id, RejectionError("EQUIV_KEY_COLLISION", detail), log=log)
         if admission.outcome is AdmissionOutcome.DUPLICATE:
             return self._on_duplicate(admission, log)
         log.info("run admitted")
@@ -88,11 +86,13 @@ class IntentAdmission:
             return self._step.drive(row.run_id, fresh=False, wait=0.0, log=log)
         return Outcome(Action.DUPLICATE, row.run_id, row.status)
 
-    def reject(self, source: Record, intent: RunIntent, run_id: str, error: SRError, *, log: RunLogger) -> None:
-        """REJECTED status event + DLQ copy of the message; no run state is touched.
+    def reject(self, intent: RunIntent, run_id: str, error: SRError, *, log: RunLogger) -> Outcome:
+        """Announce REJECTED on the status topic; the outcome asks for a DLQ copy of the message.
+
+        No run state is touched.
 
         Raises:
-            KafkaUnavailableError: the event or the DLQ copy was not acknowledged.
+            KafkaUnavailableError: the status event was not acknowledged.
         """
         ctx = self._ctx
         event = RunStatusEvent(
@@ -106,15 +106,6 @@ class IntentAdmission:
             emitted_at=ctx.clock(),
         )
         ctx.publisher.send_status(ctx.topics.status, run_id, self._publications.encode_status(event))
-        self.dead_letter(source, error)
         ctx.observer.run_transition(RunStatus.REJECTED.value)
         log.warning("intent REJECTED", extra={"reason_code": error.code})
-
-    def dead_letter(self, source: Record, error: BaseException) -> None:
-        """Copy a poison ``source`` to the DLQ with error headers (waits for the ack).
-
-        Raises:
-            KafkaUnavailableError: not acknowledged; the offset must not be committed.
-        """
-        self._ctx.publisher.dead_letter(source, error)
-        self._ctx.observer.dead_lettered(error.code if isinstance(error, SRError) else "INTERNAL")
+        return Outcome(Action.REJECTED, run_id, error.code, dead_letter=error)

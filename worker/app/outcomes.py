@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from worker.errors import SRError
+
 __all__ = ["Action", "Outcome"]
 
 
@@ -26,8 +28,14 @@ class Action(enum.StrEnum):
 @dataclass(frozen=True)
 class Outcome:
     """Result of handling one message: the action, the run it was about, and a detail
-    (a facts_view_hash, a reason_code or a short explanation)."""
+    (a facts_view_hash, a reason_code or a short explanation).
+
+    ``dead_letter`` is set when the decision includes a DLQ copy of the message (a
+    REJECTED intent): the runtime writes it — the one place that writes the DLQ, for
+    rejections and for poison messages alike — before the offset is stored.
+    """
 
     action: Action
     run_id: str | None
     detail: str = ""
+    dead_letter: SRError | None = None

@@ -30,6 +30,7 @@ from worker.app.verifier import EvidenceVerifier
 from worker.core.index import NewPublication
 from worker.core.models import ReadyEvent, RunIntent, RunTrigger
 from worker.core.policy import Policy
+from worker.errors import SRError
 from worker.logs import RunLogger, run_logger
 
 __all__ = ["Action", "Outcome", "OutputTopics", "RunProcessor", "utcnow"]
@@ -77,12 +78,13 @@ class RunProcessor:
 
     # ------------------------------------------------------------------ messages
     def handle_intent(self, intent: RunIntent, source: Record) -> Outcome:
-        """Admit one decoded intent and drive its run as far as the evidence allows.
+        """Admit one decoded intent (consumed as ``source``) and drive its run as far as the
+        evidence allows. A REJECTED outcome's ``dead_letter`` asks the caller for a DLQ copy.
 
         Raises:
             RetryableError: a server is unavailable (the caller retries; offset not stored).
         """
-        return self.admission.handle(intent, source)
+        return self.admission.handle(intent)
 
     def handle_trigger(self, trigger: RunTrigger, source: Record) -> Outcome:
         """Apply one decoded trigger under the run's lease (recorded in the ledger first).
@@ -97,12 +99,13 @@ class RunProcessor:
                                log=log)
 
     def dead_letter(self, source: Record, error: BaseException) -> None:
-        """Copy a poison ``source`` to the DLQ with error headers (waits for the ack).
+        """Copy ``source`` (original key, bytes, headers) to the DLQ with error headers; waits for the ack.
 
         Raises:
             KafkaUnavailableError: not acknowledged; the offset must not be committed.
         """
-        self.admission.dead_letter(source, error)
+        self.context.publisher.dead_letter(source, error)
+        self.context.observer.dead_lettered(error.code if isinstance(error, SRError) else "INTERNAL")
 
     # ------------------------------------------------------------------ runs
     def drive(self, run_id: str, *, fresh: bool, wait: float | None = None, trigger: RunTrigger | None = None,

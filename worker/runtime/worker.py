@@ -318,6 +318,9 @@ class Worker:
                 if not self._dead_letter(processor, record, exc):
                     return False
                 outcome = None
+            if outcome is not None and outcome.dead_letter is not None \
+                    and not self._dead_letter(processor, record, outcome.dead_letter):
+                return False  # a REJECTED intent's DLQ copy: the offset waits for its ack
             self.metrics.message(record.topic, outcome.action.value if outcome is not None else "DLQ")
             if self._on_outcome is not None:
                 self._on_outcome(record, outcome)
