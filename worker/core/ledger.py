@@ -26,7 +26,7 @@ from typing import Any, Final, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
-from worker.core.models import Hex64, RunId, RunStatus
+from worker.core.models import TERMINAL_STATUSES, Hex64, RunId, RunStatus
 from worker.errors import CanonicalJSONError, IntegrityError, InvalidJSONError, MessageTooLargeError
 
 __all__ = [
@@ -187,14 +187,7 @@ class RunState(BaseModel):
     fenced_seqs: tuple[int, ...] = ()
 
 
-_TERMINAL: Final = frozenset({RunStatus.FAILED, RunStatus.QUARANTINED, RunStatus.REJECTED})
-_KIND_STATUS: Final = {
-    LedgerKind.ADMITTED: RunStatus.ADMITTED,
-    LedgerKind.WAITING: RunStatus.WAITING,
-    LedgerKind.FAILED: RunStatus.FAILED,
-    LedgerKind.QUARANTINED: RunStatus.QUARANTINED,
-    LedgerKind.REJECTED: RunStatus.REJECTED,
-}
+_TERMINAL: Final = TERMINAL_STATUSES
 
 
 def _optional_hash(entry: LedgerEntry, name: str) -> str | None:
@@ -242,7 +235,7 @@ class _Deriver:
         elif kind is LedgerKind.TRIGGER:
             pass  # audit only: a trigger asks for work, it is not a state change
         else:
-            self._status_entry(entry, _KIND_STATUS[kind])
+            self._status_entry(entry, RunStatus(kind.value))  # status kinds share the status's name
 
     def _status_entry(self, entry: LedgerEntry, status: RunStatus) -> None:
         plan = entry.body.get("plan_hash")

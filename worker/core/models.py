@@ -38,6 +38,7 @@ from worker.errors import DecodeError, IntentInvalidError, UnsafeKeyError
 
 __all__ = [
     "EPOCH",
+    "TERMINAL_STATUSES",
     "EventType",
     "Hex64",
     "Identifier",
@@ -100,6 +101,10 @@ class RunStatus(StrEnum):
     FAILED = "FAILED"
     QUARANTINED = "QUARANTINED"
     REJECTED = "REJECTED"
+
+
+#: Statuses a run never leaves by itself (only a committed correction moves a run on).
+TERMINAL_STATUSES: Final = frozenset({RunStatus.FAILED, RunStatus.QUARANTINED, RunStatus.REJECTED})
 
 
 class StatusEventStatus(StrEnum):

@@ -13,12 +13,12 @@ from typing import Final
 
 from worker.core.evidence import Classification
 from worker.core.ledger import LedgerKind
-from worker.core.models import RunStatus, StatusEventStatus
+from worker.core.models import TERMINAL_STATUSES, RunStatus, StatusEventStatus
 
 __all__ = ["FINAL_STATUSES", "event_status", "ledger_kind", "run_status"]
 
 #: Statuses nothing but a trigger (SUPERSEDE) moves a run out of.
-FINAL_STATUSES: Final = frozenset({RunStatus.READY, RunStatus.FAILED, RunStatus.QUARANTINED, RunStatus.REJECTED})
+FINAL_STATUSES: Final = TERMINAL_STATUSES | {RunStatus.READY}
 
 
 def run_status(classification: Classification) -> RunStatus:
