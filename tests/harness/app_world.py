@@ -183,7 +183,11 @@ class World:
 
     def handle(self, processor: RunProcessor, intent: RunIntent) -> Outcome:
         """Hand ``intent`` to ``processor`` as the worker loop would."""
-        return processor.handle_intent(intent, self.intent_record(intent))
+        record = self.intent_record(intent)
+        outcome = processor.handle_intent(intent, record)
+        if outcome.dead_letter is not None:  # as the worker loop does, before storing the offset
+            processor.dead_letter(record, outcome.dead_letter)
+        return outcome
 
     def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger) -> Outcome:
         """Hand ``trigger`` to ``processor`` as the worker loop would."""
