@@ -78,13 +78,13 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
     intent = make_intent(sr_env, "race")
     run_id = run_id_of(intent)
     blocker = BlockingVerifier(a.processor.context.verifier)
-    object.__setattr__(a.processor.context, "verifier", blocker)  # RunContext is frozen; every service reads it
+    processor_a = a.processor.replace(verifier=blocker)
 
     result: dict[str, Any] = {}
 
     def run_a() -> None:
         try:
-            result["a"] = dispatch(a.processor, intent_record(sr_env, intent),
+            result["a"] = dispatch(processor_a, intent_record(sr_env, intent),
                                    triggers_topic=sr_env.settings.topics.triggers)
         except BaseException as exc:
             result["a_error"] = exc

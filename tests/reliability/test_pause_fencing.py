@@ -264,12 +264,12 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
     with open_services(sr_env.settings, sr_env.policy) as a, \
             open_services(sr_env.settings, sr_env.policy, migrate_db=False) as b:
         gated = _GatedVerifier(a.processor.context.verifier)
-        object.__setattr__(a.processor.context, "verifier", gated)  # RunContext is frozen; every service reads it
+        processor_a = a.processor.replace(verifier=gated)
         result: dict[str, Any] = {}
 
         def stale_holder() -> None:
             try:
-                result["outcome"] = dispatch(a.processor, intent_record(sr_env, intent),
+                result["outcome"] = dispatch(processor_a, intent_record(sr_env, intent),
                                              triggers_topic=sr_env.settings.topics.triggers)
             except Exception as exc:
                 result["error"] = exc

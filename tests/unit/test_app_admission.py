@@ -202,3 +202,12 @@ def test_dead_letter_copies_key_bytes_and_error_headers(world: World) -> None:
     assert dead.header("sr-error-class") == "DECODE_ERROR"
     assert dead.header("sr-source-offset") == str(record.offset)
     assert dead.header("sr-error-message") == "not Avro"
+
+
+def test_replace_builds_a_new_processor_and_leaves_the_old_one_alone(world: World) -> None:
+    processor = world.processor()
+    other = processor.replace(lease_wait=2.5)
+    assert other.context.lease_wait == 2.5 and processor.context.lease_wait == 0.0
+    assert other.step is not processor.step and other.context.index is processor.context.index
+    with pytest.raises(TypeError):
+        processor.replace(no_such_field=1)

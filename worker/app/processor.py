@@ -11,8 +11,10 @@ take *decoded* messages plus the consumed :class:`~worker.app.ports.Record` they
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from worker.app.admission import IntentAdmission
 from worker.app.context import OutputTopics, RunContext, utcnow
@@ -58,13 +60,28 @@ class RunProcessor:
         crash_points: CrashPoints = INERT,
         observer: RunObserver | None = None,
     ) -> None:
-        self.context = ctx = RunContext(
+        self._wire(RunContext(
             codec=codec, index=index, leases=leases, truth=truth, verifier=verifier, publisher=publisher,
             topics=topics, s3_bucket=s3_bucket, policy=policy, tenant_prefixes=tenant_prefixes,
             recheck_interval=timedelta(seconds=recheck_interval), lease_wait=lease_wait,
             trigger_lease_wait=max(lease_wait, 5.0), clock=clock, crash=crash_points,
             observer=observer if observer is not None else SilentObserver(),
-        )
+        ))
+
+    @classmethod
+    def from_context(cls, ctx: RunContext) -> RunProcessor:
+        """A processor over an existing context (the services are wired anew)."""
+        processor = cls.__new__(cls)
+        processor._wire(ctx)
+        return processor
+
+    def replace(self, **changes: Any) -> RunProcessor:
+        """A new processor whose context differs in ``changes`` (e.g. a test's verifier); this
+        one is unchanged. Raises TypeError for a field :class:`RunContext` does not have."""
+        return RunProcessor.from_context(dataclasses.replace(self.context, **changes))
+
+    def _wire(self, ctx: RunContext) -> None:
+        self.context = ctx
         self.publications = Publications(ctx)
         self.step = RunStep(ctx, ledger=LedgerWriter(ctx), publications=self.publications)
         self.step.control.update(ControlTriggers(ctx, self.step).handlers())
