@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.cli.common import console_progress as _progress
+from worker.errors import InputError
 from worker.settings import Settings
 
 
@@ -38,7 +39,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings: Settings = args.settings
     operator = operator_name(args.operator, dict(os.environ))
-    from_time = datetime.fromisoformat(args.from_time) if args.from_time else None
+    try:
+        from_time = datetime.fromisoformat(args.from_time) if args.from_time else None
+    except ValueError as exc:
+        raise InputError(f"--from-time: not an ISO-8601 time: {args.from_time!r}") from exc
     if from_time is not None and from_time.tzinfo is None:
         from_time = from_time.replace(tzinfo=UTC)
     console = Console(stderr=True)

@@ -23,17 +23,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Encode JSON intents to Avro and produce them (keyed by run_id); prints run ids."""
     from worker.core.identity import run_id_of
     from worker.core.models import parse_intent
+    from worker.core.vocabulary import value_subject
     from worker.runtime.compose import event_producer, make_codec
 
     settings: Settings = args.settings
-    raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read intent file {args.file}: {exc}") from exc
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InputError(f"intent file is not JSON: {exc}") from exc
     items = doc if isinstance(doc, list) else [doc]
     codec = make_codec(settings)
-    subject = f"{settings.topics.intents}-value"
+    subject = value_subject(settings.topics.intents)
     intents = [parse_intent(item) for item in items]
     with event_producer(settings) as producer:
         futures = []

@@ -24,17 +24,17 @@ def register(sub: Any) -> None:
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Publish one RunTrigger keyed by run_id."""
     from worker.app.operators import operator_name
-    from worker.core.models import RunTrigger, TriggerKind
+    from worker.core.models import parse_trigger
+    from worker.core.vocabulary import value_subject
     from worker.runtime.compose import event_producer, make_codec
 
     settings: Settings = args.settings
-    trigger = RunTrigger(run_id=args.run_id, kind=TriggerKind(args.kind), reason=args.reason,
-                         requested_by=operator_name(args.requested_by, dict(os.environ)),
-                         requested_at=datetime.now(UTC))
-    codec = make_codec(settings)
+    trigger = parse_trigger({"run_id": args.run_id, "kind": args.kind, "reason": args.reason,
+                             "requested_by": operator_name(args.requested_by, dict(os.environ)),
+                             "requested_at": datetime.now(UTC)})
+    value = make_codec(settings).encode_trigger(trigger, subject=value_subject(settings.topics.triggers))
     with event_producer(settings) as producer:
-        where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(),
-                                       value=codec.encode_trigger(trigger, subject=f"{settings.topics.triggers}-value"))
+        where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(), value=value)
     print(json.dumps({"run_id": trigger.run_id, "kind": trigger.kind.value, "partition": where.partition,
                       "offset": where.offset}))
     return 0
