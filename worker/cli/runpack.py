@@ -9,7 +9,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -175,38 +175,3 @@ def cmd_verify(args: argparse.Namespace) -> int:
         where = f" {escape(problem.path)}:" if problem.path else ""
         console.print(f"  [bold]{problem.code}[/]{where} {escape(problem.detail)}")
     return 1
-
-
-# ----------------------------------------------------------------------------- prune
-def cmd_prune(args: argparse.Namespace) -> int:
-    """Authorize, then prune superseded working data from the Postgres index; never touches S3.
-
-    Raises:
-        AuthorizationError: the operator is not in ``SR_OPERATORS`` (the refusal is recorded).
-        SRError: Postgres failed (exit 2).
-    """
-    import os
-
-    from worker.app.operators import authorize, operator_name
-    from worker.runpack.retention import prune_index
-    from worker.runtime.compose import pg_config, run_index
-
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
-    settings = _settings(args)
-    operator = operator_name(args.operator, dict(os.environ))
-    with run_index(settings) as index:
-        authorize(index, settings.operators, operator, "index prune",
-                  {"older_than_days": args.older_than, "dry_run": args.dry_run})
-        result = prune_index(pg_config(settings), older_than=timedelta(days=args.older_than),
-                             dry_run=args.dry_run, batch_size=args.batch_size)
-        doc = {"dry_run": result.dry_run, "cutoff": result.cutoff.isoformat(), "deleted": result.by_kind,
-               "total": result.total}
-        index.record_operator_action(operator, "index prune.done", allowed=True, detail=doc)
-    if args.json:
-        print(json.dumps(doc))
-    else:
-        verb = "would delete" if result.dry_run else "deleted"
-        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result.by_kind.items())) or "nothing"
-        print(f"{verb} {result.total} publication row(s) published before {result.cutoff.isoformat()}: {kinds}")
-    return 0
