@@ -9,9 +9,10 @@ What each caller gets:
 * :func:`open_operator_services` (``sr reemit``, ``sr replay``, ``sr index rebuild``): never
   migrates and needs no policy file; the producer is opened only for commands that send, and
   the lease pool connects only if a lease is taken (operator commands take none).
-* :func:`run_index`, :func:`object_store`, :func:`event_producer`: one unopened client for
-  commands that need only that one (``sr runs``, ``sr status``, ``sr trigger``,
-  ``sr runpack``); use it as a context manager.
+* :func:`run_index`, :func:`object_store`, :func:`event_producer`, :func:`topic_admin`,
+  :func:`partition_reader`: one client for commands that need only that one (``sr runs``,
+  ``sr status``, ``sr trigger``, ``sr runpack``, ``sr topics create``, ``sr replay``);
+  :func:`migrate_database` for ``sr db migrate``, the only migrating command besides ``sr run``.
 * :func:`kafka_config`, :func:`s3_config`, :func:`pg_config`, :func:`make_codec`,
   :func:`load_policy_file`: settings → adapter configuration, no I/O.
 
