@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.runtime.worker import Worker
 
 
 def register(sub: Any) -> None:
@@ -18,7 +22,22 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the worker until SIGINT/SIGTERM; a signal finishes in-flight work and commits."""
+    """Run the worker until SIGINT/SIGTERM; a signal finishes in-flight work and commits.
+
+    The signal handlers are installed before anything else (policy, clients), so a stop
+    requested during start-up is a clean exit 0, not a death by the default handler.
+    """
+    stop_requested = threading.Event()
+    started: list[Worker] = []
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+        for worker in started:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
     from worker.logs import configure_logging
     from worker.runtime.compose import load_policy_file
     from worker.runtime.worker import Worker
@@ -27,11 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     policy = load_policy_file(settings.policy_file)
     worker = Worker(settings, policy, migrate_db=not args.no_migrate)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    started.append(worker)
+    if stop_requested.is_set():
+        return 0
     worker.run()
     return 0
