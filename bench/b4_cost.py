@@ -60,8 +60,8 @@ def measure(ctx: Any) -> dict[str, Any]:
     from worker.app.processor import Action
     from worker.core.identity import run_id_of
     from worker.core.policy import load_policy
+    from worker.runtime.compose import open_services
     from worker.runtime.dispatch import dispatch
-    from worker.runtime.worker import open_services
 
     runs = ctx.sizes["b4_runs"]
     world = make_world(ctx.servers, "b4", ctx.work_dir, partitions=1)

@@ -39,8 +39,8 @@ class Scenario(OneWorkerScenario):
         from worker.app.ports import Record
         from worker.app.processor import Action
         from worker.core.policy import load_policy
+        from worker.runtime.compose import open_services
         from worker.runtime.dispatch import dispatch
-        from worker.runtime.worker import open_services
 
         ctx = self.ctx
         self.world = world = make_world(ctx.servers, "b5", ctx.work_dir)

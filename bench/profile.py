@@ -125,8 +125,8 @@ def _merge(main_prof: cProfile.Profile, threads: ThreadProfiles) -> pstats.Stats
 def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: int, repeat: int = 0) -> None:
     from worker.app.ports import Record
     from worker.core.policy import load_policy
+    from worker.runtime.compose import open_services
     from worker.runtime.dispatch import dispatch
-    from worker.runtime.worker import open_services
 
     world = make_world(servers, "prof", state / "work", partitions=1)
     write_objects(s3_client(servers), world.bucket, synthetic_example_evidence(world.evidence_prefix("ok")),

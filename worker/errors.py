@@ -18,6 +18,8 @@ Each class carries a stable ``code`` used as the ``sr-error-class`` DLQ header a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class SRError(Exception):
     """Root of every error Scenario Runner raises deliberately."""
@@ -336,3 +338,12 @@ class LedgerRaceError(S3Error, RetryableError):
     """
 
     code = "LEDGER_RACE"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret of 3 characters or more replaced by ``***`` (for error
+    messages that might quote a DSN, a password or a token back)."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text

@@ -13,7 +13,7 @@ from worker.app.ports import Record
 from worker.core.identity import run_id_of
 from worker.core.models import RunIntent
 from worker.core.vocabulary import IDEMPOTENCY_HEADER
-from worker.runtime.worker import kafka_config
+from worker.runtime.compose import kafka_config
 
 __all__ = [
     "committed_total",

@@ -19,8 +19,8 @@ from worker.app.processor import Action
 from worker.core.identity import run_id_of, run_lock_key
 from worker.core.models import RunIntent, RunStatus
 from worker.errors import LeaseLostError, StaleEpochError
+from worker.runtime.compose import Services, open_services
 from worker.runtime.dispatch import dispatch
-from worker.runtime.worker import Services, open_services
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from worker.app.publisher import error_headers
 from worker.core.identity import run_id_of
 from worker.core.keys import parse_s3_uri, run_keys
 from worker.core.models import ReadyEvent, RunStatusEvent, Strategy
-from worker.runtime.worker import pg_config
+from worker.runtime.compose import pg_config
 
 pytestmark = pytest.mark.integration
 

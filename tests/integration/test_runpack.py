@@ -71,7 +71,7 @@ from worker.runpack import (
 )
 from worker.runpack.format import artifact_cap, artifact_kind, manifest_bytes, root_hash
 from worker.runpack.verify import VerifyReport
-from worker.runtime.worker import pg_config, s3_config
+from worker.runtime.compose import pg_config, s3_config
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

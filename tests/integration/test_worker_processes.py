@@ -20,7 +20,7 @@ from tests.harness.workers import start_worker_process, stop_process
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
-from worker.runtime.worker import pg_config
+from worker.runtime.compose import pg_config
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,7 @@ from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
 from worker.core.ledger import LedgerKind, derive_state
 from worker.core.models import RunIntent, RunStatus
-from worker.runtime.worker import pg_config, s3_config
+from worker.runtime.compose import pg_config, s3_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

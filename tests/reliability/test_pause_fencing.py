@@ -43,8 +43,8 @@ from worker.core.keys import run_keys
 from worker.core.ledger import LedgerKind, derive_state, entry_bytes, next_entry
 from worker.core.models import RunStatus
 from worker.errors import StaleEpochError
+from worker.runtime.compose import pg_config, s3_config
 from worker.runtime.dispatch import dispatch
-from worker.runtime.worker import pg_config, s3_config
 
 pytestmark = pytest.mark.integration
 
@@ -256,7 +256,7 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
     from tests.integration.test_fencing_and_cost import intent_record
     from worker.app.processor import Action
     from worker.errors import LeaseLostError, RetryableError
-    from worker.runtime.worker import open_services
+    from worker.runtime.compose import open_services
 
     intent = make_intent(sr_env, "late-evidence", outputs=("accounts",))
     run_id = run_id_of(intent)

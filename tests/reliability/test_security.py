@@ -49,8 +49,8 @@ from worker.core.identity import run_id_of
 from worker.core.keys import S3Location, run_keys
 from worker.core.models import Strategy
 from worker.errors import ConfigError, DriftError, IntegrityError, PostgresError, UnsafeKeyError
+from worker.runtime.compose import kafka_config, open_services
 from worker.runtime.dispatch import dispatch
-from worker.runtime.worker import kafka_config, open_services
 from worker.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]

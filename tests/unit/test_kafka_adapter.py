@@ -24,7 +24,7 @@ from worker.adapters.kafka import (
 from worker.adapters.kafka.errors import GROUP_MOVED_ON, TRANSIENT_CODES, translate
 from worker.cli.main import main
 from worker.errors import InputError, KafkaFatalError, KafkaUnavailableError, PermanentError
-from worker.runtime.worker import kafka_config
+from worker.runtime.compose import kafka_config
 from worker.settings import Settings, load_settings
 
 SASL_ENV = {

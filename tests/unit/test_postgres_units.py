@@ -63,7 +63,7 @@ def test_every_block_is_used_and_every_used_name_exists() -> None:
     used: set[str] = set()
     for module in PACKAGE.glob("*.py"):
         used |= set(re.findall(r"""(?:query|_run)\(\s*["']([a-z_]+)["']""", module.read_text("utf-8")))
-    used.add("ping")  # the readiness probe in worker/runtime/observability.py
+    used.add("ping")  # the readiness probe in worker/adapters/postgres/health.py
     assert used == set(load_queries())
 
 

@@ -112,7 +112,8 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     from worker.adapters.kafka import EventProducer, TopicReader
     from worker.core.identity import run_id_of
     from worker.logs import configure_logging
-    from worker.runtime.worker import Worker, kafka_config, load_policy_file
+    from worker.runtime.compose import kafka_config, load_policy_file
+    from worker.runtime.worker import Worker
 
     configure_logging("ERROR")
     settings, intents = _prepare(eps, console)
@@ -161,7 +162,7 @@ def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
     from worker.adapters.postgres import migrate
     from worker.adapters.s3 import ObjectStore
     from worker.core.models import parse_intent
-    from worker.runtime.worker import s3_config
+    from worker.runtime.compose import s3_config
     from worker.settings import load_settings
 
     settings = load_settings(

@@ -53,12 +53,7 @@ from worker.errors import LeaseLostError, PermanentError, RetryableError, SRErro
 from worker.runtime.compose import (
     Services,
     kafka_config,
-    load_policy_file,
-    make_codec,
-    open_operator_services,
-    open_services,
     open_worker_services,
-    pg_config,
     s3_config,
 )
 from worker.runtime.dispatch import dispatch
@@ -69,22 +64,7 @@ from worker.runtime.metrics import Metrics
 from worker.runtime.side_tasks import SideTask, SideTasks
 from worker.settings import Settings
 
-# The composition root moved to worker.runtime.compose; these names stay importable from
-# here while tests, bench and other packages still use them (issue 11).
-__all__ = [
-    "GAUGE_INTERVAL",
-    "OUTBOX_INTERVAL",
-    "Services",
-    "Worker",
-    "kafka_config",
-    "load_policy_file",
-    "make_codec",
-    "open_operator_services",
-    "open_services",
-    "open_worker_services",
-    "pg_config",
-    "s3_config",
-]
+__all__ = ["GAUGE_INTERVAL", "OUTBOX_INTERVAL", "Worker"]
 
 log = logging.getLogger("sr.worker")
 

@@ -184,7 +184,7 @@ class IntakeConsumer:
         """Partitions currently assigned to this member."""
         return list(self._require().assignment())
 
-    # read-only offset views, for the consumer-lag gauge (worker.runtime.observability)
+    # read-only offset views, for the consumer-lag gauge (worker.runtime.gauges)
     def committed(self, partitions: list[TopicPartition], timeout: float = 5.0) -> list[TopicPartition]:
         """The group's committed offsets of ``partitions`` (one broker round trip, ``timeout`` seconds).
 

@@ -25,20 +25,12 @@ from confluent_kafka.admin import AdminClient
 
 from worker.adapters.kafka import KafkaConfig
 from worker.adapters.kafka.errors import translate_exception
-from worker.errors import KafkaFatalError, KafkaUnavailableError
+from worker.errors import KafkaFatalError, KafkaUnavailableError, redact
 
 __all__ = ["LagSource", "consumer_lag", "kafka_check"]
 
 # librdkafka property names whose values must never reach a message (SR_KAFKA_* pass-through).
 _SECRET_WORDS = ("password", "secret", "token", "key", "jaas")
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every (non-trivial) secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
 
 
 class _KafkaCheck:
@@ -66,7 +58,7 @@ class _KafkaCheck:
             metadata = self._client().list_topics(timeout=self._timeout)
         except KafkaException as exc:
             error = translate_exception(exc, "metadata request failed")
-            raise type(error)(_scrub(str(error), self._secrets)) from None
+            raise type(error)(redact(str(error), self._secrets)) from None
         if not metadata.brokers:
             raise KafkaUnavailableError("metadata lists no broker")
         missing = sorted(t for t in self._topics if t not in metadata.topics or metadata.topics[t].error)

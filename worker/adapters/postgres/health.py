@@ -8,23 +8,15 @@ the DSN's password scrubbed from their text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import psycopg.conninfo
 from pydantic import SecretStr
 
 from worker.adapters.postgres import PgConfig, connect, execute, query
-from worker.errors import SRError
+from worker.errors import SRError, redact
 
 __all__ = ["postgres_check"]
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every (non-trivial) secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
 
 
 class _PostgresCheck:
@@ -47,7 +39,7 @@ class _PostgresCheck:
             finally:
                 conn.close()
         except SRError as exc:
-            raise type(exc)(_scrub(str(exc), self._secrets)) from None
+            raise type(exc)(redact(str(exc), self._secrets)) from None
 
 
 def postgres_check(dsn_secret: SecretStr | str, *, timeout: float = 2.0) -> Callable[[], None]:

@@ -9,20 +9,12 @@ adapter's own (already translated) with the secret key scrubbed from their text.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from worker.adapters.s3 import ObjectStore, S3Config
-from worker.errors import S3AccessError, SRError
+from worker.errors import S3AccessError, SRError, redact
 
 __all__ = ["s3_check"]
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every (non-trivial) secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
 
 
 class _S3Check:
@@ -49,7 +41,7 @@ class _S3Check:
         try:
             exists = self._probe().bucket_exists(self._bucket)
         except SRError as exc:
-            raise type(exc)(_scrub(str(exc), self._secrets)) from None
+            raise type(exc)(redact(str(exc), self._secrets)) from None
         if not exists:
             raise S3AccessError(f"bucket {self._bucket!r} does not exist")
 
