@@ -39,6 +39,8 @@ class Topics(BaseModel):
     ready: str = "sr.ready"
     status: str = "sr.run-status"
     dlq: str = "sr.dlq"
+    engine_requests: str = "sr.engine-requests"  # out: SR → data engine (contract §8)
+    engine_results: str = "sr.engine-results"  # in: data engine → SR
 
 
 class Settings(BaseSettings):
@@ -88,6 +90,11 @@ class Settings(BaseSettings):
     recheck_interval: float = 30.0
     sweep_interval: float = 5.0
     stale_admitted_after: float = 120.0
+
+    # engine orchestration (contract §8); seconds, like every duration here
+    engine_attempt_timeout: float = Field(default=900.0, ge=1.0, le=7 * 86_400.0)  # no result by then: next attempt
+    engine_retry_backoff: float = Field(default=30.0, ge=0.0, le=86_400.0)  # before attempt 2; doubles, capped
+    engine_max_attempts: int = Field(default=3, ge=1, le=100)  # attempts per run, the first included
     http_host: str = "127.0.0.1"
     http_port: int = 0
 

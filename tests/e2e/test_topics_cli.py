@@ -17,7 +17,7 @@ from tests.harness.servers import Servers, unique
 pytestmark = pytest.mark.e2e
 
 SR = str(Path(sys.executable).parent / "sr")
-LOGICAL = ("INTENTS", "TRIGGERS", "READY", "STATUS", "DLQ")
+LOGICAL = ("INTENTS", "TRIGGERS", "READY", "STATUS", "ENGINE_REQUESTS", "ENGINE_RESULTS", "DLQ")
 
 
 def _env(servers: Servers, **extra: str) -> tuple[dict[str, str], list[str]]:
@@ -38,15 +38,15 @@ def test_topics_create_then_again(kafka_bootstrap: str, servers: Servers) -> Non
     first = _sr(env, "--partitions", "2", "--replication-factor", "1", "--config", "retention.ms=3600000")
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
-        *(f"topic {name} created (2 partitions, replication factor 1)" for name in names[:4]),
-        f"topic {names[4]} created (1 partitions, replication factor 1)",
+        *(f"topic {name} created (2 partitions, replication factor 1)" for name in names[:6]),
+        f"topic {names[6]} created (1 partitions, replication factor 1)",
     ]
     assert first.stderr == ""
     metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
-    assert {len(metadata.topics[name].partitions) for name in names[:4]} == {2}
+    assert {len(metadata.topics[name].partitions) for name in names[:6]} == {2}
     again = _sr(env, "--partitions", "2")
     assert again.returncode == 0, again.stderr
-    assert [line.split(" ")[2:4] for line in again.stdout.splitlines()] == [["already", "existed"]] * 5
+    assert [line.split(" ")[2:4] for line in again.stdout.splitlines()] == [["already", "existed"]] * 7
 
 
 def test_topics_create_speaks_sasl_from_the_environment(kafka_bootstrap: str, servers: Servers) -> None:

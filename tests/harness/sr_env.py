@@ -61,6 +61,8 @@ def worker_environ(servers: Servers, *, pg_dsn: str, s3_prefix: str, policy_path
         "SR_TOPICS__READY": topics.ready,
         "SR_TOPICS__STATUS": topics.status,
         "SR_TOPICS__DLQ": topics.dlq,
+        "SR_TOPICS__ENGINE_REQUESTS": topics.engine_requests,
+        "SR_TOPICS__ENGINE_RESULTS": topics.engine_results,
         "SR_SESSION_TIMEOUT": "6",
         "PYTHONUNBUFFERED": "1",
     })
@@ -137,6 +139,8 @@ def build_env(servers: Servers, pg_dsn: str, tmp_path: Path, *, partitions: int 
             ready=mapping["sr.ready"],
             status=mapping["sr.run-status"],
             dlq=mapping["sr.dlq"],
+            engine_requests=mapping["sr.engine-requests"],
+            engine_results=mapping["sr.engine-results"],
         ),
         **overrides,
     )

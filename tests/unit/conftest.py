@@ -50,6 +50,48 @@ def make_intent(**overrides: Any) -> RunIntent:
     return parse_intent(intent_dict(**overrides))
 
 
+ENGINE_RUN = "0123456789abcdef0123456789abcdef"
+#: attempt_id_for(ENGINE_RUN, 1), spelled out so the builders need no worker code.
+ENGINE_ATTEMPT_1 = "b32855e8a15d88ba53c45affec0985ce"
+
+
+def engine_request_dict(**overrides: Any) -> dict[str, Any]:
+    """A valid EngineRequest (attempt 1 of ENGINE_RUN) in the Avro dict shape, ``overrides`` applied."""
+    data: dict[str, Any] = {
+        "attempt_id": ENGINE_ATTEMPT_1,
+        "attempt_no": 1,
+        "run_id": ENGINE_RUN,
+        "tenant_id": "t1",
+        "namespace": "ns",
+        "scenario_id": "scen",
+        "pins": {"manifest_fingerprint": H1, "parameter_hash": H2, "seed": -7},
+        "window_start": 1_699_000_000_000,
+        "window_end": 1_699_086_400_000,
+        "output_ids": ["transactions", "accounts"],
+        "evidence_root": "s3://sr-dev/evidence/t1/run1",
+        "plan_hash": "c" * 64,
+        "policy_rev": "d" * 64,
+        "requested_at": 1_700_000_000_000,
+        "attempt_deadline": 1_700_000_900_000,
+    }
+    data.update(overrides)
+    return data
+
+
+def engine_result_dict(**overrides: Any) -> dict[str, Any]:
+    """A valid EngineResult (SUCCEEDED, attempt 1 of ENGINE_RUN) in the Avro dict shape."""
+    data: dict[str, Any] = {
+        "attempt_id": ENGINE_ATTEMPT_1,
+        "run_id": ENGINE_RUN,
+        "status": "SUCCEEDED",
+        "detail": "wrote 2 outputs",
+        "reported_by": "engine-1",
+        "finished_at": 1_700_000_060_000,
+    }
+    data.update(overrides)
+    return data
+
+
 @pytest.fixture
 def intent() -> RunIntent:
     return make_intent()

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.core.identity import (
+    attempt_id_for,
     intent_fingerprint,
     run_equivalence_key,
     run_id_for,
@@ -26,6 +27,13 @@ GOLDEN_KEY = "5a064c718c803e266cbb85f0fbc8e7af8111c3e72c11bb60ed2a59dadf4a57fc"
 GOLDEN_RUN_ID = "6df6bc84bc0c3d2262bfca1b2098373a"
 GOLDEN_FINGERPRINT = "b08f032879442a65a84812aae506c1f8eede43fa4db9aaa30a6f088b75288f83"
 GOLDEN_LOCK_KEY = 7923727872681590050
+# contract §8: first 32 hex of sha256("sr_attempt|" + run_id + "|" + attempt_no), computed
+# once with hashlib from GOLDEN_RUN_ID (and re-derived below without worker code).
+GOLDEN_ATTEMPT_IDS = {
+    1: "1fe29f6f59be18973683780da916ad3b",
+    2: "d7db272c210b794512e7712ef9ab3dc9",
+    10: "bbf52e7383944d4c95537fd7725921dd",
+}
 
 
 def test_golden_values() -> None:
@@ -110,6 +118,23 @@ def test_lock_key_sign_handling() -> None:
     for bad in ["F" * 32, "0" * 31, "0" * 33, "g" * 32, ""]:
         with pytest.raises(UnsafeKeyError):
             run_lock_key(bad)
+
+
+def test_attempt_ids_match_the_written_spec() -> None:
+    for attempt_no, golden in GOLDEN_ATTEMPT_IDS.items():
+        spelled = "sr_attempt|" + GOLDEN_RUN_ID + "|" + str(attempt_no)
+        assert hashlib.sha256(spelled.encode()).hexdigest()[:32] == golden
+        assert attempt_id_for(GOLDEN_RUN_ID, attempt_no) == golden
+    assert len({attempt_id_for(GOLDEN_RUN_ID, n) for n in range(1, 50)}) == 49
+    assert attempt_id_for("0" * 32, 1) != attempt_id_for("1" * 32, 1)
+
+
+@pytest.mark.parametrize(("run_id", "attempt_no"), [
+    ("F" * 32, 1), ("0" * 31, 1), ("", 1), ("0" * 32, 0), ("0" * 32, -1), ("0" * 32, True), ("0" * 32, "1"),
+])
+def test_attempt_id_for_validates(run_id: str, attempt_no: Any) -> None:
+    with pytest.raises(UnsafeKeyError):
+        attempt_id_for(run_id, attempt_no)
 
 
 def test_run_id_for_validates() -> None:

@@ -413,12 +413,15 @@ def test_sr_topics_create_honours_replication_factor_configs_and_sasl(
     want = {"retention.ms": "604800000", "min.insync.replicas": "2", "cleanup.policy": "delete"}
     assert [(nt.topic, nt.num_partitions, nt.replication_factor, nt.config) for nt in client.requests[0]] == [
         ("sr.run-intents", 6, 3, want), ("sr.triggers", 6, 3, want), ("sr.ready", 6, 3, want),
-        ("sr.run-status", 6, 3, want), ("sr.dlq", 1, 3, want)]
+        ("sr.run-status", 6, 3, want), ("sr.engine-requests", 6, 3, want), ("sr.engine-results", 6, 3, want),
+        ("sr.dlq", 1, 3, want)]
     assert out.out.splitlines() == [
         "topic sr.run-intents created (6 partitions, replication factor 3)",
         "topic sr.triggers created (6 partitions, replication factor 3)",
         "topic sr.ready created (6 partitions, replication factor 3)",
         "topic sr.run-status created (6 partitions, replication factor 3)",
+        "topic sr.engine-requests created (6 partitions, replication factor 3)",
+        "topic sr.engine-results created (6 partitions, replication factor 3)",
         "topic sr.dlq created (1 partitions, replication factor 3)",
     ]
 

@@ -13,7 +13,8 @@ def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
     topics = sub.add_parser("topics", help="topic administration").add_subparsers(dest="topics_cmd", required=True)
     p = topics.add_parser("create", help="create SR's topics (idempotent: existing topics are left as they are)")
-    p.add_argument("--partitions", type=int, default=4, help="partitions for intents/triggers/ready/status")
+    p.add_argument("--partitions", type=int, default=4,
+                   help="partitions for intents/triggers/ready/status/engine-requests/engine-results")
     p.add_argument("--replication-factor", type=int, default=1,
                    help="replicas per partition (at most the number of brokers)")
     p.add_argument("--config", dest="topic_config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -32,7 +33,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     config = _topic_config(args.topic_config)
     t = settings.topics
     specs = [TopicSpec(name, args.partitions, args.replication_factor, config)
-             for name in (t.intents, t.triggers, t.ready, t.status)]
+             for name in (t.intents, t.triggers, t.ready, t.status, t.engine_requests, t.engine_results)]
     specs.append(TopicSpec(t.dlq, 1, args.replication_factor, config))
     try:
         results = topic_admin(settings).ensure(specs, timeout=args.timeout)

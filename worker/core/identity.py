@@ -5,6 +5,8 @@
 * ``run_id`` = first 32 hex chars of sha256("sr_run|" + run_equivalence_key).
 * ``intent_fingerprint`` = sha256(canonical JSON of the intent's Avro-shaped dict minus
   request_id, submitted_at, submitted_by and deadline, with output_ids sorted).
+* ``attempt_id`` (contract §8) = first 32 hex chars of
+  sha256("sr_attempt|" + run_id + "|" + str(attempt_no)).
 
 Changing anything here changes every run id in existence: the unit tests pin golden values.
 """
@@ -19,6 +21,7 @@ from worker.core.models import RunIntent, millis
 from worker.errors import UnsafeKeyError
 
 __all__ = [
+    "attempt_id_for",
     "equivalence_material",
     "fingerprint_material",
     "intent_fingerprint",
@@ -29,6 +32,7 @@ __all__ = [
 ]
 
 _RUN_ID_PREFIX: Final = "sr_run|"
+_ATTEMPT_ID_PREFIX: Final = "sr_attempt|"
 #: Fields that describe *who asked and when*, not *what* was asked: a re-submission that
 #: differs only in these is a duplicate, not a collision.
 _NON_FINGERPRINT_FIELDS: Final = frozenset({"request_id", "submitted_at", "submitted_by", "deadline"})
@@ -82,6 +86,20 @@ def fingerprint_material(intent: RunIntent) -> dict[str, Any]:
 def intent_fingerprint(intent: RunIntent) -> str:
     """The intent fingerprint (64 lowercase hex): same key + different fingerprint = collision."""
     return sha256_hex(canonical_json(fingerprint_material(intent)))
+
+
+def attempt_id_for(run_id: str, attempt_no: int) -> str:
+    """The engine attempt id (32 lowercase hex) of attempt ``attempt_no`` (1-based) of a run.
+
+    Raises:
+        UnsafeKeyError: ``run_id`` is not 32 lowercase hex characters, or ``attempt_no`` is not
+            an integer >= 1.
+    """
+    if not isinstance(run_id, str) or _RUN_ID_RE.fullmatch(run_id) is None:
+        raise UnsafeKeyError("run_id must be 32 lowercase hex characters")
+    if isinstance(attempt_no, bool) or not isinstance(attempt_no, int) or attempt_no < 1:
+        raise UnsafeKeyError("attempt_no must be an integer >= 1")
+    return sha256_hex(f"{_ATTEMPT_ID_PREFIX}{run_id}|{attempt_no}".encode("ascii"))[:32]
 
 
 def run_lock_key(run_id: str) -> int:

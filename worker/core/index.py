@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from worker.core.models import RunStatus
-from worker.core.vocabulary import fact_key, status_key
+from worker.core.vocabulary import engine_request_key, fact_key, status_key
 
 __all__ = ["Admission", "AdmissionOutcome", "NewPublication", "NewRun", "Publication", "PublicationKind", "RunRow"]
 
@@ -42,6 +42,7 @@ class PublicationKind(StrEnum):
     READY = "READY"
     SUPERSEDE = "SUPERSEDE"
     STATUS = "STATUS"
+    ENGINE_REQUEST = "ENGINE_REQUEST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,8 @@ class NewPublication:
 
     ``pub_key``: for READY/SUPERSEDE ``<run_id>:<facts_view_hash>:<event_type>`` (use
     :meth:`ready`), for status events ``<run_id>:status:<ledger_seq>:<status>`` (use
-    :meth:`status_event`). The schema enforces these shapes. ``kind``/``event_type`` accept
+    :meth:`status_event`), for engine requests ``<run_id>:engine:<attempt_id>`` (use
+    :meth:`engine_request`). The schema enforces these shapes. ``kind``/``event_type`` accept
     plain strings or the enums.
     """
 
@@ -160,9 +162,9 @@ class NewPublication:
             TypeError: payload is not bytes.
         """
         kind = PublicationKind(self.kind)  # ValueError on an unknown kind
-        if kind is PublicationKind.STATUS:
+        if kind in (PublicationKind.STATUS, PublicationKind.ENGINE_REQUEST):
             if self.facts_view_hash is not None or self.event_type is not None:
-                raise ValueError("a STATUS publication has no facts_view_hash or event_type")
+                raise ValueError(f"a {kind.value} publication has no facts_view_hash or event_type")
         else:
             _hex_check(self.facts_view_hash, _HEX64_RE, "facts_view_hash")
             if self.facts_view_hash is None or self.event_type != kind.value:
@@ -186,6 +188,19 @@ class NewPublication:
                      msg_key: bytes | None = None, headers: Mapping[str, str] | None = None) -> NewPublication:
         """A run-status publication with its derived ``pub_key``."""
         return cls(pub_key=status_key(run_id, ledger_seq, RunStatus(status).value), kind=PublicationKind.STATUS,
+                   topic=topic, payload=payload, msg_key=msg_key, headers=dict(headers or {}))
+
+    @classmethod
+    def engine_request(cls, run_id: str, attempt_id: str, *, topic: str, payload: bytes,
+                       msg_key: bytes | None = None, headers: Mapping[str, str] | None = None) -> NewPublication:
+        """An engine-request publication (one per attempt) with its derived ``pub_key``.
+
+        Raises:
+            ValueError: ``run_id`` or ``attempt_id`` is not 32 lowercase hex characters.
+        """
+        _hex_check(run_id, _RUN_ID_RE, "run_id")
+        _hex_check(attempt_id, _RUN_ID_RE, "attempt_id")
+        return cls(pub_key=engine_request_key(run_id, attempt_id), kind=PublicationKind.ENGINE_REQUEST,
                    topic=topic, payload=payload, msg_key=msg_key, headers=dict(headers or {}))
 
 

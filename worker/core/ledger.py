@@ -6,14 +6,19 @@ or re-formatted entry is detected by :func:`parse_ledger`. Status is *derived* f
 ledger by :func:`derive_state`; nothing else is authoritative.
 
 Bodies are canonical-JSON data. The kinds SR writes (READY, WAITING, FAILED, QUARANTINED,
-SUPERSEDED, TRIGGER) have typed bodies in :mod:`worker.core.ledger_bodies`; a run's first
-entry also carries the admitted ``intent``. ADMITTED, REJECTED and PUBLISHED are never
+SUPERSEDED, TRIGGER, and for engine attempts ENGINE_REQUESTED and ENGINE_RESULT, contract §8)
+have typed bodies in :mod:`worker.core.ledger_bodies`; a run's first entry also carries the
+admitted ``intent``. ADMITTED, REJECTED and PUBLISHED are never
 written; :func:`derive_state` still folds them (ADMITTED/REJECTED as statuses, PUBLISHED as
 ``facts_view_hash`` + ``event_type``) so that a hand-made ledger is judged, not crashed on.
 
 Fencing: an entry whose ``lease_epoch`` is lower than an epoch already seen earlier in the
 chain was written by a fenced (stale) lease holder; :func:`derive_state` ignores it and lists
 its seq in :attr:`RunState.fenced_seqs`.
+
+Engine attempts: ENGINE_REQUESTED and ENGINE_RESULT never change the status (the lifecycle
+writes status entries for that, e.g. WAITING ``ENGINE_RUNNING``); they build the attempt view
+:attr:`RunState.attempts` / :attr:`RunState.open_attempt`.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
+from worker.core.engine import EngineStatus
+from worker.core.identity import attempt_id_for
 from worker.core.models import TERMINAL_STATUSES, Hex64, RunId, RunStatus
 from worker.errors import CanonicalJSONError, IntegrityError, InvalidJSONError, MessageTooLargeError
 
 __all__ = [
     "LEDGER_FORMAT_VERSION",
+    "EngineAttempt",
     "LedgerEntry",
     "LedgerKind",
     "RunState",
@@ -45,6 +53,8 @@ __all__ = [
 LEDGER_FORMAT_VERSION: Final = 1
 MAX_ENTRY_BYTES: Final = 1024 * 1024
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+_HEX32_RE: Final = re.compile(r"[0-9a-f]{32}")
+_ENGINE_STATUSES: Final = frozenset(s.value for s in EngineStatus)
 
 
 class LedgerKind(StrEnum):
@@ -59,6 +69,8 @@ class LedgerKind(StrEnum):
     TRIGGER = "TRIGGER"
     SUPERSEDED = "SUPERSEDED"
     PUBLISHED = "PUBLISHED"
+    ENGINE_REQUESTED = "ENGINE_REQUESTED"
+    ENGINE_RESULT = "ENGINE_RESULT"
 
 
 class LedgerEntry(BaseModel):
@@ -168,8 +180,21 @@ def parse_ledger(raw: Sequence[bytes], *, run_id: str) -> tuple[LedgerEntry, ...
 
 
 # --------------------------------------------------------------------------- derived state
+class EngineAttempt(NamedTuple):
+    """One engine attempt as the ledger records it: ``status`` is None until its result is in."""
+
+    attempt_no: int
+    attempt_id: str
+    status: EngineStatus | None
+
+
 class RunState(BaseModel):
-    """Status of a run as derived from its ledger."""
+    """Status of a run as derived from its ledger.
+
+    ``attempts`` lists the engine attempts in ``attempt_no`` order (1, 2, ...);
+    ``open_attempt`` is the latest one if it has no result yet (an older attempt without a
+    result was superseded by the next request and is never open again).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -185,6 +210,8 @@ class RunState(BaseModel):
     last_seq: int
     lease_epoch: int
     fenced_seqs: tuple[int, ...] = ()
+    attempts: tuple[EngineAttempt, ...] = ()
+    open_attempt: EngineAttempt | None = None
 
 
 _TERMINAL: Final = TERMINAL_STATUSES
@@ -215,6 +242,7 @@ class _Deriver:
         self.plan_hash: str | None = None
         self.pending: tuple[str | None, str] | None = None
         self.published: set[tuple[str, str]] = set()
+        self.attempts: list[EngineAttempt] = []
 
     def apply(self, entry: LedgerEntry) -> None:
         kind = entry.kind
@@ -234,6 +262,10 @@ class _Deriver:
             self.published.add((fv, str(event_type)))
         elif kind is LedgerKind.TRIGGER:
             pass  # audit only: a trigger asks for work, it is not a state change
+        elif kind is LedgerKind.ENGINE_REQUESTED:
+            self._engine_requested(entry)
+        elif kind is LedgerKind.ENGINE_RESULT:
+            self._engine_result(entry)
         else:
             self._status_entry(entry, RunStatus(kind.value))  # status kinds share the status's name
 
@@ -251,6 +283,34 @@ class _Deriver:
         reason = entry.body.get("reason_code")
         if isinstance(reason, str):
             self.reason = reason
+
+    def _engine_requested(self, entry: LedgerEntry) -> None:
+        attempt_no = entry.body.get("attempt_no")
+        if isinstance(attempt_no, bool) or not isinstance(attempt_no, int) or attempt_no < 1:
+            raise IntegrityError(f"ledger entry seq {entry.seq} (ENGINE_REQUESTED) lacks a valid attempt_no")
+        attempt_id = _required_attempt_id(entry)
+        if attempt_id != attempt_id_for(self.run_id, attempt_no):
+            raise IntegrityError(f"ledger seq {entry.seq}: attempt_id {attempt_id} is not attempt {attempt_no} "
+                                 f"of run {self.run_id}")
+        if attempt_no <= len(self.attempts):
+            return  # a repeat of a recorded request changes nothing
+        if attempt_no != len(self.attempts) + 1:
+            raise IntegrityError(f"ledger seq {entry.seq}: ENGINE_REQUESTED attempt {attempt_no} follows "
+                                 f"attempt {len(self.attempts)}")
+        self.attempts.append(EngineAttempt(attempt_no, attempt_id, None))
+
+    def _engine_result(self, entry: LedgerEntry) -> None:
+        attempt_id = _required_attempt_id(entry)
+        status = entry.body.get("status")
+        if not isinstance(status, str) or status not in _ENGINE_STATUSES:
+            raise IntegrityError(f"ledger entry seq {entry.seq} (ENGINE_RESULT) lacks a valid status")
+        position = next((i for i, a in enumerate(self.attempts) if a.attempt_id == attempt_id), None)
+        if position is None:
+            raise IntegrityError(f"ledger seq {entry.seq}: ENGINE_RESULT for attempt {attempt_id}, "
+                                 "which was never requested")
+        if self.attempts[position].status is None:
+            self.attempts[position] = self.attempts[position]._replace(status=EngineStatus(status))
+        # else: an attempt's first recorded result stands; a later one changes nothing
 
     def _ready(self, entry: LedgerEntry) -> None:
         fv = _required_hash(entry, "facts_view_hash")
@@ -271,18 +331,31 @@ class _Deriver:
         self.history.append(fv)
 
 
+def _required_attempt_id(entry: LedgerEntry) -> str:
+    value = entry.body.get("attempt_id")
+    if not isinstance(value, str) or _HEX32_RE.fullmatch(value) is None:
+        raise IntegrityError(f"ledger entry seq {entry.seq} ({entry.kind.value}) lacks a valid attempt_id")
+    return value
+
+
 def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
     """Fold a verified ledger (from :func:`parse_ledger`) into the run's state.
 
     Rules: ADMITTED→ADMITTED; WAITING→WAITING; READY(facts, plan)→READY; SUPERSEDED(old→new)
     then READY(new)→READY with the new hash; FAILED/QUARANTINED/REJECTED are terminal unless
     a later READY follows a SUPERSEDED; a READY run only leaves READY for QUARANTINED;
-    TRIGGER and PUBLISHED never change status. Entries of fenced lease holders are skipped.
+    TRIGGER, PUBLISHED, ENGINE_REQUESTED and ENGINE_RESULT never change status. Engine
+    entries build the attempt view: ENGINE_REQUESTED(attempt_id, attempt_no) adds attempt
+    ``attempt_no`` (numbered 1, 2, ... without gaps; a repeat is a no-op), ENGINE_RESULT
+    (attempt_id, status) sets a requested attempt's status once (a later result for it is a
+    no-op). Entries of fenced lease holders are skipped, engine entries included.
 
     Raises:
         IntegrityError: empty ledger, mixed run ids, or an entry that contradicts the state
             (READY on a READY/terminal run without SUPERSEDED, SUPERSEDED from a hash that
-            is not current, missing body fields).
+            is not current, missing body fields, an attempt_id that is not
+            ``attempt_id_for(run_id, attempt_no)``, an attempt number out of sequence, a result
+            for an attempt never requested).
     """
     if not entries:
         raise IntegrityError("cannot derive state from an empty ledger")
@@ -299,7 +372,7 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
         max_epoch = entry.lease_epoch
         deriver.apply(entry)
     if deriver.status is None:
-        # Only TRIGGER/PUBLISHED/SUPERSEDED entries: nothing ever admitted the run.
+        # Only TRIGGER/PUBLISHED/SUPERSEDED/ENGINE_* entries: nothing ever admitted the run.
         raise IntegrityError(f"ledger of run {run_id} never establishes a status")
     return RunState(
         run_id=run_id,
@@ -314,4 +387,6 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
         last_seq=entries[-1].seq,
         lease_epoch=max_epoch,
         fenced_seqs=tuple(fenced),
+        attempts=tuple(deriver.attempts),
+        open_attempt=deriver.attempts[-1] if deriver.attempts and deriver.attempts[-1].status is None else None,
     )

@@ -14,6 +14,8 @@ READY                           :class:`ReadyBody`
 WAITING, FAILED, QUARANTINED    :class:`StatusBody`
 SUPERSEDED                      :class:`SupersededBody`
 TRIGGER                         :class:`TriggerBody`
+ENGINE_REQUESTED                :class:`EngineRequestedBody` (contract §8)
+ENGINE_RESULT                   :class:`EngineResultBody` (contract §8)
 ==============================  ================================================================
 
 Any entry may carry ``intent`` (the admitted intent, Avro-shaped): SR writes it into the
@@ -22,16 +24,19 @@ first entry of a run only.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from worker.core.engine import MAX_ATTEMPT_NO, AttemptId, EngineStatus
 from worker.core.ledger import LedgerEntry, LedgerKind
-from worker.core.models import Hex64
+from worker.core.models import MAX_DETAIL_CHARS, Hex64
 from worker.errors import IntegrityError
 
 __all__ = [
     "TYPED_KINDS",
+    "EngineRequestedBody",
+    "EngineResultBody",
     "LedgerBody",
     "ReadyBody",
     "StatusBody",
@@ -96,7 +101,37 @@ class TriggerBody(_Body):
     requested_at: int
 
 
-LedgerBody = ReadyBody | StatusBody | SupersededBody | TriggerBody
+class EngineRequestedBody(_Body):
+    """SR requested engine attempt ``attempt_no`` (1-based) with id ``attempt_id``
+    (:func:`~worker.core.identity.attempt_id_for`); no result is expected after
+    ``attempt_deadline`` (epoch ms). The entry's ``at_ms`` is the request's ``requested_at``.
+    """
+
+    attempt_id: AttemptId
+    attempt_no: Annotated[int, Strict(), Field(ge=1, le=MAX_ATTEMPT_NO)]
+    attempt_deadline: Annotated[int, Strict(), Field(ge=0)]
+
+    @property
+    def plan_hash(self) -> None:
+        """An engine entry records no plan (readers collecting plan hashes skip it)."""
+        return None
+
+
+class EngineResultBody(_Body):
+    """The engine's result for attempt ``attempt_id``, as SR recorded it (also for a superseded
+    attempt: recorded, then ignored). ``detail`` is the result's, at most 4096 characters."""
+
+    attempt_id: AttemptId
+    status: EngineStatus
+    detail: Annotated[str, Strict(), Field(max_length=MAX_DETAIL_CHARS)]
+
+    @property
+    def plan_hash(self) -> None:
+        """An engine entry records no plan (readers collecting plan hashes skip it)."""
+        return None
+
+
+LedgerBody = ReadyBody | StatusBody | SupersededBody | TriggerBody | EngineRequestedBody | EngineResultBody
 
 _MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
     LedgerKind.READY: ReadyBody,
@@ -105,6 +140,8 @@ _MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
     LedgerKind.QUARANTINED: StatusBody,
     LedgerKind.SUPERSEDED: SupersededBody,
     LedgerKind.TRIGGER: TriggerBody,
+    LedgerKind.ENGINE_REQUESTED: EngineRequestedBody,
+    LedgerKind.ENGINE_RESULT: EngineResultBody,
 }
 
 

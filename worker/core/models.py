@@ -38,12 +38,15 @@ from worker.errors import DecodeError, IntentInvalidError, UnsafeKeyError
 
 __all__ = [
     "EPOCH",
+    "MAX_DETAIL_CHARS",
+    "MAX_OUTPUT_IDS",
     "TERMINAL_STATUSES",
     "EventType",
     "Hex64",
     "Identifier",
     "Pins",
     "ReadyEvent",
+    "ReasonCode",
     "RunId",
     "RunIntent",
     "RunStatus",
@@ -53,11 +56,13 @@ __all__ = [
     "Strategy",
     "TriggerKind",
     "UtcDatetime",
+    "check_s3_uri",
     "datetime_from_millis",
     "millis",
     "parse_intent",
     "parse_trigger",
     "to_utc",
+    "validation_summary",
 ]
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -186,9 +191,15 @@ RunId = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 """32 lowercase hex characters."""
 
 ReasonCode = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+"""An upper-case reason code (``EVIDENCE_MISSING``, ``ENGINE_TIMEOUT``, ...)."""
 
 
-def _check_s3_uri(value: object, *, need_prefix: bool) -> str:
+def check_s3_uri(value: object, *, need_prefix: bool) -> str:
+    """Before-validator body: the canonical form of an ``s3://bucket[/prefix]`` URI.
+
+    Raises:
+        ValueError: not a string, not a safe S3 URI, or no prefix where ``need_prefix``.
+    """
     if not isinstance(value, str):
         raise ValueError("must be an s3:// URI string")  # noqa: TRY004 - pydantic wraps only ValueError
     try:
@@ -260,7 +271,7 @@ class RunIntent(BaseModel):
     @classmethod
     def _evidence_root(cls, value: object) -> str:
         # Normalised to the canonical URI so "s3://b/p/" and "s3://b/p" are one intent.
-        return _check_s3_uri(value, need_prefix=True)
+        return check_s3_uri(value, need_prefix=True)
 
     @model_validator(mode="after")
     def _window(self) -> Self:
@@ -296,8 +307,9 @@ class RunIntent(BaseModel):
         return parse_intent(data)
 
 
-def _validation_summary(exc: ValidationError) -> str:
-    """A compact, bounded description of a pydantic error (it becomes a DLQ header)."""
+def validation_summary(exc: ValidationError) -> str:
+    """A compact, bounded description of a pydantic error (it becomes a DLQ header): the first
+    five problems by field, then how many more."""
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
@@ -317,7 +329,7 @@ def parse_intent(data: Mapping[str, Any]) -> RunIntent:
     try:
         return RunIntent.model_validate(dict(data))
     except ValidationError as exc:
-        raise IntentInvalidError(f"invalid RunIntent: {_validation_summary(exc)}") from exc
+        raise IntentInvalidError(f"invalid RunIntent: {validation_summary(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- RunTrigger
@@ -370,7 +382,7 @@ def parse_trigger(data: Mapping[str, Any]) -> RunTrigger:
     try:
         return RunTrigger.model_validate(dict(data))
     except ValidationError as exc:
-        raise IntentInvalidError(f"invalid RunTrigger: {_validation_summary(exc)}") from exc
+        raise IntentInvalidError(f"invalid RunTrigger: {validation_summary(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- outbound events
@@ -399,7 +411,7 @@ class ReadyEvent(BaseModel):
     @field_validator("facts_view_uri", mode="before")
     @classmethod
     def _facts_uri(cls, value: object) -> str:
-        return _check_s3_uri(value, need_prefix=True)
+        return check_s3_uri(value, need_prefix=True)
 
     @model_validator(mode="after")
     def _supersede_consistent(self) -> Self:
@@ -443,7 +455,7 @@ class ReadyEvent(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            raise DecodeError(f"invalid ReadyEvent: {_validation_summary(exc)}") from exc
+            raise DecodeError(f"invalid ReadyEvent: {validation_summary(exc)}") from exc
 
 
 class RunStatusEvent(BaseModel):
@@ -496,4 +508,4 @@ class RunStatusEvent(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            raise DecodeError(f"invalid RunStatusEvent: {_validation_summary(exc)}") from exc
+            raise DecodeError(f"invalid RunStatusEvent: {validation_summary(exc)}") from exc

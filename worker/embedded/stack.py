@@ -52,6 +52,8 @@ DEFAULT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("sr.triggers", 4),
     TopicSpec("sr.ready", 4),
     TopicSpec("sr.run-status", 4),
+    TopicSpec("sr.engine-requests", 4),
+    TopicSpec("sr.engine-results", 4),
     TopicSpec("sr.dlq", 1),
 )
 
