@@ -24,6 +24,8 @@ from worker.adapters.avro import (
     SchemaRegistry,
     default_schema_dir,
 )
+from worker.core.engine import EngineRequest, EngineResult
+from worker.core.identity import attempt_id_for
 from worker.core.models import (
     ReadyEvent,
     RunStatusEvent,
@@ -43,7 +45,7 @@ from worker.errors import (
     UnknownSchemaError,
 )
 
-from .conftest import H1, H2, SCHEMAS, intent_dict, make_intent
+from .conftest import H1, H2, SCHEMAS, engine_request_dict, engine_result_dict, intent_dict, make_intent
 
 RUN = "0123456789abcdef0123456789abcdef"
 FINGERPRINTS = {
@@ -51,6 +53,8 @@ FINGERPRINTS = {
     "RunTrigger": "d291691704416d0e",
     "ReadyEvent": "dea00c0dc91b6ecb",
     "RunStatusEvent": "b11a32c6edbcf532",
+    "EngineRequest": "4f65df2d56240ead",
+    "EngineResult": "44023e755c2af562",
 }
 
 
@@ -97,6 +101,14 @@ def sample_status() -> RunStatusEvent:
     )
 
 
+def sample_engine_request() -> EngineRequest:
+    return EngineRequest.from_avro(engine_request_dict())
+
+
+def sample_engine_result() -> EngineResult:
+    return EngineResult.from_avro(engine_result_dict())
+
+
 def test_default_schema_dir_is_repo_schemas() -> None:
     assert default_schema_dir().resolve() == SCHEMAS.resolve()
 
@@ -125,6 +137,73 @@ def test_roundtrips(codec: AvroCodec) -> None:
     assert codec.decode_trigger(codec.encode_trigger(sample_trigger())) == sample_trigger()
     assert codec.decode_ready(codec.encode_ready(sample_ready())) == sample_ready()
     assert codec.decode_status(codec.encode_status(sample_status())) == sample_status()
+
+
+def test_engine_roundtrips(codec: AvroCodec) -> None:
+    request = codec.encode_engine_request(sample_engine_request())
+    assert request[:2] == b"\xc3\x01" and request[2:10].hex() == FINGERPRINTS["EngineRequest"]
+    assert codec.decode_engine_request(request) == sample_engine_request()
+    assert codec.decode(request) == ("EngineRequest", engine_request_dict())
+    assert codec.encode_engine_request(sample_engine_request()) == request  # a re-send is byte-identical
+    result = codec.encode_engine_result(sample_engine_result())
+    assert result[:2] == b"\xc3\x01" and result[2:10].hex() == FINGERPRINTS["EngineResult"]
+    assert codec.decode_engine_result(result) == sample_engine_result()
+    assert codec.decode(result) == ("EngineResult", engine_result_dict())
+    failed = EngineResult.from_avro(engine_result_dict(status="FAILED", detail="exit 3"))
+    assert codec.decode_engine_result(codec.encode_engine_result(failed)).status.value == "FAILED"
+
+
+def test_engine_records_decode_only_as_themselves(codec: AvroCodec) -> None:
+    request, result = codec.encode_engine_request(sample_engine_request()), codec.encode_engine_result(
+        sample_engine_result())
+    with pytest.raises(DecodeError, match="expected a EngineResult message, got EngineRequest"):
+        codec.decode_engine_result(request)
+    with pytest.raises(DecodeError, match="expected a EngineRequest message, got EngineResult"):
+        codec.decode_engine_request(result)
+    with pytest.raises(DecodeError):
+        codec.decode_intent(result)
+    with pytest.raises(DecodeError):
+        codec.decode_engine_result(codec.encode_trigger(sample_trigger()))
+
+
+def test_semantically_invalid_engine_records_are_decode_errors(codec: AvroCodec) -> None:
+    wrong_attempt = codec.encode("EngineRequest", engine_request_dict(attempt_id=attempt_id_for(RUN, 2)))
+    with pytest.raises(DecodeError, match="attempt_id does not match"):
+        codec.decode_engine_request(wrong_attempt)
+    for bad in ({"attempt_id": "x"}, {"run_id": "../etc"}, {"reported_by": ""}, {"finished_at": -(2**62)}):
+        frame = codec.encode("EngineResult", engine_result_dict(**bad))
+        with pytest.raises(DecodeError, match="invalid EngineResult"):
+            codec.decode_engine_result(frame)
+    with pytest.raises(EncodeError):
+        codec.encode("EngineResult", engine_result_dict(status="RUNNING"))
+    with pytest.raises(EncodeError):
+        codec.encode("EngineRequest", engine_request_dict(attempt_no=2**31))  # an Avro int
+
+
+def test_engine_frames_truncated_trailing_and_bad_enum(codec: AvroCodec) -> None:
+    for frame in (codec.encode_engine_request(sample_engine_request()),
+                  codec.encode_engine_result(sample_engine_result())):
+        for cut in range(10, len(frame)):
+            with pytest.raises(DecodeError):
+                codec.decode(frame[:cut])
+        with pytest.raises(DecodeError, match="trailing"):
+            codec.decode(frame + b"\x00")
+    header = b"\xc3\x01" + codec.fingerprint("EngineResult")
+    # attempt_id and run_id (32 chars each), then enum index 2 (zigzag 4): no third symbol.
+    body = b"\x40" + b"a" * 32 + b"\x40" + b"b" * 32 + b"\x04" + b"\x00" + b"\x02e" + b"\x02"
+    with pytest.raises(DecodeError):
+        codec.decode(header + body)
+
+
+@given(st.data())
+def test_engine_result_bit_flips_never_crash(data: st.DataObject) -> None:
+    frame = bytearray(_SHARED.encode_engine_result(sample_engine_result()))
+    position = data.draw(st.integers(0, len(frame) - 1))
+    frame[position] ^= data.draw(st.integers(1, 255))
+    try:
+        _SHARED.decode_engine_result(bytes(frame))
+    except InputError:
+        pass
 
 
 def test_encoding_is_deterministic(codec: AvroCodec) -> None:
@@ -373,6 +452,40 @@ def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> 
         consumer.decode(frame[:3])
     with pytest.raises(DecodeError):
         consumer.decode(frame + b"\x01")
+
+
+def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, state = registry
+    producer = AvroCodec(registry=client)
+    request = producer.encode_engine_request(sample_engine_request(), subject="sr.engine-requests-value")
+    result = producer.encode_engine_result(sample_engine_result(), subject="sr.engine-results-value")
+    assert request[0] == 0 and result[0] == 0
+    assert set(state.subjects) == {"sr.engine-requests-value", "sr.engine-results-value"}
+    consumer = AvroCodec(registry=client)  # fresh cache: fetches both schemas by id
+    assert consumer.decode_engine_request(request) == sample_engine_request()
+    assert consumer.decode_engine_result(result) == sample_engine_result()
+    assert consumer.decode_engine_result(_SHARED.encode_engine_result(sample_engine_result())) == sample_engine_result()
+    with pytest.raises(DecodeError):
+        consumer.decode_engine_result(request)
+    with pytest.raises(DecodeError):
+        consumer.decode(result[:4])
+    with pytest.raises(DecodeError):
+        consumer.decode(result + b"\x01")
+    with pytest.raises(ConfigError):
+        producer.encode_engine_request(sample_engine_request())  # no subject
+
+
+def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+    client, _ = registry
+    # A newer engine added an optional field: SR resolves it into its own reader schema.
+    evolved = json.loads((SCHEMAS / "EngineResult.avsc").read_text())
+    evolved["fields"].append({"name": "log_uri", "type": ["null", "string"], "default": None})
+    schema_id = client.register("sr.engine-results-value", json.dumps(evolved))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(evolved),
+                               {**sample_engine_result().to_avro(), "log_uri": "s3://logs/1"})
+    frame = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
+    assert AvroCodec(registry=client).decode_engine_result(frame) == sample_engine_result()
 
 
 def test_confluent_needs_subject(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:

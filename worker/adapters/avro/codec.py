@@ -33,6 +33,7 @@ import fastavro.schema
 import fastavro.validation
 
 from worker.adapters.avro.registry import SchemaRegistry
+from worker.core.engine import EngineRequest, EngineResult
 from worker.core.models import ReadyEvent, RunIntent, RunStatusEvent, RunTrigger
 from worker.errors import (
     ConfigError,
@@ -54,7 +55,7 @@ __all__ = [
 
 SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
 CONFLUENT_MAGIC: Final = b"\x00"
-RECORD_NAMES: Final = ("RunIntent", "RunTrigger", "ReadyEvent", "RunStatusEvent")
+RECORD_NAMES: Final = ("RunIntent", "RunTrigger", "ReadyEvent", "RunStatusEvent", "EngineRequest", "EngineResult")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576
 _SO_HEADER: Final = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER: Final = 5
@@ -115,7 +116,7 @@ def _load_schema(path: Path, name: str) -> _Schema:
 
 
 class AvroCodec:
-    """Encode/decode SR's four record types with strict, typed error handling.
+    """Encode/decode SR's record types (:data:`RECORD_NAMES`) with strict, typed error handling.
 
     Thread-safe for concurrent use (caches are only ever added to).
     """
@@ -340,6 +341,34 @@ class AvroCodec:
         """
         _, datum = self.decode(data, expected="RunStatusEvent")
         return RunStatusEvent.from_avro(datum)
+
+    def encode_engine_request(self, request: EngineRequest, *, subject: str | None = None) -> bytes:
+        """Encode an :class:`EngineRequest` (see :meth:`encode` for Raises)."""
+        return self.encode("EngineRequest", request.to_avro(), subject=subject)
+
+    def decode_engine_request(self, data: bytes) -> EngineRequest:
+        """Decode and validate an EngineRequest message (what an engine reads).
+
+        Raises:
+            MessageTooLargeError, UnknownSchemaError, DecodeError: see :meth:`decode`
+                (invalid content is a DecodeError too).
+        """
+        _, datum = self.decode(data, expected="EngineRequest")
+        return EngineRequest.from_avro(datum)
+
+    def encode_engine_result(self, result: EngineResult, *, subject: str | None = None) -> bytes:
+        """Encode an :class:`EngineResult` (see :meth:`encode` for Raises)."""
+        return self.encode("EngineResult", result.to_avro(), subject=subject)
+
+    def decode_engine_result(self, data: bytes) -> EngineResult:
+        """Decode and validate an EngineResult message (what SR reads from the engine).
+
+        Raises:
+            MessageTooLargeError, UnknownSchemaError, DecodeError: see :meth:`decode`
+                (invalid content is a DecodeError too).
+        """
+        _, datum = self.decode(data, expected="EngineResult")
+        return EngineResult.from_avro(datum)
 
 
 def _read_strict(body: bytes, writer: Any, reader: Any) -> dict[str, Any]:
