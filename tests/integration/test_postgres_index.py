@@ -17,8 +17,8 @@ import pytest
 from pydantic import SecretStr
 
 from worker.adapters.postgres import MigrationError, PgConfig, RoundTripCounter, RunIndex, load_migrations, migrate
-from worker.adapters.postgres.leases import advance_with_epoch
-from worker.core.identity import run_id_for
+from worker.adapters.postgres.leases import LeaseManager, advance_with_epoch
+from worker.core.identity import attempt_id_for, run_id_for
 from worker.core.index import AdmissionOutcome, NewPublication, NewRun, PublicationKind
 from worker.core.models import RunStatus
 from worker.errors import PostgresError, PostgresUnavailableError
@@ -88,7 +88,7 @@ def test_migrate_is_a_noop_on_a_migrated_db(pg_dsn: str) -> None:
         rows = conn.execute(
             "SELECT version, name, checksum, applied_at FROM sr_schema_migrations ORDER BY version").fetchall()
     shipped = load_migrations()
-    assert [m.name for m in shipped][:2] == ["0001_init", "0002_operator_actions"]
+    assert [m.name for m in shipped][:3] == ["0001_init", "0002_operator_actions", "0003_engine_requests"]
     # Every shipped migration is recorded exactly once, with its checksum.
     assert [(r[0], r[1], r[2]) for r in rows] == [(m.version, m.name, m.checksum) for m in shipped]
     assert all(r[3] is not None for r in rows)
@@ -304,6 +304,61 @@ def test_publications_outbox_and_mark_published(index: RunIndex, pg_dsn: str, co
 
     with pytest.raises(PostgresError):
         index.mark_published(f"{run.run_id}:nope", 0, 0)
+
+
+def test_engine_request_publications_through_the_lease(index: RunIndex, pg_dsn: str,
+                                                      counter: RoundTripCounter) -> None:
+    run = new_run()
+    index.admit(run)
+    first, second = attempt_id_for(run.run_id, 1), attempt_id_for(run.run_id, 2)
+    request = NewPublication.engine_request(run.run_id, first, topic="sr.engine-requests", payload=b"\xc3\x01req1",
+                                            msg_key=run.run_id.encode(),
+                                            headers={"sr-idempotency-key": f"{run.run_id}:engine:{first}"})
+    waiting = NewPublication.status_event(run.run_id, 1, "WAITING", topic="sr.run-status", payload=b"waiting")
+    with LeaseManager(PgConfig(dsn=SecretStr(pg_dsn), pool_size=2), counter) as leases, \
+            leases.acquire(run.run_id) as lease:
+        counter.reset()
+        stored = lease.advance(RunStatus.WAITING, ledger_seq=1, ledger_head_hash=hex64("e1"),
+                               reason_code="ENGINE_RUNNING", plan_hash=hex64("plan"), publications=[request, waiting])
+        assert counter.snapshot() == 1
+        assert [(p.pub_key, p.kind) for p in stored] == [
+            (f"{run.run_id}:engine:{first}", PublicationKind.ENGINE_REQUEST), (waiting.pub_key, PublicationKind.STATUS)]
+        assert (stored[0].facts_view_hash, stored[0].event_type, stored[0].payload) == (None, None, b"\xc3\x01req1")
+        # The same attempt again (a re-drive after a crash): the stored row and its bytes are kept.
+        resent = NewPublication.engine_request(run.run_id, first, topic="sr.engine-requests", payload=b"other bytes")
+        again = lease.advance(RunStatus.WAITING, ledger_seq=2, ledger_head_hash=hex64("e2"),
+                              reason_code="ENGINE_RUNNING", publications=[resent])
+        assert [(p.id, p.payload) for p in again] == [(stored[0].id, b"\xc3\x01req1")]
+        lease.advance(RunStatus.WAITING, ledger_seq=3, ledger_head_hash=hex64("e3"), reason_code="ENGINE_RUNNING",
+                      publications=[NewPublication.engine_request(run.run_id, second, topic="sr.engine-requests",
+                                                                  payload=b"\xc3\x01req2")])
+    assert [p.pub_key for p in index.pending_publications(run.run_id)] == [
+        f"{run.run_id}:engine:{first}", waiting.pub_key, f"{run.run_id}:engine:{second}"]
+    index.mark_published(f"{run.run_id}:engine:{first}", 0, 7)
+    assert f"{run.run_id}:engine:{first}" not in {p.pub_key for p in index.unpublished(100)}
+
+
+@pytest.mark.parametrize(("kind", "pub_key", "fvh", "event_type"), [
+    ("ENGINE_REQUEST", "{run}:engine:" + "A" * 32, None, None),  # attempt id not lowercase hex
+    ("ENGINE_REQUEST", "{run}:engine:" + "0" * 31, None, None),
+    ("ENGINE_REQUEST", "{run}:engine:" + "0" * 32 + ":x", None, None),
+    ("ENGINE_REQUEST", "{other}:engine:" + "0" * 32, None, None),  # another run's key
+    ("ENGINE_REQUEST", "{run}:status:" + "0" * 32, None, None),
+    ("ENGINE_REQUEST", "{run}:engine:" + "0" * 32, "f" * 64, None),  # names a facts view
+    ("ENGINE_REQUEST", "{run}:engine:" + "0" * 32, None, "READY"),
+    ("ENGINE", "{run}:engine:" + "0" * 32, None, None),  # unknown kind
+])
+def test_the_schema_enforces_the_engine_request_shape(pg_dsn: str, kind: str, pub_key: str, fvh: str | None,
+                                                      event_type: str | None) -> None:
+    run = new_run()
+    with RunIndex(PgConfig(dsn=SecretStr(pg_dsn), pool_size=1)) as idx:
+        idx.admit(run)
+    insert = ("INSERT INTO sr_publications (run_id, pub_key, kind, facts_view_hash, event_type, topic, payload) "
+              "VALUES (%s, %s, %s, %s, %s, 't', '\\x00')")
+    with raw(pg_dsn) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(insert, (run.run_id, pub_key.format(run=run.run_id, other="f" * 32), kind, fvh, event_type))
+        conn.execute(insert, (run.run_id, f"{run.run_id}:engine:{'0' * 32}", "ENGINE_REQUEST", None, None))
 
 
 def test_publication_shape_is_validated() -> None:
