@@ -47,9 +47,9 @@ CATEGORIES = (
 INSIDE = {
     "S3 request attempts (ObjectStore._attempt)": ("adapters/s3/store.py", {"_attempt"}),
     "S3 body reads (ObjectStore._read_capped)": ("adapters/s3/store.py", {"_read_capped"}),
-    "Postgres statements (postgres.execute)": ("adapters/postgres.py", {"execute"}),
-    "Kafka publish (Publisher.publish)": ("runtime/publisher.py", {"publish"}),
-    "Avro decode (AvroCodec.decode_intent)": ("adapters/avro.py", {"decode_intent"}),
+    "Postgres statements (postgres.execute)": ("adapters/postgres/queries.py", {"execute"}),
+    "Kafka publish (Publisher.publish)": ("app/publisher.py", {"publish"}),
+    "Avro decode (AvroCodec.decode_intent)": ("adapters/avro/codec.py", {"decode_intent"}),
     "identity (run_equivalence_key, fingerprint)": ("core/identity.py", {"run_equivalence_key",
                                                                           "intent_fingerprint"}),
 }
