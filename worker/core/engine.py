@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from worker.core.identity import attempt_id_for
 from worker.core.models import (
@@ -32,10 +32,9 @@ from worker.core.models import (
     RunId,
     UtcDatetime,
     check_s3_uri,
+    decode_model,
     millis,
-    validation_summary,
 )
-from worker.errors import DecodeError
 
 __all__ = [
     "MAX_ATTEMPT_NO",
@@ -137,12 +136,7 @@ class EngineRequest(BaseModel):
         Raises:
             DecodeError: the data is not a valid EngineRequest.
         """
-        if not isinstance(data, Mapping):
-            raise DecodeError("EngineRequest must be an object")
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise DecodeError(f"invalid EngineRequest: {validation_summary(exc)}") from exc
+        return decode_model(cls, data)
 
 
 class EngineResult(BaseModel):
@@ -186,9 +180,4 @@ class EngineResult(BaseModel):
         Raises:
             DecodeError: the data is not a valid EngineResult.
         """
-        if not isinstance(data, Mapping):
-            raise DecodeError("EngineResult must be an object")
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise DecodeError(f"invalid EngineResult: {validation_summary(exc)}") from exc
+        return decode_model(cls, data)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -58,6 +58,7 @@ __all__ = [
     "UtcDatetime",
     "check_s3_uri",
     "datetime_from_millis",
+    "decode_model",
     "millis",
     "parse_intent",
     "parse_trigger",
@@ -318,6 +319,24 @@ def validation_summary(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def decode_model(model: type[_Model], data: object) -> _Model:
+    """Validate a decoded Avro (or JSON) dict into ``model``.
+
+    Raises:
+        DecodeError: ``data`` is not a mapping, or not a valid ``model`` (the message names
+            the model and summarises the problems without echoing values).
+    """
+    if not isinstance(data, Mapping):
+        raise DecodeError(f"{model.__name__} must be an object")
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise DecodeError(f"invalid {model.__name__}: {validation_summary(exc)}") from exc
+
+
 def parse_intent(data: Mapping[str, Any]) -> RunIntent:
     """Validate untrusted intent data into a :class:`RunIntent`.
 
@@ -450,12 +469,7 @@ class ReadyEvent(BaseModel):
         Raises:
             DecodeError: the data is not a valid ReadyEvent.
         """
-        if not isinstance(data, Mapping):
-            raise DecodeError("ReadyEvent must be an object")
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise DecodeError(f"invalid ReadyEvent: {validation_summary(exc)}") from exc
+        return decode_model(cls, data)
 
 
 class RunStatusEvent(BaseModel):
@@ -503,9 +517,4 @@ class RunStatusEvent(BaseModel):
         Raises:
             DecodeError: the data is not a valid RunStatusEvent.
         """
-        if not isinstance(data, Mapping):
-            raise DecodeError("RunStatusEvent must be an object")
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise DecodeError(f"invalid RunStatusEvent: {validation_summary(exc)}") from exc
+        return decode_model(cls, data)
