@@ -130,6 +130,12 @@ def test_translate(exc: psycopg.Error, expected: type[PostgresError], retryable:
         assert f"[{exc.sqlstate}]" in message
 
 
+def test_a_missing_table_says_how_to_create_it() -> None:
+    err = translate(psycopg.errors.UndefinedTable('relation "sr_runs" does not exist'), "get_run")
+    assert type(err) is PostgresError and not isinstance(err, RetryableError)
+    assert str(err).endswith("(is the database migrated? run `sr db migrate`)")
+
+
 class _FakeCursor:
     def __init__(self, outcome: BaseException | list[dict[str, Any]] | None) -> None:
         self._outcome = outcome

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Final
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import dict_row
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -69,10 +70,13 @@ def translate(exc: psycopg.Error, what: str) -> PostgresError:
         :class:`PostgresUnavailableError` (retryable) for ``OperationalError`` and
         ``InterfaceError`` — the connection failed or was lost, or the statement was cancelled
         (statement timeout, lock timeout, serialization failure); :class:`PostgresError` for
-        any other database error (constraint violation, bad SQL...).
+        any other database error (constraint violation, bad SQL...). A missing SR table says
+        how to create it: no command but ``sr run`` and ``sr db migrate`` applies migrations.
     """
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return PostgresUnavailableError(f"{what}: {describe(exc)}")
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return PostgresError(f"{what}: {describe(exc)} (is the database migrated? run `sr db migrate`)")
     return PostgresError(f"{what}: {describe(exc)}")
 
 
