@@ -10,8 +10,9 @@ What each caller gets:
   migrates and needs no policy file; the producer is opened only for commands that send, and
   the lease pool connects only if a lease is taken (operator commands take none).
 * :func:`run_index`, :func:`object_store`, :func:`event_producer`, :func:`topic_admin`,
-  :func:`partition_reader`: one client for commands that need only that one (``sr runs``,
-  ``sr status``, ``sr trigger``, ``sr runpack``, ``sr topics create``, ``sr replay``);
+  :func:`partition_reader`, :func:`group_consumer`: one client for commands that need only that
+  one (``sr runs``, ``sr status``, ``sr trigger``, ``sr runpack``, ``sr topics create``,
+  ``sr replay``, ``sr engine simulate``);
   :func:`migrate_database` for ``sr db migrate``, the only migrating command besides ``sr run``.
 * :func:`kafka_config`, :func:`s3_config`, :func:`pg_config`, :func:`make_codec`,
   :func:`load_policy_file`: settings → adapter configuration, no I/O.
@@ -21,13 +22,20 @@ What each caller gets:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
-from worker.adapters.kafka import EventProducer, KafkaConfig, KafkaPartitionReader, TopicAdmin
+from worker.adapters.kafka import (
+    EventProducer,
+    IntakeConsumer,
+    KafkaConfig,
+    KafkaPartitionReader,
+    RebalanceHook,
+    TopicAdmin,
+)
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
@@ -46,6 +54,7 @@ __all__ = [
     "Services",
     "build_processor",
     "event_producer",
+    "group_consumer",
     "kafka_config",
     "load_policy_file",
     "make_codec",
@@ -150,6 +159,17 @@ def topic_admin(settings: Settings) -> TopicAdmin:
 def partition_reader(settings: Settings) -> PartitionReader:
     """A reader of partition slices (``sr replay``); it joins no consumer group."""
     return KafkaPartitionReader(kafka_config(settings))
+
+
+def group_consumer(settings: Settings, *, group_id: str, topics: Sequence[str],
+                   on_revoke: RebalanceHook | None = None, on_lost: RebalanceHook | None = None) -> IntakeConsumer:
+    """An unentered group consumer over ``topics`` (``with group_consumer(...) as consumer``).
+
+    Manual offset storage and explicit commits, like the worker's; ``sr engine simulate`` reads
+    the engine requests with it.
+    """
+    return IntakeConsumer(kafka_config(settings), group_id=group_id, topics=topics,
+                          on_revoke=on_revoke, on_lost=on_lost)
 
 
 # --------------------------------------------------------------------------- services
