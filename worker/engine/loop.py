@@ -17,9 +17,10 @@ consumer has to get right, kept small enough to copy:
 * **Rebalances drop, never commit, unanswered work.** Revoked or lost partitions' queued
   requests are forgotten; their offsets were never stored, so the next owner answers them.
 * **Transient faults retry, permanent ones answer.** An unreachable store or broker keeps the
-  request at the head of its queue and retries with capped backoff until stopped; an
-  undecodable request is logged and skipped (nobody can be answered for it; SR's attempt
-  deadline covers it); a refused produce (``KafkaFatalError``) stops the process.
+  request at the head of its queue and retries with capped backoff until stopped (so does a
+  schema registry that cannot be reached while decoding); an undecodable request is logged and
+  skipped (no result can name its attempt; SR's attempt deadline covers it); a refused produce
+  (``KafkaFatalError``) stops the process.
 
 :meth:`SimulatorLoop.stop` only sets an event (signal-handler safe); :meth:`SimulatorLoop.run`
 then stores nothing new, commits what was stored and leaves the group.
