@@ -173,6 +173,7 @@ class WorkerProc:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
         self.exit_code: int | None = None
+        self._terminated = False
 
     def start(self) -> WorkerProc:
         """Start ``sr run``; returns ``self``."""
@@ -180,6 +181,7 @@ class WorkerProc:
         environ.update(self.extra_env)
         self.proc = _launch(environ, self.log, kill_with_parent=self.kill_with_parent)
         self.started_at = time.monotonic()
+        self.exit_code, self._terminated = None, False
         return self
 
     def _started(self) -> subprocess.Popen[bytes]:
@@ -243,9 +245,10 @@ class WorkerProc:
             return "(no log)"
 
     def terminate(self) -> None:
-        """SIGCONT (a stopped process cannot act on SIGTERM), then SIGTERM, without waiting."""
+        """SIGCONT (a stopped process cannot act on SIGTERM), then SIGTERM once, without waiting."""
         proc = self.proc
-        if proc is not None and self.exit_code is None and proc.poll() is None:
+        if proc is not None and self.exit_code is None and not self._terminated and proc.poll() is None:
+            self._terminated = True
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGCONT)
                 proc.send_signal(signal.SIGTERM)
@@ -261,7 +264,12 @@ class WorkerProc:
             return None
         if self.exit_code is None:
             self.terminate()
-            self.exit_code = stop_process(proc, timeout)
+            # One SIGTERM only: a repeated one is a different test (a supervisor that insists).
+            try:
+                self.exit_code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                self.exit_code = proc.wait()
         return self.exit_code
 
     def stop_stats(self) -> dict[str, Any] | None:

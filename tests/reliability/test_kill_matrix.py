@@ -117,6 +117,9 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
         killed_at = time.monotonic() - started
         before_restart = list_objects(s3_client, sr_env.bucket, sr_env.settings.s3_prefix + "/")
         restarted.start()
+        # The survivor may drain everything before the restarted worker is up; stopping it
+        # mid-start would be a different test (see worker/cli/run.py's early signal handlers).
+        restarted.wait_started()
 
         def drained() -> bool:
             counts = status_counts(dsn)

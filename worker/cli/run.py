@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM; a signal finishes in-flight work and commits.
 
     The signal handlers are installed before anything else (policy, clients), so a stop
-    requested during start-up is a clean exit 0, not a death by the default handler.
+    requested during start-up is a clean exit 0, not a death by the default handler; after
+    the worker stopped, further stop signals are ignored for the same reason.
     """
     stop_requested = threading.Event()
     started: list[Worker] = []
@@ -47,7 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = load_policy_file(settings.policy_file)
     worker = Worker(settings, policy, migrate_db=not args.no_migrate)
     started.append(worker)
-    if stop_requested.is_set():
-        return 0
-    worker.run()
+    if not stop_requested.is_set():
+        worker.run()
+    # Stopped cleanly (offsets committed, leases released). Python restores the default
+    # handlers while it tears down, so a repeated SIGTERM from a supervisor would turn this
+    # clean exit into a death by signal: ignore further stop signals from here on.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
