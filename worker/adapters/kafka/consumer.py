@@ -8,7 +8,6 @@ commits on revoke and lets the owner drop its state on lost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -19,7 +18,7 @@ from worker.adapters.kafka.config import KafkaConfig, to_ms
 from worker.adapters.kafka.errors import GROUP_MOVED_ON, NOT_OWNED, translate_exception
 from worker.adapters.kafka.records import record_from_message
 from worker.app.ports import Record
-from worker.errors import KafkaFatalError
+from worker.errors import KafkaFatalError, SRError
 
 __all__ = ["IntakeConsumer", "PartitionId", "RebalanceHook"]
 
@@ -171,6 +170,12 @@ class IntakeConsumer:
             err = exc.args[0]
             if err.code() == KafkaError._NO_OFFSET:
                 return
+            if err.code() == KafkaError._DESTROY:
+                # The commit of the final revoke while the client is being closed: the worker
+                # committed before closing; whatever is left is re-driven (effects are idempotent).
+                log.warning("offset commit skipped: the consumer is closing; uncommitted records are re-driven",
+                            extra={"error": err.str()})
+                return
             if err.code() in GROUP_MOVED_ON:
                 # Routine group churn (we were evicted while slow or paused, or a rebalance is
                 # under way): the partitions belong to someone else now, who re-drives the
@@ -229,8 +234,15 @@ class IntakeConsumer:
         if self._consumer is None:
             return
         consumer, self._consumer = self._consumer, None
-        with contextlib.suppress(KafkaException, RuntimeError):
+        try:
             consumer.close()
+        except (KafkaException, RuntimeError):
+            pass  # the client is gone either way
+        except SRError as exc:
+            # Raised by the final revoke's commit: the worker committed before closing, so
+            # this costs at most idempotent re-deliveries — not a failed stop.
+            log.warning("final commit while leaving the group failed; uncommitted records are re-driven",
+                        extra={"error": str(exc)})
 
     def _require(self) -> Consumer:
         if self._consumer is None:
