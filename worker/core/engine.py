@@ -32,6 +32,7 @@ from worker.core.models import (
     RunId,
     UtcDatetime,
     check_s3_uri,
+    check_unique_outputs,
     decode_model,
     millis,
 )
@@ -90,9 +91,7 @@ class EngineRequest(BaseModel):
     @field_validator("output_ids")
     @classmethod
     def _unique_outputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(value)) != len(value):
-            raise ValueError("output_ids must be unique")
-        return value
+        return check_unique_outputs(value)
 
     @field_validator("evidence_root", mode="before")
     @classmethod

@@ -57,6 +57,7 @@ __all__ = [
     "TriggerKind",
     "UtcDatetime",
     "check_s3_uri",
+    "check_unique_outputs",
     "datetime_from_millis",
     "decode_model",
     "millis",
@@ -195,6 +196,17 @@ ReasonCode = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Z][A-Z0-9_
 """An upper-case reason code (``EVIDENCE_MISSING``, ``ENGINE_TIMEOUT``, ...)."""
 
 
+def check_unique_outputs(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Validator body: ``output_ids`` without repeats (RunIntent, EngineRequest).
+
+    Raises:
+        ValueError: an output id appears twice.
+    """
+    if len(set(value)) != len(value):
+        raise ValueError("output_ids must be unique")
+    return value
+
+
 def check_s3_uri(value: object, *, need_prefix: bool) -> str:
     """Before-validator body: the canonical form of an ``s3://bucket[/prefix]`` URI.
 
@@ -264,9 +276,7 @@ class RunIntent(BaseModel):
     @field_validator("output_ids")
     @classmethod
     def _unique_outputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(value)) != len(value):
-            raise ValueError("output_ids must be unique")
-        return value
+        return check_unique_outputs(value)
 
     @field_validator("evidence_root", mode="before")
     @classmethod
