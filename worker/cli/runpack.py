@@ -58,13 +58,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_verify)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = getattr(args, "settings", None)
-    if settings is None:
-        settings = Settings()
-    return settings
-
-
 @contextmanager
 def _progress(label: str) -> Iterator[ProgressFn | None]:
     """A rich progress bar on stderr when it is a terminal; otherwise no callback."""
@@ -111,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from worker.runpack.retention import LockMode, Retention
     from worker.runtime.compose import object_store, run_index
 
-    settings = _settings(args)
+    settings: Settings = args.settings
     retention = None
     if args.retain_until is not None:
         try:
@@ -155,7 +148,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.location.startswith("s3://"):
             from worker.runtime.compose import object_store
 
-            store = stack.enter_context(object_store(_settings(args)))
+            store = stack.enter_context(object_store(args.settings))
         try:
             source = open_source(args.location, store)
         except ValueError as exc:
