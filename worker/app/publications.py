@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.app.context import RunContext
-from worker.core.index import NewPublication, Publication, PublicationKind
+from worker.core.index import NewPublication, Publication
 from worker.core.models import ReadyEvent, RunStatusEvent
 from worker.core.vocabulary import IDEMPOTENCY_HEADER, status_key, value_subject
 from worker.errors import IntegrityError
@@ -39,17 +39,12 @@ class Publications:
 
     def status(self, event: RunStatusEvent, *, ledger_seq: int) -> NewPublication:
         """The outbox row for the status event recorded at ``ledger_seq``."""
-        topic = self._ctx.topics.status
-        key = status_key(event.run_id, ledger_seq, event.status.value)
-        return NewPublication(
-            pub_key=key,
-            kind=PublicationKind.STATUS,
-            facts_view_hash=None,
-            event_type=None,
-            topic=topic,
-            msg_key=event.run_id.encode(),
+        return NewPublication.status_event(
+            event.run_id, ledger_seq, event.status.value,
+            topic=self._ctx.topics.status,
             payload=self.encode_status(event),
-            headers={IDEMPOTENCY_HEADER: key},
+            msg_key=event.run_id.encode(),
+            headers={IDEMPOTENCY_HEADER: status_key(event.run_id, ledger_seq, event.status.value)},
         )
 
     def encode_status(self, event: RunStatusEvent) -> bytes:
