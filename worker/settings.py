@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     poll_timeout: float = Field(default=0.5, gt=0)  # seconds a poll waits when nothing is in flight
     commit_interval: float = Field(default=0.5, gt=0)  # seconds between offset commits (and on revoke/stop)
     revoke_drain_timeout: float = Field(default=10.0, ge=0)  # seconds a revoke waits for running records
+    consumer_close_timeout: float = Field(default=10.0, gt=0)  # seconds a stop waits to leave the group
     lease_wait: float = 0.0
     recheck_interval: float = 30.0
     sweep_interval: float = 5.0

@@ -292,6 +292,12 @@ def stop_all(workers: Iterable[WorkerProc], timeout: float = 60.0) -> list[int |
     return [w.stop(timeout) for w in workers]
 
 
+def unclean_exits(workers: Iterable[WorkerProc], codes: Iterable[int | None], *, chars: int = 3000) -> str:
+    """For an assertion message: the log tail of every worker whose exit code was not 0."""
+    return "\n".join(f"--- {w.log.name} exited {code}:\n{w.tail(chars)}"
+                     for w, code in zip(workers, codes, strict=True) if code not in (0, None))
+
+
 # ----------------------------------------------------------------------------- worker logs
 def log_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON log objects a worker wrote (non-JSON lines, e.g. librdkafka's, are skipped)."""

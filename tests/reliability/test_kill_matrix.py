@@ -36,7 +36,7 @@ from tests.harness.kafka import committed_total, group_by_idempotency_key, produ
 from tests.harness.probes import list_objects, status_counts, unpublished_count
 from tests.harness.probes import wait_for as poll
 from tests.harness.sr_env import SREnv, make_intent
-from tests.harness.workers import WorkerProc, stop_all, wait_group_split
+from tests.harness.workers import WorkerProc, stop_all, unclean_exits, wait_group_split
 from tests.reliability.conftest import ROUNDS, report
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.s3 import Boto3Transport, ObjectStore, raw_boto3_client
@@ -141,7 +141,8 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
         dead = read_topic(bootstrap, topics.dlq, timeout=1.5)
     finally:
         codes = stop_all(workers)
-    assert codes[1:] == [0, 0], f"survivor/restarted worker exit codes {codes[1:]}"
+    assert codes[1:] == [0, 0], (f"survivor/restarted worker exit codes {codes[1:]}\n"
+                                 f"{unclean_exits(workers[1:], codes[1:])}")
     assert dead == [], f"{len(dead)} message(s) dead-lettered: {[r.headers for r in dead][:3]}"
 
     # --- the output topics: the READY set, one fact per run, only byte-identical re-sends

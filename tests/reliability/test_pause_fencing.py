@@ -32,7 +32,7 @@ from tests.harness.kafka import read_topic, submit
 from tests.harness.probes import list_objects, lock_holder, terminate_backend
 from tests.harness.probes import wait_for as poll
 from tests.harness.sr_env import SREnv, make_intent
-from tests.harness.workers import WorkerProc, assigned_partitions, log_lines, stop_all
+from tests.harness.workers import WorkerProc, assigned_partitions, log_lines, stop_all, unclean_exits
 from tests.reliability.conftest import report
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.adapters.postgres.leases import advance_with_epoch, touch_head_with_epoch
@@ -129,7 +129,8 @@ def test_sigstopped_lease_holder_is_fenced_and_the_run_keeps_one_history(
         dead = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.dlq, timeout=1.5)
     finally:
         codes = stop_all([stale, taker])
-    assert codes == [0, 0], f"exit codes (stale, taker): {codes}: the evicted worker must rejoin, not die"
+    assert codes == [0, 0], (f"exit codes (stale, taker): {codes}: the evicted worker must rejoin, not die\n"
+                             f"{unclean_exits([stale, taker], codes)}")
 
     # The stale holder's writes all bounced: no second READY, no object rewritten, no DLQ.
     assert len(ready) == 1, f"{len(ready)} READY records (expected exactly one)"

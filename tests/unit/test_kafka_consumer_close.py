@@ -61,3 +61,31 @@ def test_a_commit_error_outside_close_still_raises() -> None:
     consumer, _client = _consumer(KafkaException(KafkaError(KafkaError._TRANSPORT)), [])
     with pytest.raises(KafkaUnavailableError):
         consumer.commit()
+
+
+class _HangingClient(_Client):
+    """A close that blocks (librdkafka waiting on a group join the broker holds)."""
+
+    def __init__(self, owner: IntakeConsumer) -> None:
+        super().__init__(owner, None)
+        import threading
+        self.release = threading.Event()
+
+    def close(self) -> None:
+        self.release.wait(30)
+        self.closed = True
+
+
+def test_a_close_that_hangs_is_given_up_after_close_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    import time
+    consumer = IntakeConsumer(KafkaConfig(bootstrap="127.0.0.1:9"), group_id="g", topics=["t"], close_timeout=0.2)
+    client = _HangingClient(consumer)
+    consumer._consumer = client  # type: ignore[assignment]
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="sr.kafka"):
+        consumer.close()
+    took = time.monotonic() - started
+    client.release.set()
+    assert 0.2 <= took < 5.0, took
+    assert consumer._consumer is None and not client.closed
+    assert any("did not finish in time" in r.getMessage() for r in caplog.records)

@@ -143,6 +143,7 @@ class Worker:
                 on_assign=lambda parts: log.info("partitions assigned", extra={"partitions": _names(parts)}),
                 on_revoke=lambda parts: self._drain_revoked(consumer, inflight, parts),
                 on_lost=lambda parts: self._drop_lost(inflight, parts),
+                close_timeout=s.consumer_close_timeout,
             )
             side = SideTasks(self._side_tasks(services))
             try:
@@ -153,6 +154,8 @@ class Worker:
                     self.ready.set()
                     log.info("worker started", extra={"group_id": s.group_id})
                     self._consume(services, consumer, pool, inflight)
+                    # Each stage of a stop is logged, so a stop that takes long says where.
+                    log.info("stop requested; finishing in-flight records", extra={"in_flight": len(inflight)})
                     side.stop()  # a sweep in progress winds down while in-flight records finish
                     inflight.reap(wait(list(inflight.futures)).done)
                     self._store(consumer, inflight)

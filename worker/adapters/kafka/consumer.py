@@ -9,6 +9,8 @@ commits on revoke and lets the owner drop its state on lost.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -52,8 +54,10 @@ class IntakeConsumer:
         on_assign: RebalanceHook | None = None,
         on_revoke: RebalanceHook | None = None,
         on_lost: RebalanceHook | None = None,
+        close_timeout: float = 10.0,
     ) -> None:
         self._config = config
+        self._close_timeout = close_timeout
         self._group_id = group_id
         self._topics = list(topics)
         self._on_assign = on_assign
@@ -230,10 +234,30 @@ class IntakeConsumer:
         return None if marks is None else (int(marks[0]), int(marks[1]))
 
     def close(self) -> None:
-        """Leave the group (triggers a final revoke → commit) and release the client."""
+        """Leave the group (triggers a final revoke → commit) and release the client.
+
+        Waits at most ``close_timeout`` seconds (constructor). librdkafka's close has no
+        timeout of its own and waits for a pending group join to finish, which a broker may
+        hold for the whole rebalance timeout (``max.poll.interval.ms``) while a dead member's
+        session has not expired. The worker commits before it closes, so giving up on the
+        leave costs nothing but the group noticing the departure by session timeout.
+        """
         if self._consumer is None:
             return
         consumer, self._consumer = self._consumer, None
+        started = time.monotonic()
+        closer = threading.Thread(target=self._close_client, args=(consumer,), name="sr-consumer-close", daemon=True)
+        closer.start()
+        closer.join(self._close_timeout)
+        if closer.is_alive():
+            log.warning("leaving the consumer group did not finish in time; going on without it "
+                        "(offsets were committed; the group sees the member leave at its session timeout)",
+                        extra={"close_timeout_s": self._close_timeout})
+        else:
+            log.info("left the consumer group", extra={"seconds": round(time.monotonic() - started, 3)})
+
+    @staticmethod
+    def _close_client(consumer: Consumer) -> None:
         try:
             consumer.close()
         except (KafkaException, RuntimeError):
