@@ -340,6 +340,27 @@ class LedgerRaceError(S3Error, RetryableError):
     code = "LEDGER_RACE"
 
 
+# --------------------------------------------------------------------------- engine results
+class UnknownAttemptError(InputError):
+    """An engine result names an attempt the run's ledger never requested (contract §8)."""
+
+    code = "UNKNOWN_ATTEMPT"
+
+
+class EngineResultConflictError(InputError):
+    """An engine result contradicts the result already recorded for the same attempt (the
+    first recorded result stands; the contradicting one is dead-lettered for a human)."""
+
+    code = "ENGINE_RESULT_CONFLICT"
+
+
+class RunBusyError(RetryableError):
+    """The run's lease stayed held by another worker: a message that must not be dropped (an
+    engine result) is handled again after a backoff."""
+
+    code = "RUN_BUSY"
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret of 3 characters or more replaced by ``***`` (for error
     messages that might quote a DSN, a password or a token back)."""

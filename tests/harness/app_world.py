@@ -98,7 +98,8 @@ class World:
     def intent(self, name: str = "r1", *, outputs: tuple[str, ...] = ("transactions",), seed: int = 1,
                deadline: datetime | None = None, evidence_root: str | None = None,
                tenant: str = TENANT, **changes: Any) -> RunIntent:
-        """A valid intent whose evidence root is ``evidence/<tenant>/<name>``."""
+        """A valid intent whose evidence root is ``evidence/<tenant>/<name>``; strategy REUSE
+        (no engine) unless ``strategy=`` says otherwise."""
         data: dict[str, Any] = {
             "request_id": f"req-{name}",
             "tenant_id": tenant,
@@ -108,7 +109,7 @@ class World:
             "window_start": START,
             "window_end": START + timedelta(days=1),
             "output_ids": outputs,
-            "strategy": Strategy.AUTO,
+            "strategy": Strategy.REUSE,
             "evidence_root": evidence_root or f"s3://{BUCKET}/evidence/{tenant}/{name}",
             "deadline": deadline,
             "submitted_at": START,

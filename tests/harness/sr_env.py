@@ -153,7 +153,11 @@ _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 def make_intent(env: SREnv, name: str, *, outputs: tuple[str, ...] = ("transactions",), seed: int = 1,
                 evidence_root: str | None = None, deadline: datetime | None = None,
                 tenant: str | None = None, **changes: Any) -> RunIntent:
-    """A valid intent whose evidence lives under ``env.evidence_root(name)``."""
+    """A valid intent whose evidence lives under ``env.evidence_root(name)``.
+
+    Strategy REUSE (verify what exists, never request engine work) unless ``strategy=`` says
+    otherwise: most tests are about verification; the engine-path tests ask for AUTO / INVOKE.
+    """
     intent = RunIntent(
         request_id=f"req-{name}",
         tenant_id=tenant or env.tenant,
@@ -163,7 +167,7 @@ def make_intent(env: SREnv, name: str, *, outputs: tuple[str, ...] = ("transacti
         window_start=_BASE_TIME,
         window_end=_BASE_TIME + timedelta(days=1),
         output_ids=outputs,
-        strategy=Strategy.AUTO,
+        strategy=Strategy.REUSE,
         evidence_root=evidence_root or env.evidence_root(name),
         deadline=deadline,
         submitted_at=datetime.now(UTC),

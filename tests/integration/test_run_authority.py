@@ -123,7 +123,7 @@ def test_collision_is_rejected_and_leaves_the_run_untouched(sr_env: SREnv, write
                                                              s3_client: Any) -> None:
     write_evidence("base")
     original = make_intent(sr_env, "base")
-    colliding = replace_intent(original, strategy=Strategy.REUSE, request_id="req-other")
+    colliding = replace_intent(original, strategy=Strategy.AUTO, request_id="req-other")
     assert run_id_of(colliding) == run_id_of(original)
     worker = WorkerThread(sr_env).start()
     try:

@@ -217,7 +217,7 @@ def test_secrets_never_reach_logs_dlq_events_artifacts_or_metrics(
             good = make_intent(sr_env, "complete")
             waiting = make_intent(sr_env, "nothing", seed=2)
             forbidden = make_intent(sr_env, "fb", evidence_root=f"s3://{sr_env.bucket}/evidence/other/x")
-            colliding = replace_intent(good, strategy=Strategy.REUSE)
+            colliding = replace_intent(good, strategy=Strategy.AUTO)
             submit(sr_env, [good, waiting, forbidden])
             assert poll(lambda: _status_of(dsn, run_id_of(good)) == "READY", 60)
             # Faults make the worker log connection errors of both servers (the likeliest leak path).

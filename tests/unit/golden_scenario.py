@@ -4,6 +4,9 @@ Run as a script (``python -m tests.unit.golden_scenario``) it rewrites
 ``tests/fixtures/golden_v1/objects.json``; that file was produced by the code as it stood
 before the application layer was restructured, and the test checks that today's code
 writes exactly the same bytes (plan, facts views, ledger entries, publication payloads).
+It was regenerated once, when AUTO started requesting engine work (contract §8): only the
+"waiting" run's ledger and messages changed (it now requests attempt 1 before the evidence
+arrives); every other byte is as before the restructure.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Any
 
 from tests.harness.app_world import BUCKET, PREFIX, World
 from worker.core.identity import run_id_of
-from worker.core.models import TriggerKind
+from worker.core.models import Strategy, TriggerKind
 
+#: The scenario's intents say AUTO, the default strategy, as they did when the fixture was made.
+AUTO = Strategy.AUTO
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v1" / "objects.json"
 
 
@@ -24,7 +29,7 @@ def run_scenario() -> dict[str, Any]:
     world = World()
     processor = world.processor()
     # READY at first sight (both gates), then a correction: SUPERSEDE(old->new) + READY(new).
-    ready = world.intent("ready", outputs=("transactions", "accounts"))
+    ready = world.intent("ready", outputs=("transactions", "accounts"), strategy=AUTO)
     world.write_complete(ready)
     world.handle(processor, ready)
     world.clock.advance(60)
@@ -32,14 +37,14 @@ def run_scenario() -> dict[str, Any]:
     world.handle_trigger(processor, world.trigger(run_id_of(ready), TriggerKind.SUPERSEDE, reason="fix"))
     world.handle_trigger(processor, world.trigger(run_id_of(ready), TriggerKind.REEMIT, reason="resend"))
     # WAITING, then READY after EVIDENCE_ARRIVED.
-    waiting = world.intent("waiting", outputs=("accounts",))
+    waiting = world.intent("waiting", outputs=("accounts",), strategy=AUTO)
     world.handle(processor, waiting)
     world.clock.advance(5)
     world.write_gate_3a(waiting)
     world.handle_trigger(processor, world.trigger(run_id_of(waiting), TriggerKind.EVIDENCE_ARRIVED))
     # FAILED: an output the policy does not know. QUARANTINED: a tampered member.
-    world.handle(processor, world.intent("unknown", outputs=("nope",)))
-    tampered = world.intent("tampered", outputs=("transactions",))
+    world.handle(processor, world.intent("unknown", outputs=("nope",), strategy=AUTO))
+    tampered = world.intent("tampered", outputs=("transactions",), strategy=AUTO)
     world.write_gate_3a(tampered)
     world.write_gate_6b(tampered, tamper={"part-1": b"evil\n"})
     world.handle(processor, tampered)

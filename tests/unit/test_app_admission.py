@@ -69,7 +69,7 @@ def test_collision_is_rejected_and_leaves_the_existing_run_alone(world: World) -
     world.write_complete(intent)
     world.handle(processor, intent)
     before = world.index.get(run_id_of(intent))
-    colliding = intent.model_copy(update={"strategy": Strategy.REUSE})  # same key, other fingerprint
+    colliding = intent.model_copy(update={"strategy": Strategy.AUTO})  # same key, other fingerprint
     outcome = world.handle(processor, colliding)
     assert outcome.action is Action.REJECTED and outcome.detail == "EQUIV_KEY_COLLISION"
     assert world.index.get(run_id_of(intent)) == before

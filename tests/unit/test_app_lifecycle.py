@@ -111,17 +111,42 @@ def test_reemit_of_a_run_that_is_not_ready_sends_nothing(world: World) -> None:
 
 
 # --------------------------------------------------------------------------- races and fencing
-def test_a_lost_seq_race_with_the_same_decision_is_adopted(world: World) -> None:
+def test_a_ledger_ahead_of_the_index_is_caught_up_not_decided_again(world: World) -> None:
     crashed = world.processor(crash=RaisingCrashPoints(CrashPoint.AFTER_LEDGER_READY.value))
     intent = world.intent()
     world.write_complete(intent)
     with pytest.raises(SimulatedCrash):
         world.handle(crashed, intent)
-    # The index never saw the READY entry (ledger_seq -1), so the next holder appends at
-    # seq 0 again, with another epoch: the write-once PUT loses, the decision is the same.
+    # The index never saw the READY entry (ledger_seq -1). The next step reads the ledger,
+    # moves the index to its head and sends the READY the entry implies (rebuilt from it).
     outcome = world.handle(world.processor(), intent)
-    assert outcome.action is Action.READY
+    assert (outcome.action, outcome.detail) == (Action.UNCHANGED, "READY")
     assert world.kinds(intent) == ["READY"]
+    assert len(world.ready_events()) == 1
+    row = world.index.get(run_id_of(intent))
+    assert row is not None and (row.status, row.ledger_seq) == (RunStatus.READY, 0)
+    assert row.facts_view_hash == world.ready_events()[0].facts_view_hash
+
+
+def test_a_ready_after_waiting_survives_a_crash_before_the_index_write(world: World) -> None:
+    # WAITING first (seq 0, in the index), then the evidence arrives and the READY entry
+    # (seq 1) is written, and the process dies before the index row moves: the READY must
+    # still go out (the ledger is the truth), exactly once.
+    intent = world.intent()
+    world.handle(world.processor(), intent)
+    world.write_complete(intent)
+    crashed = world.processor(crash=RaisingCrashPoints(CrashPoint.AFTER_LEDGER_READY.value))
+    with pytest.raises(SimulatedCrash):
+        world.handle_trigger(crashed, world.trigger(run_id_of(intent), TriggerKind.EVIDENCE_ARRIVED))
+    assert world.ready_events() == []
+    world.clock.advance(60)
+    outcomes = world.processor().sweep()
+    assert [o.detail for o in outcomes] == ["READY"]
+    assert world.kinds(intent) == ["WAITING", "TRIGGER", "READY"]
+    assert len(world.ready_events()) == 1
+    row = world.index.get(run_id_of(intent))
+    assert row is not None and (row.status, row.ledger_seq) == (RunStatus.READY, 2)
+    world.processor().sweep()
     assert len(world.ready_events()) == 1
 
 

@@ -20,8 +20,8 @@ def test_sr_writes_the_same_bytes_as_before() -> None:
 def test_the_scenario_covers_every_kind_of_truth() -> None:
     expected = json.loads(GOLDEN.read_text())
     kinds = {json.loads(text).get("kind") for key, text in expected["objects"].items() if "/record/" in key}
-    assert kinds == {"READY", "WAITING", "FAILED", "QUARANTINED", "TRIGGER", "SUPERSEDED"}
+    assert kinds == {"READY", "WAITING", "FAILED", "QUARANTINED", "TRIGGER", "SUPERSEDED", "ENGINE_REQUESTED"}
     assert any("/facts/" in key for key in expected["objects"])
     assert any(key.endswith("/plan.json") for key in expected["objects"])
     topics = {m["topic"] for m in expected["messages"]}
-    assert topics == {"sr.ready", "sr.run-status"}
+    assert topics == {"sr.ready", "sr.run-status", "sr.engine-requests"}

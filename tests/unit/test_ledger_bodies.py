@@ -60,6 +60,8 @@ def test_status_bodies_keep_a_null_plan_hash_and_drop_other_nulls() -> None:
     (LedgerKind.ENGINE_REQUESTED, {"attempt_id": A1, "attempt_no": 1, "attempt_deadline": "soon"}),
     (LedgerKind.ENGINE_REQUESTED, {"attempt_id": A1[:31], "attempt_no": 1, "attempt_deadline": 5}),
     (LedgerKind.ENGINE_REQUESTED, {"attempt_id": A1, "attempt_no": 1, "attempt_deadline": 5, "plan_hash": H1}),
+    (LedgerKind.ENGINE_REQUESTED, {"attempt_id": A1, "attempt_no": 1, "attempt_deadline": 5, "plan_hash": H1,
+                                   "policy_rev": "r"}),
     (LedgerKind.ENGINE_RESULT, {"attempt_id": A1, "status": "RUNNING", "detail": "d"}),
     (LedgerKind.ENGINE_RESULT, {"attempt_id": A1, "status": "FAILED"}),
     (LedgerKind.ENGINE_RESULT, {"attempt_id": A1, "status": "FAILED", "detail": "d" * 4097}),
@@ -77,7 +79,8 @@ def test_each_kind_parses_to_its_model() -> None:
         LedgerKind.SUPERSEDED: SupersededBody(old_facts_view_hash=H1, new_facts_view_hash=H2, facts_view_uri="u",
                                               plan_hash=H1, policy_rev="r"),
         LedgerKind.TRIGGER: TriggerBody(kind="REEMIT", reason="r", requested_by="o", requested_at=5),
-        LedgerKind.ENGINE_REQUESTED: EngineRequestedBody(attempt_id=A1, attempt_no=1, attempt_deadline=901_000),
+        LedgerKind.ENGINE_REQUESTED: EngineRequestedBody(attempt_id=A1, attempt_no=1, attempt_deadline=901_000,
+                                                                plan_hash=H1, policy_rev=H2),
         LedgerKind.ENGINE_RESULT: EngineResultBody(attempt_id=A1, status=EngineStatus.FAILED, detail="exit 3"),
     }
     for kind, body in cases.items():
@@ -85,11 +88,13 @@ def test_each_kind_parses_to_its_model() -> None:
         assert parse_body(entry) == body
 
 
-def test_engine_bodies_store_exactly_their_fields_and_name_no_plan() -> None:
-    requested = EngineRequestedBody(attempt_id=A1, attempt_no=2, attempt_deadline=901_000)
-    assert requested.to_dict() == {"attempt_id": A1, "attempt_no": 2, "attempt_deadline": 901_000}
+def test_engine_bodies_store_exactly_their_fields() -> None:
+    requested = EngineRequestedBody(attempt_id=A1, attempt_no=2, attempt_deadline=901_000, plan_hash=H1,
+                                    policy_rev=H2)
+    assert requested.to_dict() == {"attempt_id": A1, "attempt_no": 2, "attempt_deadline": 901_000,
+                                   "plan_hash": H1, "policy_rev": H2}
     result = EngineResultBody(attempt_id=A1, status=EngineStatus.SUCCEEDED, detail="")
     assert result.to_dict() == {"attempt_id": A1, "status": "SUCCEEDED", "detail": ""}
-    assert requested.plan_hash is None and result.plan_hash is None
+    assert result.plan_hash is None
     assert {LedgerKind.ENGINE_REQUESTED, LedgerKind.ENGINE_RESULT} <= TYPED_KINDS
     assert body_of(requested, intent={"tenant_id": "t"})["intent"] == {"tenant_id": "t"}

@@ -16,6 +16,7 @@ from worker.app.ports import EventCodec, Leases, RunIndex, RunObserver, SilentOb
 from worker.app.publisher import Publisher
 from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
+from worker.core.attempts import EngineBudget
 from worker.core.policy import Policy
 
 __all__ = ["OutputTopics", "RunContext", "utcnow"]
@@ -32,6 +33,7 @@ class OutputTopics:
 
     ready: str
     status: str
+    engine_requests: str = "sr.engine-requests"
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,5 @@ class RunContext:
     clock: Callable[[], datetime] = utcnow
     crash: CrashPoints = INERT
     observer: RunObserver = field(default_factory=SilentObserver)
+    #: Engine attempts: timeout, retry backoff and attempt budget (contract §8).
+    engine: EngineBudget = field(default_factory=EngineBudget)

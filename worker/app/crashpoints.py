@@ -22,6 +22,9 @@ class CrashPoint(enum.StrEnum):
     AFTER_LEDGER_READY = "after_ledger_ready"
     AFTER_PRODUCE_BEFORE_MARK = "after_produce_before_mark"
     BEFORE_OFFSET_COMMIT = "before_offset_commit"
+    # The engine path (contract §8).
+    AFTER_ENGINE_REQUESTED = "after_engine_requested"  # ENGINE_REQUESTED in the ledger, index not advanced
+    AFTER_ENGINE_RESULT = "after_engine_result"  # ENGINE_RESULT in the ledger, nothing decided on it yet
 
 
 class CrashPoints:

@@ -26,7 +26,7 @@ __all__ = ["LedgerWriter", "same_decision"]
 #: The body fields that identify a decision (timestamps, epochs and details may differ
 #: between two writers that decided the same thing).
 _DECISION_FIELDS: Final = ("plan_hash", "facts_view_hash", "reason_code", "kind", "requested_by", "requested_at",
-                           "old_facts_view_hash", "new_facts_view_hash")
+                           "old_facts_view_hash", "new_facts_view_hash", "attempt_id", "attempt_no", "status")
 
 
 def same_decision(existing: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:

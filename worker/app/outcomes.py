@@ -23,6 +23,7 @@ class Action(enum.StrEnum):
     UNCHANGED = "UNCHANGED"
     REEMITTED = "REEMITTED"
     SUPERSEDED = "SUPERSEDED"
+    ENGINE_REQUESTED = "ENGINE_REQUESTED"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from worker.core.engine import EngineRequest, EngineResult
 from worker.core.index import Admission, NewPublication, NewRun, Publication, RunRow
 from worker.core.models import ReadyEvent, RunIntent, RunStatus, RunStatusEvent, RunTrigger
 
@@ -408,6 +409,22 @@ class EventCodec(Protocol):
         """
         ...
 
+    def encode_engine_request(self, request: EngineRequest, *, subject: str | None = None) -> bytes:
+        """An engine request's bytes (contract §8).
+
+        Raises:
+            EncodeError: the request does not fit the schema.
+        """
+        ...
+
+    def decode_engine_result(self, data: bytes) -> EngineResult:
+        """A validated engine result.
+
+        Raises:
+            DecodeError: not a valid EngineResult.
+        """
+        ...
+
 
 # --------------------------------------------------------------------------- observation
 class RunObserver(Protocol):
@@ -429,6 +446,11 @@ class RunObserver(Protocol):
         """``n`` READY / SUPERSEDE facts were acknowledged by the broker."""
         ...
 
+    def engine_attempt(self, event: str, seconds: float | None = None) -> None:
+        """An engine attempt was ``started``, ``succeeded``, ``failed`` or ``timed_out``;
+        ``seconds`` is its duration (request to recorded result) when it has one."""
+        ...
+
 
 class SilentObserver:
     """A :class:`RunObserver` that records nothing."""
@@ -443,4 +465,7 @@ class SilentObserver:
         """Ignore."""
 
     def ready_published(self, n: int = 1) -> None:
+        """Ignore."""
+
+    def engine_attempt(self, event: str, seconds: float | None = None) -> None:
         """Ignore."""

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.app.admission import IntentAdmission
+from worker.app.attempts import EngineAttempts
 from worker.app.context import OutputTopics, RunContext, utcnow
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ledger_writer import LedgerWriter
@@ -29,10 +30,12 @@ from worker.app.sweeper import Sweeper
 from worker.app.triggers import ControlTriggers
 from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
+from worker.core.attempts import EngineBudget
+from worker.core.engine import EngineResult
 from worker.core.index import NewPublication
 from worker.core.models import ReadyEvent, RunIntent, RunTrigger
 from worker.core.policy import Policy
-from worker.errors import SRError
+from worker.errors import RunBusyError, SRError
 from worker.logs import RunLogger, run_logger
 
 __all__ = ["Action", "Outcome", "OutputTopics", "RunProcessor", "utcnow"]
@@ -59,6 +62,7 @@ class RunProcessor:
         clock: Callable[[], datetime] = utcnow,
         crash_points: CrashPoints = INERT,
         observer: RunObserver | None = None,
+        engine: EngineBudget | None = None,
     ) -> None:
         self._wire(RunContext(
             codec=codec, index=index, leases=leases, truth=truth, verifier=verifier, publisher=publisher,
@@ -66,6 +70,7 @@ class RunProcessor:
             recheck_interval=timedelta(seconds=recheck_interval), lease_wait=lease_wait,
             trigger_lease_wait=max(lease_wait, 5.0), clock=clock, crash=crash_points,
             observer=observer if observer is not None else SilentObserver(),
+            engine=engine if engine is not None else EngineBudget(),
         ))
 
     @classmethod
@@ -85,6 +90,7 @@ class RunProcessor:
         self.publications = Publications(ctx)
         self.step = RunStep(ctx, ledger=LedgerWriter(ctx), publications=self.publications)
         self.step.control.update(ControlTriggers(ctx, self.step).handlers())
+        EngineAttempts(ctx, self.step).install()
         self.admission = IntentAdmission(ctx, self.step, self.publications)
         self.sweeper = Sweeper(ctx, self.step)
 
@@ -114,6 +120,23 @@ class RunProcessor:
                          requested_by=trigger.requested_by)
         return self.step.drive(trigger.run_id, fresh=False, wait=self.context.trigger_lease_wait, trigger=trigger,
                                log=log)
+
+    def handle_engine_result(self, result: EngineResult, source: Record) -> Outcome:
+        """Record one decoded engine result under the run's lease and act on it (contract §8).
+
+        Raises:
+            RunNotFoundError: the result names an unknown run (the caller dead-letters it).
+            UnknownAttemptError / EngineResultConflictError: likewise.
+            RunBusyError: the lease stayed busy (retried: a result is never dropped).
+            RetryableError: a server is unavailable.
+        """
+        log = run_logger("sr.run", run_id=result.run_id, attempt_id=result.attempt_id,
+                         engine_status=result.status.value)
+        outcome = self.step.drive(result.run_id, fresh=False, wait=self.context.trigger_lease_wait, result=result,
+                                  log=log)
+        if outcome.action is Action.BUSY:
+            raise RunBusyError(f"run {result.run_id} stayed leased; its engine result is handled again")
+        return outcome
 
     def dead_letter(self, source: Record, error: BaseException) -> None:
         """Copy ``source`` (original key, bytes, headers) to the DLQ with error headers; waits for the ack.

@@ -2,8 +2,9 @@
 
 A publication row holds the exact bytes to send. Rows are built here only — READY /
 SUPERSEDE facts from a ledger entry's :class:`~worker.core.models.ReadyEvent`, status events
-from the ledger entry that records the transition — so a fact rebuilt from the ledger for a
-re-emission encodes to the same bytes as when it was committed.
+from the ledger entry that records the transition, engine requests from the ENGINE_REQUESTED
+entry — so a message rebuilt from the ledger (a re-emission, or :meth:`Publications.implied`
+catching up after a crash) encodes to the same bytes as when it was committed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.app.context import RunContext
+from worker.core.engine import EngineRequest
+from worker.core.events import STATUS_KINDS, control_fact, engine_request, status_event
 from worker.core.index import NewPublication, Publication
-from worker.core.models import ReadyEvent, RunStatusEvent
-from worker.core.vocabulary import IDEMPOTENCY_HEADER, status_key, value_subject
+from worker.core.ledger import LedgerEntry, LedgerKind
+from worker.core.models import ReadyEvent, RunIntent, RunStatusEvent
+from worker.core.vocabulary import IDEMPOTENCY_HEADER, engine_request_key, status_key, value_subject
 from worker.errors import IntegrityError
 from worker.logs import RunLogger
 
@@ -46,6 +50,40 @@ class Publications:
             msg_key=event.run_id.encode(),
             headers={IDEMPOTENCY_HEADER: status_key(event.run_id, ledger_seq, event.status.value)},
         )
+
+    def engine_request(self, request: EngineRequest) -> NewPublication:
+        """The outbox row for one engine attempt's request (keyed by run_id, one per attempt)."""
+        topic = self._ctx.topics.engine_requests
+        return NewPublication.engine_request(
+            request.run_id, request.attempt_id,
+            topic=topic,
+            payload=self._ctx.codec.encode_engine_request(request, subject=value_subject(topic)),
+            msg_key=request.run_id.encode(),
+            headers={IDEMPOTENCY_HEADER: engine_request_key(request.run_id, request.attempt_id)},
+        )
+
+    def implied(self, entries: Sequence[LedgerEntry], intent: RunIntent, *,
+                fenced: frozenset[int] = frozenset()) -> list[NewPublication]:
+        """The outbox rows ``entries`` imply (a fact per READY / SUPERSEDED, an event per status
+        transition, a request per ENGINE_REQUESTED), skipping the seqs of fenced writers.
+
+        Raises:
+            IntegrityError: an entry's body does not fit its kind.
+        """
+        rows: dict[str, NewPublication] = {}
+        for entry in entries:
+            if entry.seq in fenced:
+                continue
+            if entry.kind in (LedgerKind.READY, LedgerKind.SUPERSEDED):
+                row = self.fact(control_fact(entry, intent))
+            elif entry.kind in STATUS_KINDS:
+                row = self.status(status_event(entry, intent), ledger_seq=entry.seq)
+            elif entry.kind is LedgerKind.ENGINE_REQUESTED:
+                row = self.engine_request(engine_request(entry, intent))
+            else:
+                continue
+            rows.setdefault(row.pub_key, row)  # a repeated record of one message is one row (the first)
+        return list(rows.values())
 
     def encode_status(self, event: RunStatusEvent) -> bytes:
         """A status event's bytes for the status topic."""

@@ -1,19 +1,34 @@
-"""Control facts (READY / SUPERSEDE events) derived from a verified ledger — pure, no I/O.
+"""The messages a verified ledger implies — control facts (READY / SUPERSEDE), status events
+and engine requests — pure, no I/O.
 
-The same function builds the event when the fact is committed and when it is re-emitted
-(``sr replay``, ``sr reemit``, the REEMIT trigger, ``sr index rebuild``): every field comes
-from the ledger entry and the admitted intent, ``emitted_at`` is the entry's commit time, so
-every re-emission of one fact encodes to the same bytes.
+The same function builds a message when it is committed and when it is sent again (``sr
+replay``, ``sr reemit``, the REEMIT trigger, ``sr index rebuild``, a run step catching the
+index up after a crash): every field comes from the ledger entry and the admitted intent and
+every time from the entry's commit time, so every re-send encodes to the same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
+from worker.core.engine import EngineRequest
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state
-from worker.core.ledger_bodies import ReadyBody, SupersededBody, parse_body
-from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatus, datetime_from_millis
+from worker.core.ledger_bodies import EngineRequestedBody, ReadyBody, StatusBody, SupersededBody, parse_body
+from worker.core.models import (
+    EventType,
+    ReadyEvent,
+    RunIntent,
+    RunStatus,
+    RunStatusEvent,
+    StatusEventStatus,
+    datetime_from_millis,
+)
 from worker.errors import IntegrityError
+
+#: Ledger kinds that record a status transition announced on the status topic.
+STATUS_KINDS = frozenset({LedgerKind.WAITING, LedgerKind.FAILED, LedgerKind.QUARANTINED})
 
 
 def admitted_intent(entries: Sequence[LedgerEntry]) -> RunIntent:
@@ -98,3 +113,57 @@ def current_ready(entries: Sequence[LedgerEntry]) -> ReadyEvent | None:
         if event.event_type is EventType.READY and event.facts_view_hash == state.facts_view_hash:
             return event
     return None
+
+
+def status_event(entry: LedgerEntry, intent: RunIntent) -> RunStatusEvent:
+    """The status event announcing the WAITING / FAILED / QUARANTINED transition ``entry`` records.
+
+    Raises:
+        IntegrityError: the entry is not a status transition or its body does not fit.
+    """
+    body = parse_body(entry) if entry.kind in STATUS_KINDS else None
+    if not isinstance(body, StatusBody):
+        raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a status transition")
+    return RunStatusEvent(
+        run_id=entry.run_id,
+        status=StatusEventStatus(entry.kind.value),
+        reason_code=body.reason_code,
+        detail=body.detail,
+        tenant_id=intent.tenant_id,
+        namespace=intent.namespace,
+        scenario_id=intent.scenario_id,
+        emitted_at=datetime_from_millis(entry.at_ms),
+    )
+
+
+def engine_request(entry: LedgerEntry, intent: RunIntent) -> EngineRequest:
+    """The engine request an ENGINE_REQUESTED entry records (contract §8): the engine writes
+    ``intent.output_ids`` under ``intent.evidence_root``; ``requested_at`` is the entry's time.
+
+    Raises:
+        IntegrityError: the entry is not an ENGINE_REQUESTED entry or does not fit the request.
+    """
+    body = parse_body(entry) if entry.kind is LedgerKind.ENGINE_REQUESTED else None
+    if not isinstance(body, EngineRequestedBody):
+        raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not an engine request")
+    try:
+        return EngineRequest(
+            attempt_id=body.attempt_id,
+            attempt_no=body.attempt_no,
+            run_id=entry.run_id,
+            tenant_id=intent.tenant_id,
+            namespace=intent.namespace,
+            scenario_id=intent.scenario_id,
+            pins=intent.pins,
+            window_start=intent.window_start,
+            window_end=intent.window_end,
+            output_ids=intent.output_ids,
+            evidence_root=intent.evidence_root,
+            plan_hash=body.plan_hash,
+            policy_rev=body.policy_rev,
+            requested_at=datetime_from_millis(entry.at_ms),
+            attempt_deadline=datetime_from_millis(body.attempt_deadline),
+        )
+    except ValidationError as exc:
+        raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id}: not a valid engine request: "
+                             f"{exc.errors()[0]['msg']}") from exc

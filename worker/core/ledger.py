@@ -181,11 +181,20 @@ def parse_ledger(raw: Sequence[bytes], *, run_id: str) -> tuple[LedgerEntry, ...
 
 # --------------------------------------------------------------------------- derived state
 class EngineAttempt(NamedTuple):
-    """One engine attempt as the ledger records it: ``status`` is None until its result is in."""
+    """One engine attempt as the ledger records it: ``status`` is None until its result is in.
+
+    Times are epoch milliseconds: ``requested_at_ms`` is the ENGINE_REQUESTED entry's time,
+    ``deadline_ms`` its ``attempt_deadline``, ``result_at_ms`` the time SR recorded the result
+    (None without one); ``detail`` is the result's.
+    """
 
     attempt_no: int
     attempt_id: str
     status: EngineStatus | None
+    requested_at_ms: int = 0
+    deadline_ms: int = 0
+    result_at_ms: int | None = None
+    detail: str = ""
 
 
 class RunState(BaseModel):
@@ -292,12 +301,16 @@ class _Deriver:
         if attempt_id != attempt_id_for(self.run_id, attempt_no):
             raise IntegrityError(f"ledger seq {entry.seq}: attempt_id {attempt_id} is not attempt {attempt_no} "
                                  f"of run {self.run_id}")
+        deadline = entry.body.get("attempt_deadline")
+        if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= entry.at_ms:
+            raise IntegrityError(f"ledger entry seq {entry.seq} (ENGINE_REQUESTED) lacks a valid attempt_deadline")
         if attempt_no <= len(self.attempts):
             return  # a repeat of a recorded request changes nothing
         if attempt_no != len(self.attempts) + 1:
             raise IntegrityError(f"ledger seq {entry.seq}: ENGINE_REQUESTED attempt {attempt_no} follows "
                                  f"attempt {len(self.attempts)}")
-        self.attempts.append(EngineAttempt(attempt_no, attempt_id, None))
+        self.attempts.append(EngineAttempt(attempt_no, attempt_id, None, requested_at_ms=entry.at_ms,
+                                           deadline_ms=deadline))
 
     def _engine_result(self, entry: LedgerEntry) -> None:
         attempt_id = _required_attempt_id(entry)
@@ -309,7 +322,9 @@ class _Deriver:
             raise IntegrityError(f"ledger seq {entry.seq}: ENGINE_RESULT for attempt {attempt_id}, "
                                  "which was never requested")
         if self.attempts[position].status is None:
-            self.attempts[position] = self.attempts[position]._replace(status=EngineStatus(status))
+            detail = entry.body.get("detail")
+            self.attempts[position] = self.attempts[position]._replace(
+                status=EngineStatus(status), result_at_ms=entry.at_ms, detail=detail if isinstance(detail, str) else "")
         # else: an attempt's first recorded result stands; a later one changes nothing
 
     def _ready(self, entry: LedgerEntry) -> None:

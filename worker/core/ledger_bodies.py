@@ -103,18 +103,17 @@ class TriggerBody(_Body):
 
 class EngineRequestedBody(_Body):
     """SR requested engine attempt ``attempt_no`` (1-based) with id ``attempt_id``
-    (:func:`~worker.core.identity.attempt_id_for`); no result is expected after
-    ``attempt_deadline`` (epoch ms). The entry's ``at_ms`` is the request's ``requested_at``.
+    (:func:`~worker.core.identity.attempt_id_for`) for the plan ``plan_hash`` (policy
+    ``policy_rev``); no result is expected after ``attempt_deadline`` (epoch ms). The entry's
+    ``at_ms`` is the request's ``requested_at``, so the entry and the admitted intent are all
+    it takes to rebuild the request's exact bytes.
     """
 
     attempt_id: AttemptId
     attempt_no: Annotated[int, Strict(), Field(ge=1, le=MAX_ATTEMPT_NO)]
     attempt_deadline: Annotated[int, Strict(), Field(ge=0)]
-
-    @property
-    def plan_hash(self) -> None:
-        """An engine entry records no plan (readers collecting plan hashes skip it)."""
-        return None
+    plan_hash: Hex64
+    policy_rev: Hex64
 
 
 class EngineResultBody(_Body):

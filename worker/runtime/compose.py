@@ -45,6 +45,7 @@ from worker.app.processor import OutputTopics, RunProcessor
 from worker.app.publisher import Publisher
 from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
+from worker.core.attempts import EngineBudget
 from worker.core.policy import Policy, load_policy
 from worker.errors import ConfigError
 from worker.runtime.metrics import Metrics
@@ -210,7 +211,11 @@ def build_processor(settings: Settings, *, policy: Policy | None, codec: AvroCod
         verifier=verifier,
         publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash,
                             on_fact_published=metrics.ready_published if metrics is not None else None),
-        topics=OutputTopics(ready=settings.topics.ready, status=settings.topics.status),
+        topics=OutputTopics(ready=settings.topics.ready, status=settings.topics.status,
+                            engine_requests=settings.topics.engine_requests),
+        engine=EngineBudget.from_seconds(attempt_timeout=settings.engine_attempt_timeout,
+                                         retry_backoff=settings.engine_retry_backoff,
+                                         max_attempts=settings.engine_max_attempts),
         s3_bucket=settings.s3_bucket,
         tenant_prefixes=settings.tenant_evidence_prefixes,
         recheck_interval=settings.recheck_interval,

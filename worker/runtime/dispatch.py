@@ -1,8 +1,9 @@
 """Decode a consumed record and hand it to the application layer: the runtime's one routing rule.
 
-Records from the triggers topic are ``RunTrigger``; everything else consumed is a
-``RunIntent``. The codec enforces the message size cap and schema (a poison record raises an
-:class:`~worker.errors.InputError`, which the worker loop dead-letters).
+Records from the triggers topic are ``RunTrigger``, from the engine-results topic
+``EngineResult``; everything else consumed is a ``RunIntent``. The codec enforces the message
+size cap and schema (a poison record raises an :class:`~worker.errors.InputError`, which the
+worker loop dead-letters).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from worker.app.processor import RunProcessor
 __all__ = ["dispatch"]
 
 
-def dispatch(processor: RunProcessor, record: Record, *, triggers_topic: str) -> Outcome:
+def dispatch(processor: RunProcessor, record: Record, *, triggers_topic: str,
+             results_topic: str | None = None) -> Outcome:
     """Decode ``record`` and run its handler.
 
     Raises:
@@ -24,4 +26,6 @@ def dispatch(processor: RunProcessor, record: Record, *, triggers_topic: str) ->
     codec = processor.codec
     if record.topic == triggers_topic:
         return processor.handle_trigger(codec.decode_trigger(record.value or b""), record)
+    if record.topic == results_topic:
+        return processor.handle_engine_result(codec.decode_engine_result(record.value or b""), record)
     return processor.handle_intent(codec.decode_intent(record.value or b""), record)

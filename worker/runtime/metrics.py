@@ -25,6 +25,7 @@ from worker.core.models import RunStatus
 
 __all__ = [
     "DLQ_OTHER",
+    "ENGINE_ATTEMPT_EVENTS",
     "INDEX_STATUSES",
     "METRIC_NAMES",
     "RUN_TRANSITION_STATUSES",
@@ -51,12 +52,18 @@ METRIC_NAMES: Final[tuple[str, ...]] = (
     "sr_s3_request_seconds",
     "sr_pg_query_seconds",
     "sr_messages_total",
+    "sr_engine_attempts_total",
+    "sr_engine_attempt_seconds",
 )
+#: Event label values of ``sr_engine_attempts_total``.
+ENGINE_ATTEMPT_EVENTS: Final[tuple[str, ...]] = ("started", "succeeded", "failed", "timed_out")
 
 # Histogram buckets, seconds. S3: a small object on a LAN is ~2-20 ms, a large member or a
 # struggling server seconds. Postgres: one round trip is ~0.2-5 ms, a lock wait longer.
 _S3_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _PG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0)
+# Engine attempts: minutes to hours (the default attempt timeout is 900 s).
+_ENGINE_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -109,7 +116,10 @@ class Metrics:
     * ``sr_s3_request_seconds{verb,outcome}`` histogram — every S3 request attempt, outcome
       ``ok`` or ``error`` (any non-2xx answer, including 404/412, or no answer);
     * ``sr_pg_query_seconds`` histogram — every Postgres statement (one round trip);
-    * ``sr_messages_total{topic,outcome}`` counter — consumed messages by how they ended.
+    * ``sr_messages_total{topic,outcome}`` counter — consumed messages by how they ended;
+    * ``sr_engine_attempts_total{event}`` counter — engine attempts ``started``, ``succeeded``,
+      ``failed`` (a FAILED result) and ``timed_out`` (no result by the attempt deadline);
+    * ``sr_engine_attempt_seconds`` histogram — request to recorded result, per attempt.
     """
 
     def __init__(self) -> None:
@@ -129,6 +139,9 @@ class Metrics:
                              buckets=_PG_BUCKETS, registry=reg)
         self._messages = Counter("sr_messages", "Consumed messages by topic and outcome", ["topic", "outcome"],
                                  registry=reg)
+        self._engine = Counter("sr_engine_attempts", "Engine attempts by event", ["event"], registry=reg)
+        self._engine_seconds = Histogram("sr_engine_attempt_seconds", "Engine attempt duration (request to "
+                                         "recorded result) in seconds", buckets=_ENGINE_BUCKETS, registry=reg)
         self._lag_lock = threading.Lock()
         self._lag_keys: set[tuple[str, str]] = set()
         self._view = _WithoutCreated(reg)
@@ -138,6 +151,8 @@ class Metrics:
             self._runs.labels(status=status)
         for status in INDEX_STATUSES:
             self._by_status.labels(status=status).set(0)
+        for event in ENGINE_ATTEMPT_EVENTS:
+            self._engine.labels(event=event)
         for verb in S3_VERBS:
             for outcome in ("ok", "error"):
                 self._s3.labels(verb=verb, outcome=outcome)
@@ -152,6 +167,13 @@ class Metrics:
         """Count ``n`` READY events acknowledged by the broker."""
         if n > 0:
             self._ready.inc(n)
+
+    def engine_attempt(self, event: str, seconds: float | None = None) -> None:
+        """Count one engine attempt event (``started``, ``succeeded``, ``failed``, ``timed_out``;
+        others are ``OTHER``) and observe its duration in seconds when given."""
+        self._engine.labels(event=event if event in ENGINE_ATTEMPT_EVENTS else DLQ_OTHER).inc()
+        if seconds is not None:
+            self._engine_seconds.observe(max(0.0, seconds))
 
     def dead_lettered(self, error_class: str) -> None:
         """Count one dead-lettered message; ``error_class`` is its ``sr-error-class`` code."""

@@ -139,7 +139,7 @@ class Worker:
             consumer = IntakeConsumer(
                 kafka_config(s),
                 group_id=s.group_id,
-                topics=[s.topics.intents, s.topics.triggers],
+                topics=[s.topics.intents, s.topics.triggers, s.topics.engine_results],
                 on_assign=lambda parts: log.info("partitions assigned", extra={"partitions": _names(parts)}),
                 on_revoke=lambda parts: self._drain_revoked(consumer, inflight, parts),
                 on_lost=lambda parts: self._drop_lost(inflight, parts),
@@ -204,7 +204,8 @@ class Worker:
         a failure only costs one refresh."""
         s = self._settings
         try:
-            refresh_consumer_lag(consumer, [s.topics.intents, s.topics.triggers], self.metrics, cached=True)
+            refresh_consumer_lag(consumer, [s.topics.intents, s.topics.triggers, s.topics.engine_results], self.metrics,
+                                 cached=True)
             refresh_runs_by_status(services.index, self.metrics)
         except SRError as exc:
             log.debug("gauge refresh failed", extra={"error": str(exc)})
@@ -325,7 +326,8 @@ class Worker:
 
     def _dispatch(self, processor: RunProcessor, record: Record) -> Outcome:
         """Decode and route a record by topic (the codec enforces the size cap)."""
-        return dispatch(processor, record, triggers_topic=self._settings.topics.triggers)
+        topics = self._settings.topics
+        return dispatch(processor, record, triggers_topic=topics.triggers, results_topic=topics.engine_results)
 
     def _dead_letter(self, processor: RunProcessor, record: Record, error: BaseException) -> bool:
         """DLQ ``record``; False if the worker stopped before the DLQ write was acknowledged."""
