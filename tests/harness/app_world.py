@@ -30,6 +30,8 @@ from worker.app.testing import (
 )
 from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
+from worker.core.attempts import EngineBudget
+from worker.core.engine import EngineRequest, EngineResult, EngineStatus
 from worker.core.identity import run_id_of
 from worker.core.keys import RunKeys, run_keys
 from worker.core.ledger import LedgerEntry
@@ -40,10 +42,13 @@ BUCKET = "sr-unit"
 PREFIX = "sr"
 TENANT = "t1"
 START = datetime(2026, 3, 1, tzinfo=UTC)
-TOPICS = OutputTopics(ready="sr.ready", status="sr.run-status")
+TOPICS = OutputTopics(ready="sr.ready", status="sr.run-status", engine_requests="sr.engine-requests")
 DLQ = "sr.dlq"
 INTENTS = "sr.run-intents"
 TRIGGERS = "sr.triggers"
+RESULTS = "sr.engine-results"
+#: The engine budget of the unit worlds: 10-minute attempts, 30 s backoff (doubling), 3 attempts.
+BUDGET = EngineBudget(attempt_timeout_ms=600_000, retry_backoff_ms=30_000, max_attempts=3)
 
 GATE_3A_MEMBERS = {"a.csv": b"id,amount\n1,10\n", "b.csv": b"id,amount\n2,20\n"}
 GATE_6B_MEMBERS = {"part-0": b"transactions-0\n", "part-1": b"transactions-1\n"}
@@ -77,7 +82,8 @@ class World:
         return TruthStore(self.store, BUCKET, PREFIX)
 
     def processor(self, *, policy: Policy | None = None, crash: CrashPoints = INERT,
-                  leases: InMemoryLeases | None = None, recheck_interval: float = 30.0) -> RunProcessor:
+                  leases: InMemoryLeases | None = None, recheck_interval: float = 30.0,
+                  engine: EngineBudget = BUDGET) -> RunProcessor:
         """One worker "process" on this world's state."""
         return RunProcessor(
             policy=policy or self.policy,
@@ -92,6 +98,7 @@ class World:
             recheck_interval=recheck_interval,
             clock=self.clock,
             crash_points=crash,
+            engine=engine,
         )
 
     # ---------------------------------------------------------------- inputs
@@ -193,3 +200,19 @@ class World:
     def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger) -> Outcome:
         """Hand ``trigger`` to ``processor`` as the worker loop would."""
         return processor.handle_trigger(trigger, self.trigger_record(trigger))
+
+    # ---------------------------------------------------------------- the engine
+    def engine_requests(self) -> list[EngineRequest]:
+        """Every engine request SR sent, decoded, in send order (re-sends included)."""
+        return [self.codec.decode_engine_request(m.value) for m in self.sink.messages(TOPICS.engine_requests)]
+
+    def result(self, request: EngineRequest, status: EngineStatus = EngineStatus.SUCCEEDED, *,
+               detail: str = "", attempt_id: str | None = None) -> EngineResult:
+        """The engine's result for ``request``, finished now."""
+        return EngineResult(attempt_id=attempt_id or request.attempt_id, run_id=request.run_id, status=status,
+                            detail=detail, reported_by="unit-engine", finished_at=self.clock())
+
+    def handle_result(self, processor: RunProcessor, result: EngineResult) -> Outcome:
+        """Hand ``result`` to ``processor`` as the worker loop would."""
+        record = self.record(RESULTS, self.codec.encode_engine_result(result), key=result.run_id.encode())
+        return processor.handle_engine_result(result, record)
