@@ -77,7 +77,7 @@ def test_invoke_auto_and_reuse_against_the_reference_engine(sr_env: SREnv, write
     run_id = run_id_of(invoke)
     assert [(r.run_id, r.attempt_no, r.attempt_id) for r in requests] == [(run_id, 1, attempt_id_for(run_id, 1))]
     assert requests[0].evidence_root == invoke.evidence_root and requests[0].output_ids == invoke.output_ids
-    assert sorted(r.key for r in ready) == sorted([run_id.encode(), run_id_of(auto).encode()])
+    assert sorted(r.key or b"" for r in ready) == sorted([run_id.encode(), run_id_of(auto).encode()])
     assert ledger_kinds(sr_env, invoke) == ["WAITING", "ENGINE_REQUESTED", "ENGINE_RESULT", "READY"]
     assert ledger_kinds(sr_env, auto) == ["READY"]
     assert ledger_kinds(sr_env, reuse) == ["WAITING"]
