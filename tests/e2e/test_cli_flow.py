@@ -94,6 +94,8 @@ def test_demo_shows_every_outcome_and_exits_cleanly(tmp_path: Path) -> None:
     for word in ("READY", "WAITING", "QUARANTINED", "REJECTED", "DLQ", "demo summary"):
         assert word in out, word
     assert "DIGEST_MISMATCH" in out and "EQUIV_KEY_COLLISION" in out and "EVIDENCE_MISSING" in out
+    # The INVOKE sample: SR asks the reference engine, which writes the evidence and reports.
+    assert "ENGINE_RUNNING" in out and "ENGINE ->" in out and "ENGINE <-" in out and "SUCCEEDED" in out
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
 

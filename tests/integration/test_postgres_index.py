@@ -261,6 +261,8 @@ def test_get_list_and_due_for_check(index: RunIndex, pg_dsn: str, counter: Round
     assert {r.run_id for r in index.list_runs(tenant="t1")} == {a.run_id, c.run_id, d.run_id}
     assert {r.run_id for r in index.list_runs(status=RunStatus.WAITING, tenant="t1")} == {a.run_id, d.run_id}
     assert {r.run_id for r in index.list_runs(status="ADMITTED")} == {c.run_id}
+    assert {r.run_id for r in index.list_runs(status=RunStatus.WAITING, reason="EVIDENCE_MISSING")} == {a.run_id}
+    assert index.list_runs(reason="ENGINE_RUNNING") == []
     assert index.list_runs(since=now + timedelta(days=1)) == []
     assert len(index.list_runs(limit=2)) == 2
     with pytest.raises(ValueError):

@@ -211,7 +211,7 @@ def test_encoding_is_deterministic(codec: AvroCodec) -> None:
 
 
 def test_samples_encode(codec: AvroCodec) -> None:
-    for name in ("complete", "waiting", "tampered", "collision"):
+    for name in ("complete", "waiting", "tampered", "collision", "invoke"):
         data = json.loads((SCHEMAS / "samples" / f"{name}.json").read_text())
         assert codec.decode(codec.encode("RunIntent", data), expected="RunIntent")[1] == data
 

@@ -177,12 +177,14 @@ def test_samples_are_as_documented() -> None:
 
     samples = {
         name: parse_intent(json.loads((SCHEMAS / "samples" / f"{name}.json").read_text()))
-        for name in ("complete", "waiting", "tampered", "collision")
+        for name in ("complete", "waiting", "tampered", "collision", "invoke")
     }
     complete, collision = samples["complete"], samples["collision"]
     assert run_id_of(complete) == run_id_of(collision) == "904fabb9b42042005a8dadb49d47885c"
     assert intent_fingerprint(complete) != intent_fingerprint(collision)
-    assert len({run_id_of(i) for i in samples.values()}) == 3
+    assert len({run_id_of(i) for i in samples.values()}) == 4
+    # waiting only verifies (its evidence never comes); invoke asks the engine for it.
+    assert (samples["waiting"].strategy.value, samples["invoke"].strategy.value) == ("REUSE", "INVOKE")
     assert samples["waiting"].deadline is not None
     allowed = parse_s3_uri("s3://scenario-runner/evidence/demo/")
     assert all(parse_s3_uri(i.evidence_root).is_within(allowed) for i in samples.values())

@@ -193,8 +193,8 @@ class RunIndex(Protocol):
         ...
 
     def list_runs(self, status: RunStatus | str | None = None, tenant: str | None = None,
-                  since: datetime | None = None, limit: int = 100) -> list[RunRow]:
-        """Runs, newest first, optionally filtered by status and tenant."""
+                  since: datetime | None = None, limit: int = 100, reason: str | None = None) -> list[RunRow]:
+        """Runs, newest first, optionally filtered by status, tenant, creation time and reason code."""
         ...
 
     def count_by_status(self) -> dict[str, int]:

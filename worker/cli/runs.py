@@ -18,6 +18,9 @@ def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
     p = sub.add_parser("runs", help="list runs from the index")
     p.add_argument("--status", choices=["ADMITTED", "WAITING", "READY", "FAILED", "QUARANTINED", "REJECTED"])
+    p.add_argument("--reason", metavar="REASON_CODE",
+                   help="only runs with this reason code, e.g. --status WAITING --reason ENGINE_RUNNING "
+                        "(an engine attempt is open) or ENGINE_FAILED / ENGINE_TIMEOUT")
     p.add_argument("--tenant")
     p.add_argument("--since", help="ISO-8601 time or a duration like 2h / 30m / 7d")
     p.add_argument("--limit", type=int, default=100)
@@ -46,7 +49,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     with run_index(settings) as index:
         rows = index.list_runs(status=RunStatus(args.status) if args.status else None, tenant=args.tenant,
-                               since=_since(args.since), limit=args.limit)
+                               since=_since(args.since), limit=args.limit, reason=args.reason)
     if args.json:
         for row in rows:
             print(json.dumps({"run_id": row.run_id, "status": row.status.value, "reason_code": row.reason_code,

@@ -1,4 +1,4 @@
-"""``sr status RUN_ID``: a run's index row and its verified ledger timeline."""
+"""``sr status RUN_ID``: a run's index row, its engine attempts and its verified ledger timeline."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
     from worker.app.truth import TruthStore
     from worker.core.keys import run_keys
+    from worker.core.ledger import derive_state
     from worker.core.models import RunIntent, datetime_from_millis
     from worker.runtime.compose import object_store, run_index
 
@@ -45,16 +46,33 @@ def cmd_status(args: argparse.Namespace) -> int:
          "epoch": e.lease_epoch, "body": {k: v for k, v in e.body.items() if k != "intent"}}
         for e in entries
     ]
+    def _at(ms: int | None) -> str | None:
+        return None if ms is None else datetime_from_millis(ms).isoformat()
+
+    attempts = [
+        {"attempt_no": a.attempt_no, "attempt_id": a.attempt_id, "result": a.status.value if a.status else None,
+         "requested_at": _at(a.requested_at_ms), "attempt_deadline": _at(a.deadline_ms),
+         "result_at": _at(a.result_at_ms), "detail": a.detail}
+        for a in (derive_state(entries).attempts if entries else ())
+    ]
     summary = {
         "run_id": row.run_id, "status": row.status, "reason_code": row.reason_code,
         "tenant_id": row.tenant_id, "namespace": row.namespace, "scenario_id": row.scenario_id,
-        "plan_hash": row.plan_hash, "facts_view_hash": row.facts_view_hash, "lease_epoch": row.lease_epoch,
-        "ledger": timeline,
+        "strategy": intent.strategy.value, "plan_hash": row.plan_hash, "facts_view_hash": row.facts_view_hash,
+        "lease_epoch": row.lease_epoch, "engine_attempts": attempts, "ledger": timeline,
     }
     if args.json:
         print(json.dumps(summary, default=str))
         return 0
     console.print(f"[bold]{row.run_id}[/] {row.status} {row.reason_code or ''}", highlight=False)
+    if attempts:
+        engine = Table("attempt", "attempt_id", "result", "requested_at", "deadline", "result_at", "detail",
+                       title="engine attempts")
+        for a in attempts:
+            engine.add_row(str(a["attempt_no"]), str(a["attempt_id"]), str(a["result"] or "open"),
+                           str(a["requested_at"]), str(a["attempt_deadline"]), str(a["result_at"] or ""),
+                           str(a["detail"]))
+        console.print(engine)
     table = Table("seq", "kind", "at", "epoch", "details")
     for item in timeline:
         body: dict[str, object] = item["body"]  # type: ignore[assignment]

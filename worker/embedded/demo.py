@@ -1,5 +1,9 @@
 """The guided demo behind ``sr dev --demo`` (dev only): sample evidence, sample intents, the
-worker in-process, and the events printed as they arrive.
+worker and the reference engine in-process, and the events printed as they arrive.
+
+The ``invoke`` sample has no evidence at all: SR requests engine attempt 1, the reference
+engine (the loop behind ``sr engine simulate``) writes the evidence and reports SUCCEEDED, and
+SR verifies it and commits READY — the INVOKE flow of contract §8 end to end.
 
 Evidence bundles are built exactly as contract §4 describes, by the reference engine's bundle
 writer (:mod:`worker.engine.bundles`: members, ``index.json`` for member-digest gates,
@@ -27,7 +31,7 @@ from worker.core.keys import parse_s3_uri
 from worker.embedded.stack import Endpoints
 from worker.engine.bundles import put_bundle_digest_gate, put_member_concat_gate
 
-SAMPLES = ("complete", "waiting", "tampered", "duplicate", "collision")
+SAMPLES = ("complete", "waiting", "invoke", "tampered", "duplicate", "collision")
 
 
 def samples_dir() -> Path:
@@ -73,7 +77,8 @@ def seed_example_evidence(store: ObjectStore, evidence_root: str, *, tamper: boo
         store.put(root.bucket, f"{prefix}/gates/6B/transactions/part-0001.csv", b"tx_id,account_id,amount\n3,3,4200\n")
 
 
-EXPECTED = Counter({"READY": 1, "WAITING": 1, "QUARANTINED": 1, "REJECTED": 1, "DLQ": 1})
+EXPECTED = Counter({"READY": 2, "WAITING": 2, "QUARANTINED": 1, "REJECTED": 1, "DLQ": 1,
+                    "ENGINE_REQUEST": 1, "ENGINE_RESULT": 1})
 
 
 def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_when_done: bool,
@@ -85,6 +90,8 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     from worker.adapters.avro import AvroCodec
     from worker.adapters.kafka import EventProducer, TopicReader
     from worker.core.identity import run_id_of
+    from worker.engine.loop import SimulatorLoop
+    from worker.engine.simulator import SimulatorConfig
     from worker.logs import configure_logging
     from worker.runtime.compose import kafka_config, load_policy_file
     from worker.runtime.worker import Worker
@@ -92,16 +99,21 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     configure_logging("ERROR")
     settings, intents = _prepare(eps, console)
     codec = AvroCodec()
-    worker = Worker(settings, load_policy_file(settings.policy_file))
+    policy = load_policy_file(settings.policy_file)
+    worker = Worker(settings, policy)
+    engine = SimulatorLoop(settings, policy, SimulatorConfig(delay=1.0), group_id=f"{settings.group_id}-engine")
     thread = threading.Thread(target=worker.run, name="sr-demo-worker", daemon=True)
+    engine_thread = threading.Thread(target=engine.run, name="sr-demo-engine", daemon=True)
     thread.start()
+    engine_thread.start()
     seen: Counter[str] = Counter()
     topics = settings.topics
-    reader = TopicReader(kafka_config(settings), (topics.ready, topics.status, topics.dlq))
+    reader = TopicReader(kafka_config(settings), (topics.ready, topics.status, topics.dlq, topics.engine_requests,
+                                                  topics.engine_results))
     try:
         reader.open()
-        if not worker.ready.wait(60):
-            console.print("[red]worker did not start[/]")
+        if not worker.ready.wait(60) or not engine.ready.wait(60):
+            console.print("[red]worker or reference engine did not start[/]")
             return False
         with EventProducer(kafka_config(settings)) as producer:
             for name in SAMPLES:
@@ -128,7 +140,9 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     finally:
         reader.close()
         worker.stop()
+        engine.stop()
         thread.join(60)
+        engine_thread.join(60)
 
 
 def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
@@ -151,7 +165,7 @@ def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
     with ObjectStore(s3_config(settings)) as store:
         seed_example_evidence(store, intents["complete"].evidence_root)
         seed_example_evidence(store, intents["tampered"].evidence_root, tamper=True)
-    console.print("seeded sample evidence (complete, tampered; none for waiting)", highlight=False)
+    console.print("seeded sample evidence (complete, tampered; none for waiting and invoke)", highlight=False)
     return settings, intents
 
 
@@ -174,6 +188,16 @@ def _print_event(record: Record, codec: Any, console: Console, seen: Counter[str
                       f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False, soft_wrap=True)
         return
     record_name, datum = codec.decode(record.value)
+    if record_name.endswith("EngineRequest"):
+        seen["ENGINE_REQUEST"] += 1
+        console.print(f"[blue]{'ENGINE ->':<10}[/] run_id={datum['run_id']} attempt {datum['attempt_no']} "
+                      f"({datum['attempt_id']}) write to {datum['evidence_root']}", highlight=False, soft_wrap=True)
+        return
+    if record_name.endswith("EngineResult"):
+        seen["ENGINE_RESULT"] += 1
+        console.print(f"[blue]{'ENGINE <-':<10}[/] run_id={datum['run_id']} {datum['status']} "
+                      f"by {datum['reported_by']}", highlight=False, soft_wrap=True)
+        return
     if record_name.endswith("ReadyEvent"):
         seen[datum["event_type"]] += 1
         console.print(f"[bold green]{datum['event_type']:<10}[/] run_id={datum['run_id']} "

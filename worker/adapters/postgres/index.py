@@ -164,7 +164,7 @@ class RunIndex:
         return RunRow.from_record(rows[0]) if rows else None
 
     def list_runs(self, status: RunStatus | str | None = None, tenant: str | None = None,
-                  since: datetime | None = None, limit: int = 100) -> list[RunRow]:
+                  since: datetime | None = None, limit: int = 100, reason: str | None = None) -> list[RunRow]:
         """Runs newest first, optionally filtered; one round trip.
 
         Args:
@@ -172,6 +172,7 @@ class RunIndex:
             tenant: only this tenant's runs.
             since: only runs created at or after this (aware) time.
             limit: at most this many rows (1..10000).
+            reason: only runs whose ``reason_code`` is this (e.g. ``ENGINE_RUNNING``).
 
         Raises:
             ValueError: ``limit`` out of range or unknown status.
@@ -184,6 +185,7 @@ class RunIndex:
             "tenant_id": tenant,
             "since": since,
             "limit": limit,
+            "reason_code": reason,
         })
         return [RunRow.from_record(r) for r in rows]
 

@@ -131,14 +131,15 @@ class InMemoryRunIndex:
             return self.db.runs.get(run_id)
 
     def list_runs(self, status: RunStatus | str | None = None, tenant: str | None = None,
-                  since: datetime | None = None, limit: int = 100) -> list[RunRow]:
+                  since: datetime | None = None, limit: int = 100, reason: str | None = None) -> list[RunRow]:
         """Newest first, filtered."""
         with self.db.lock:
             self.db.statement()
             rows = [r for r in self.db.runs.values()
                     if (status is None or r.status == RunStatus(status))
                     and (tenant is None or r.tenant_id == tenant)
-                    and (since is None or r.created_at >= since)]
+                    and (since is None or r.created_at >= since)
+                    and (reason is None or r.reason_code == reason)]
         rows.sort(key=lambda r: r.run_id)
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return rows[:limit]

@@ -52,6 +52,7 @@ SELECT run_id, run_equivalence_key, intent_fingerprint, tenant_id, namespace, sc
  WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
    AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s::text)
    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+   AND (%(reason_code)s::text IS NULL OR reason_code = %(reason_code)s::text)
  ORDER BY created_at DESC, run_id
  LIMIT %(limit)s;
 
