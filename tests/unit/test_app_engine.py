@@ -303,3 +303,18 @@ def test_outbox_resends_of_a_request_are_byte_identical(world: World) -> None:
     world.handle(processor, intent)
     values = {m.value for m in world.sink.messages(TOPICS.engine_requests)}
     assert len(values) == 1 and world.index.unpublished(10) == []
+
+
+def test_an_index_rebuilt_from_s3_can_resend_the_open_attempts_request(world: World) -> None:
+    from worker.app.operators import rebuild_index
+    from worker.app.testing import InMemoryDatabase, InMemoryRunIndex
+
+    intent = world.intent(strategy=INVOKE)
+    world.handle(world.processor(), intent)
+    [sent] = world.sink.messages(TOPICS.engine_requests)
+    world.db = InMemoryDatabase(world.clock)  # Postgres lost; S3 is the truth
+    summary = rebuild_index(truth=world.truth, index=InMemoryRunIndex(world.db), processor=world.processor(),
+                            republish=True)
+    assert summary.restored == {"WAITING": 1} and summary.publications == 1
+    assert world.processor().flush_outbox() == 1
+    assert [m.value for m in world.sink.messages(TOPICS.engine_requests)] == [sent.value, sent.value]

@@ -197,3 +197,46 @@ def test_a_status_publication_must_carry_its_own_status_key(fixture_copy: Path, 
     _resign(fixture_copy)
     report = verify_runpack(DirectorySource(fixture_copy))
     assert report.codes() and set(report.codes()) == {"PUBLICATION_MISMATCH"}, report.problems
+
+
+# ----------------------------------------------------------------------------- engine runs
+def _invoked_run(tmp_path: Path) -> Path:
+    """Export of an INVOKE run that took two attempts (the first FAILED) on the in-memory world."""
+    from tests.harness.app_world import World
+    from worker.core.engine import EngineStatus
+    from worker.core.identity import run_id_of
+    from worker.core.models import Strategy
+
+    world = World()
+    processor = world.processor()
+    intent = world.intent("engine-made", strategy=Strategy.INVOKE)
+    world.handle(processor, intent)
+    world.handle_result(processor, world.result(world.engine_requests()[0], EngineStatus.FAILED, detail="exit 3"))
+    world.clock.advance(30)
+    processor.sweep()
+    world.write_complete(intent)
+    world.handle_result(processor, world.result(world.engine_requests()[-1]))
+    assert len(world.ready_events()) == 1
+    result = export_run(run_id_of(intent), DirectoryTarget(tmp_path / "engine"), truth=world.truth, index=world.index)
+    return Path(result.location)
+
+
+def test_a_runpack_of_an_engine_run_carries_and_checks_its_requests(tmp_path: Path) -> None:
+    root = _invoked_run(tmp_path)
+    report = verify_runpack(DirectorySource(root))
+    assert report.ok, report.problems
+    kinds = sorted(p["kind"] for p in _json(root / "publications.json")["publications"])
+    assert kinds.count("ENGINE_REQUEST") == 2 and "READY" in kinds
+
+
+def test_an_engine_request_that_is_not_its_ledger_entry_is_reported(tmp_path: Path) -> None:
+    root = _invoked_run(tmp_path)
+    doc = _json(root / "publications.json")
+    requests = [p for p in doc["publications"] if p["kind"] == "ENGINE_REQUEST"]
+    # Attempt 2's row carries attempt 1's bytes.
+    for field_name in ("payload_b64", "payload_sha256"):
+        requests[1][field_name] = requests[0][field_name]
+    (root / "publications.json").write_bytes(canonical_json(doc))
+    _resign(root)
+    problems = _problems(verify_runpack(DirectorySource(root)))
+    assert ("PUBLICATION_MISMATCH", "publications.json") in problems

@@ -20,7 +20,7 @@ from typing import Any
 from worker.app.ports import OperatorAudit, Record, RunIndex
 from worker.app.processor import RunProcessor
 from worker.app.truth import TruthStore
-from worker.core.events import admitted_intent, control_facts, current_ready
+from worker.core.events import admitted_intent, control_facts, current_ready, engine_request
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
 from worker.core.index import NewPublication
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
@@ -188,7 +188,8 @@ def rebuild_index(
     which the identity is recomputed and checked against the run id. READY/SUPERSEDE facts
     become publication rows with the exact bytes to send; ``republish`` leaves them
     unpublished so the worker's outbox re-sends them (byte-identical, so harmless to
-    idempotent consumers), otherwise they are recorded as already published.
+    idempotent consumers), otherwise they are recorded as already published. The request of
+    an open engine attempt is restored the same way.
     """
     summary = RebuildSummary()
     now = datetime.now(UTC)
@@ -236,6 +237,13 @@ def rebuild_index(
         for event in control_facts(entries):
             pub: NewPublication = processor.fact_publication(event)
             index.restore_publication(pub, run_id=run_id, published=not republish)
+            summary.publications += 1
+        if state.open_attempt is not None:
+            # The open attempt's request, so the outbox can re-send it byte-identically.
+            opened = next(e for e in reversed(entries) if e.kind is LedgerKind.ENGINE_REQUESTED
+                          and e.body.get("attempt_id") == state.open_attempt.attempt_id)
+            index.restore_publication(processor.publications.engine_request(engine_request(opened, intent)),
+                                      run_id=run_id, published=not republish)
             summary.publications += 1
     return summary
 

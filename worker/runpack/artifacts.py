@@ -83,7 +83,7 @@ class PublicationRecord(BaseModel):
     model_config = _FROZEN
 
     pub_key: Text
-    kind: Literal["READY", "SUPERSEDE", "STATUS"]
+    kind: Literal["READY", "SUPERSEDE", "STATUS", "ENGINE_REQUEST"]
     facts_view_hash: Hex64 | None
     event_type: Literal["READY", "SUPERSEDE"] | None
     topic: Text

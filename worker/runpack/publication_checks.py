@@ -9,7 +9,10 @@ Each publication's payload must decode and:
   views of the runpack and equals the control fact rebuilt from its ledger entry
   (:func:`worker.core.events.control_fact`);
 * a STATUS event is keyed :func:`~worker.core.vocabulary.status_key` and matches the ledger
-  entry of that seq (kind, commit time, reason code).
+  entry of that seq (kind, commit time, reason code);
+* an ENGINE_REQUEST is keyed :func:`~worker.core.vocabulary.engine_request_key` and equals the
+  request rebuilt from the ENGINE_REQUESTED entry of its attempt
+  (:func:`worker.core.events.engine_request`).
 
 A runpack carries no schema registry: payloads are decoded with SR's own schemas.
 """
@@ -20,11 +23,12 @@ from pydantic import ValidationError
 
 from worker.adapters.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
-from worker.core.events import control_fact
+from worker.core.engine import EngineRequest
+from worker.core.events import control_fact, engine_request
 from worker.core.ledger import LedgerKind
 from worker.core.ledger_bodies import StatusBody
 from worker.core.models import EventType, ReadyEvent, RunStatusEvent, millis
-from worker.core.vocabulary import IDEMPOTENCY_HEADER, fact_key, status_key
+from worker.core.vocabulary import IDEMPOTENCY_HEADER, engine_request_key, fact_key, status_key
 from worker.errors import IntegrityError, InvalidJSONError, MessageTooLargeError, SRError
 from worker.runpack.artifacts import PublicationRecord, PublicationsDoc, b64decode_strict
 from worker.runpack.content import RunContent
@@ -77,10 +81,13 @@ def _check_publication(c: RunContent, codec: AvroCodec, pub: PublicationRecord) 
         _bad(c, pub, "the message key is not the run id")
     if pub.headers.get(IDEMPOTENCY_HEADER) != pub.pub_key:
         _bad(c, pub, f"header {IDEMPOTENCY_HEADER} is not the pub_key")
-    frame = _single_object(codec, payload, "ReadyEvent" if pub.kind != "STATUS" else "RunStatusEvent")
+    record = {"STATUS": "RunStatusEvent", "ENGINE_REQUEST": "EngineRequest"}.get(pub.kind, "ReadyEvent")
+    frame = _single_object(codec, payload, record)
     try:
         if pub.kind == "STATUS":
             _check_status(c, pub, codec.decode_status(frame))
+        elif pub.kind == "ENGINE_REQUEST":
+            _check_engine_request(c, pub, codec.decode_engine_request(frame))
         else:
             _check_ready(c, pub, codec.decode_ready(frame))
     except SRError as exc:
@@ -149,6 +156,30 @@ def _check_status(c: RunContent, pub: PublicationRecord, event: RunStatusEvent) 
     recorded = body.reason_code if isinstance(body, StatusBody) else None
     if body is not None and recorded != event.reason_code:  # a body that did not fit is reported already
         _bad(c, pub, f"reason_code differs from ledger entry seq {seq}")
+
+
+def _check_engine_request(c: RunContent, pub: PublicationRecord, request: EngineRequest) -> None:
+    if (request.run_id != c.run_id or pub.pub_key != engine_request_key(c.run_id, request.attempt_id)
+            or pub.facts_view_hash is not None or pub.event_type is not None):
+        _bad(c, pub, "an ENGINE_REQUEST publication must be keyed <run_id>:engine:<attempt_id> of its own request")
+        return
+    entry = next((e for e in c.entries if e.kind is LedgerKind.ENGINE_REQUESTED
+                  and e.body.get("attempt_id") == request.attempt_id), None)
+    if entry is None:
+        if c.complete_ledger:
+            _bad(c, pub, f"no ENGINE_REQUESTED ledger entry records attempt {request.attempt_id}")
+        return
+    if c.intent is None:
+        return
+    try:
+        expected = engine_request(entry, c.intent)
+    except IntegrityError as exc:
+        _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as a request: {exc}")
+        return
+    if request != expected:
+        got, want = request.model_dump(), expected.model_dump()
+        fields = sorted(k for k in want if got.get(k) != want[k])
+        _bad(c, pub, f"differs from the request of ledger seq {entry.seq} in: {', '.join(fields)}")
 
 
 def _single_object(codec: AvroCodec, payload: bytes, record: str) -> bytes:
