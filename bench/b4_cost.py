@@ -7,7 +7,12 @@ counters and processor as ``sr run``), like ``tests/integration/test_fencing_and
 * WAITING (first) — a fresh intent whose gate 6B has no ``_passed.flag`` yet;
 * WAITING re-check — the sweep re-driving a due WAITING run (evidence still missing);
 * duplicate intent — a re-delivery of an intent of a READY run (other request_id) and of a
-  WAITING run.
+  WAITING run;
+* engine round trip (contract §8) — an INVOKE intent without evidence (the step that requests
+  attempt 1), then, once "the engine" wrote the evidence, its SUCCEEDED result (the step that
+  records it, verifies and commits READY); and a FAILED result (recorded, WAITING for the
+  retry). SR's own CPU (process time of the whole bench process, which is idle otherwise)
+  is reported per step next to the requests.
 
 The limit column is the target of the issue where there is one (S3 writes per READY run
 <= 4; zero S3 writes and <= 2 Postgres round trips per duplicate).
@@ -42,10 +47,10 @@ class _Cost:
     def __init__(self) -> None:
         self.samples: list[dict[str, float]] = []
 
-    def add(self, s3: dict[str, Any], pg: float, wall_ms: float = 0.0) -> None:
+    def add(self, s3: dict[str, Any], pg: float, wall_ms: float = 0.0, cpu_ms: float = 0.0) -> None:
         self.samples.append({**{v: float(s3.get(v, 0)) for v in VERBS}, "pg": float(pg),
                              "bytes_out": float(s3.get("bytes_out", 0)), "bytes_in": float(s3.get("bytes_in", 0)),
-                             "wall_ms": wall_ms})
+                             "wall_ms": wall_ms, "cpu_ms": cpu_ms})
 
     def mean(self) -> dict[str, float]:
         n = len(self.samples)
@@ -78,25 +83,40 @@ def measure(ctx: Any) -> dict[str, Any]:
             settings = world.settings()
         policy = load_policy(world.policy_path.read_bytes())
         costs = {k: _Cost() for k in ("ready", "waiting_first", "waiting_recheck", "duplicate_of_ready",
-                                      "duplicate_of_waiting")}
+                                      "duplicate_of_waiting", "engine_request", "engine_result_ready",
+                                      "engine_result_failed")}
         with open_services(settings, policy) as svc:
             proc, codec = svc.processor, svc.codec
             offset = 0
 
-            def handle(intent: Any, expect: Any, cost: _Cost | None) -> str:
+            def handle(intent: Any, expect: Any, cost: _Cost | None, *, record: Any = None) -> str:
                 nonlocal offset
-                record = _record(world, codec, intent, offset)
+                record = record if record is not None else _record(world, codec, intent, offset)
                 svc.store.counter.reset()
                 svc.pg_counter.reset()
-                t0 = time.perf_counter()
-                outcome = dispatch(proc, record, triggers_topic=world.topics["triggers"])
-                wall_ms = (time.perf_counter() - t0) * 1000
+                t0, c0 = time.perf_counter(), time.process_time()
+                outcome = dispatch(proc, record, triggers_topic=world.topics["triggers"],
+                                   results_topic=world.topics["engine_results"])
+                wall_ms, cpu_ms = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
                 offset += 1
                 if outcome.action is not expect:
                     raise RuntimeError(f"expected {expect}, got {outcome}")
                 if cost is not None:
-                    cost.add(svc.store.counter.snapshot(), svc.pg_counter.snapshot(), wall_ms)
+                    cost.add(svc.store.counter.snapshot(), svc.pg_counter.snapshot(), wall_ms, cpu_ms)
                 return str(outcome.run_id)
+
+            def result_record(run_id: str, attempt_no: int, status: str) -> Any:
+                from datetime import UTC, datetime
+
+                from worker.app.ports import Record
+                from worker.core.engine import EngineResult, EngineStatus
+                from worker.core.identity import attempt_id_for
+
+                result = EngineResult(attempt_id=attempt_id_for(run_id, attempt_no), run_id=run_id,
+                                      status=EngineStatus(status), detail="", reported_by="bench-engine",
+                                      finished_at=datetime.now(UTC))
+                return Record(topic=world.topics["engine_results"], partition=0, offset=offset, key=run_id.encode(),
+                              value=codec.encode_engine_result(result), headers=(), timestamp_ms=None)
 
             handle(make_intent(world, "b4-warm", 0, ok_root), Action.READY, None)  # connections, caches
             ready_intents = [make_intent(world, "b4-ready", i, ok_root) for i in range(runs)]
@@ -131,6 +151,7 @@ def measure(ctx: Any) -> dict[str, Any]:
                     proc.drive(run_id, fresh=False, wait=0.0)
                     costs["waiting_recheck"].add(svc.store.counter.snapshot(), svc.pg_counter.snapshot())
             assert all(run_id_of(i) in waiting_ids for i in wait_intents)
+            _engine_round_trips(world, client, runs, handle=handle, result_record=result_record, costs=costs)
         res: dict[str, Any] = {k: c.mean() for k, c in costs.items()}
         res["recheck_mode"] = recheck_mode
         res["mode"] = ctx.mode
@@ -141,6 +162,26 @@ def measure(ctx: Any) -> dict[str, Any]:
         return res
     finally:
         world.drop()
+
+
+def _engine_round_trips(world: Any, client: Any, runs: int, *, handle: Any, result_record: Any,
+                        costs: dict[str, _Cost]) -> None:
+    """Request, the engine writes the evidence, SUCCEEDED → READY; and a FAILED result."""
+    from worker.app.processor import Action
+
+    invoked = [make_intent(world, "b4-invoke", i, world.evidence_root(f"inv{i}"), strategy="INVOKE")
+               for i in range(runs)]
+    invoked_ids = [handle(intent, Action.ENGINE_REQUESTED, costs["engine_request"]) for intent in invoked]
+    for i in range(runs):
+        write_objects(client, world.bucket, synthetic_example_evidence(world.evidence_prefix(f"inv{i}")),
+                      concurrency=16)
+    for run_id in invoked_ids:
+        handle(None, Action.READY, costs["engine_result_ready"], record=result_record(run_id, 1, "SUCCEEDED"))
+    failing = [make_intent(world, "b4-failing", i, world.evidence_root(f"fail{i}"), strategy="INVOKE")
+               for i in range(runs)]
+    failing_ids = [handle(intent, Action.ENGINE_REQUESTED, None) for intent in failing]
+    for run_id in failing_ids:
+        handle(None, Action.WAITING, costs["engine_result_failed"], record=result_record(run_id, 1, "FAILED"))
 
 
 def _verbs(c: dict[str, Any]) -> str:
@@ -157,7 +198,7 @@ class Scenario(InProcessScenario):
 def figures(res: dict[str, Any], limits: dict[str, Any]) -> list[dict[str, Any]]:
     r, dup, dupw = res["ready"], res["duplicate_of_ready"], res["duplicate_of_waiting"]
     wf, wr = res["waiting_first"], res["waiting_recheck"]
-    return [
+    figs = [
         figure("B4 S3 writes (PUT) per READY run", r["PUT"], "req", limit=4, limit_name="target",
                target="<= 4", met=r["PUT"] <= 4),
         figure("B4 S3 requests per READY run (all verbs)", r["s3_requests"], "req", note=_verbs(r)),
@@ -179,4 +220,29 @@ def figures(res: dict[str, Any], limits: dict[str, Any]) -> list[dict[str, Any]]
         figure("B4 S3 writes per duplicate intent (WAITING run)", dupw["PUT"], "req", limit=0,
                limit_name="target", target="0", met=dupw["PUT"] == 0,
                note=f"all S3 requests: {dupw['s3_requests']:g}; Postgres {dupw['pg']:g} rt"),
+    ]
+    if "engine_request" in res:
+        figs.extend(_engine_figures(res, r))
+    return figs
+
+
+def _engine_figures(res: dict[str, Any], ready: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engine round trip against a READY run whose evidence was there from the start."""
+    req, done, failed = res["engine_request"], res["engine_result_ready"], res["engine_result_failed"]
+    trip = {k: req[k] + done[k] for k in ("s3_requests", "PUT", "pg", "cpu_ms")}
+    return [
+        figure("B4 engine round trip: S3 requests per INVOKE run (request + result → READY)", trip["s3_requests"],
+               "req", note=f"request step {_verbs(req)}; result step {_verbs(done)}; "
+                           f"a READY run with evidence already there: {ready['s3_requests']:g}"),
+        figure("B4 engine round trip: S3 writes per INVOKE run", trip["PUT"], "req",
+               note=f"READY run without the engine: {ready['PUT']:g} (the engine adds WAITING, ENGINE_REQUESTED, "
+                    "ENGINE_RESULT ledger entries)"),
+        figure("B4 engine round trip: Postgres round trips per INVOKE run", trip["pg"], "rt",
+               note=f"request step {req['pg']:g}, result step {done['pg']:g}; READY run without the engine "
+                    f"{ready['pg']:g}"),
+        figure("B4 engine round trip: SR CPU per INVOKE run", trip["cpu_ms"], "ms",
+               note=f"request step {req['cpu_ms']:g} ms, result step {done['cpu_ms']:g} ms; READY run without "
+                    f"the engine {ready['cpu_ms']:g} ms (process time, one run at a time)"),
+        figure("B4 engine: cost of a FAILED result (recorded, WAITING for the retry)", failed["s3_requests"], "req",
+               note=f"{_verbs(failed)}; Postgres {failed['pg']:g} rt; CPU {failed['cpu_ms']:g} ms"),
     ]

@@ -230,7 +230,7 @@ def make_world(servers: Servers, name: str, work_dir: Path, *, partitions: int =
     server_dsn = servers.require_postgres()
     suffix = uuid.uuid4().hex[:8]
     topics = {logical: f"bench.{name}.{logical}.{suffix}"
-              for logical in ("intents", "triggers", "ready", "status", "dlq")}
+              for logical in ("intents", "triggers", "ready", "status", "dlq", "engine_requests", "engine_results")}
     create_topics(servers.require_kafka(),
                   [TopicSpec(real, 1 if logical == "dlq" else partitions) for logical, real in topics.items()])
     db_name: str | None = f"srbench_{name}_{suffix}".lower()
@@ -257,8 +257,10 @@ _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def make_intent(world: World, scenario: str, seed: int, evidence_root: str, *,
-                request_id: str | None = None, deadline: datetime | None = None) -> RunIntent:
-    """A valid intent for output ``transactions`` (gates 3A and 6B); runs differ by scenario/seed."""
+                request_id: str | None = None, deadline: datetime | None = None,
+                strategy: str = "REUSE") -> RunIntent:
+    """A valid intent for output ``transactions`` (gates 3A and 6B); runs differ by scenario/seed.
+    Strategy REUSE (verify only) unless ``strategy`` says otherwise."""
     from worker.core.models import Pins, RunIntent, Strategy
 
     return RunIntent(
@@ -270,7 +272,7 @@ def make_intent(world: World, scenario: str, seed: int, evidence_root: str, *,
         window_start=_BASE_TIME,
         window_end=_BASE_TIME + timedelta(days=1),
         output_ids=("transactions",),
-        strategy=Strategy.REUSE,
+        strategy=Strategy(strategy),
         evidence_root=evidence_root,
         deadline=deadline,
         submitted_at=datetime.now(UTC),

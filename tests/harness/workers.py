@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, Self
 
 from tests.harness.paths import REPO
 from tests.harness.sr_env import SREnv
@@ -48,47 +48,57 @@ class WorkerEnvironment(Protocol):
 
 
 # ----------------------------------------------------------------------------- in-process
-class WorkerThread:
+class ServiceThread:
+    """A long-running in-process service (a worker, the reference engine) on a daemon thread:
+    :meth:`start` waits until it is ready, :meth:`stop` asks it to stop and joins."""
+
+    def __init__(self, name: str, *, run: Callable[[], object], stop: Callable[[], None],
+                 ready: threading.Event) -> None:
+        self._run_service, self._stop_service, self._ready = run, stop, ready
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._run_service()
+        except BaseException as exc:  # surfaced by start() / stop()
+            self.error = exc
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start the thread and wait until the service is ready.
+
+        Raises:
+            RuntimeError: it failed or did not get ready within ``timeout`` seconds.
+        """
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.error is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.thread.name} did not start: {self.error!r}")
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the service and join its thread.
+
+        Raises:
+            RuntimeError: the thread did not stop, or the service had failed.
+        """
+        self._stop_service()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError(f"{self.thread.name} did not stop")
+        if self.error is not None:
+            raise RuntimeError(f"{self.thread.name} failed: {self.error!r}") from self.error
+
+
+class WorkerThread(ServiceThread):
     """An in-process worker on a thread (stopped and joined by :meth:`stop`)."""
 
     def __init__(self, env: SREnv, **overrides: Any) -> None:
         settings = env.settings.model_copy(update=overrides) if overrides else env.settings
         self.outcomes: list[tuple[Record, Any]] = []
         self.worker = Worker(settings, env.policy, on_outcome=lambda r, o: self.outcomes.append((r, o)))
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="sr-test-worker", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # surfaced by stop()
-            self.error = exc
-
-    def start(self, timeout: float = 60.0) -> WorkerThread:
-        """Start the thread and wait until the worker is consuming.
-
-        Raises:
-            RuntimeError: the worker failed or did not start within ``timeout`` seconds.
-        """
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.worker.ready.wait(0.1):
-            if self.error is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start: {self.error!r}")
-        return self
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop the worker and join its thread.
-
-        Raises:
-            RuntimeError: the thread did not stop, or the worker had failed.
-        """
-        self.worker.stop()
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            raise RuntimeError("worker thread did not stop")
-        if self.error is not None:
-            raise RuntimeError(f"worker failed: {self.error!r}") from self.error
+        super().__init__("sr-test-worker", run=self.worker.run, stop=self.worker.stop, ready=self.worker.ready)
 
 
 # ----------------------------------------------------------------------------- subprocesses

@@ -115,6 +115,7 @@ def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) ->
         dead = read_topic(settings.kafka_bootstrap, settings.topics.dlq, until=lambda rs: len(rs) >= 3, timeout=60,
                           settle=1.0)
         assert wait_for(lambda: ledger_kinds(sr_env, silent)[-1] == "ENGINE_RESULT", timeout=30)
+        metrics = worker.worker.metrics.render().decode()
     finally:
         worker.stop()
         engine.stop()
@@ -127,3 +128,12 @@ def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) ->
     classes = sorted(error_headers(r.headers)["sr-error-class"] for r in dead)
     assert classes == ["DECODE_ERROR", "RUN_NOT_FOUND", "UNKNOWN_ATTEMPT"]
     assert {error_headers(r.headers)["sr-source-topic"] for r in dead} == {settings.topics.engine_results}
+    # 6 attempts started; the failing run's 3 failed; the silent run's 3 timed out (the late
+    # result for its last attempt is recorded, and counted, after the run ended).
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+               if line.startswith("sr_engine_attempt")}
+    assert samples['sr_engine_attempts_total{event="started"}'] == 6
+    assert samples['sr_engine_attempts_total{event="failed"}'] == 3
+    assert samples['sr_engine_attempts_total{event="timed_out"}'] == 3
+    assert samples['sr_engine_attempts_total{event="succeeded"}'] == 1
+    assert samples["sr_engine_attempt_seconds_count"] == 4

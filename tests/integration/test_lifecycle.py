@@ -175,20 +175,24 @@ def single_partition_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bo
     return build_env(servers, pg_dsn, tmp_path, partitions=1, operators=["ops-alice"])
 
 
+#: Runs the replay test re-emits (enough for a partition of many records; the bench measures scale).
+N_REPLAYED = 60
+
+
 def test_replay_reemits_byte_identical_records_with_authorization(single_partition_env: SREnv,
                                                                    s3_client: Any) -> None:
     env = single_partition_env
     root = env.evidence_prefix("shared")
     upload_member_concat_gate(s3_client, env.bucket, root, "gates/3A", GATE_3A_MEMBERS)
     upload_bundle_gate(s3_client, env.bucket, root, "gates/6B", GATE_6B_MEMBERS)
-    intents = [make_intent(env, f"r{i}", evidence_root=env.evidence_root("shared"), seed=i) for i in range(200)]
+    intents = [make_intent(env, f"r{i}", evidence_root=env.evidence_root("shared"), seed=i) for i in range(N_REPLAYED)]
     worker = WorkerThread(env).start()
     try:
         submit(env, intents)
-        originals = ready_records(env, 200, settle=1.0, timeout=180)
+        originals = ready_records(env, N_REPLAYED, settle=1.0, timeout=180)
     finally:
         worker.stop()
-    assert len(originals) == 200
+    assert len(originals) == N_REPLAYED
     ready_topic = env.settings.topics.ready
     operator_env = {"SR_OPERATORS": "ops-alice"}
 
@@ -200,26 +204,26 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
     dry = sr_cli(env, "replay", "--topic", ready_topic, "--partition", "0", "--dry-run", "--json",
                  "--operator", "ops-alice", extra=operator_env)
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout.strip().splitlines()[-1])["reemitted"] == 200
-    assert len(ready_records(env, 201, settle=0, timeout=4)) == 200  # --dry-run emitted nothing
+    assert json.loads(dry.stdout.strip().splitlines()[-1])["reemitted"] == N_REPLAYED
+    assert len(ready_records(env, N_REPLAYED + 1, settle=0, timeout=4)) == N_REPLAYED  # --dry-run emitted nothing
 
     real = sr_cli(env, "replay", "--topic", ready_topic, "--partition", "0", "--from-offset", "0",
-                  "--to-offset", "200", "--json", "--operator", "ops-alice", extra=operator_env)
+                  "--to-offset", str(N_REPLAYED), "--json", "--operator", "ops-alice", extra=operator_env)
     assert real.returncode == 0, real.stderr
     summary = json.loads(real.stdout.strip().splitlines()[-1])
-    assert summary["records"] == 200 and summary["runs"] == 200 and summary["reemitted"] == 200
-    everything = ready_records(env, 400, settle=1.0)
-    assert len(everything) == 400
+    assert summary["records"] == summary["runs"] == summary["reemitted"] == N_REPLAYED
+    everything = ready_records(env, 2 * N_REPLAYED, settle=1.0)
+    assert len(everything) == 2 * N_REPLAYED
 
     def ident(r: Any) -> tuple[Any, Any, Any]:
         return r.key, r.value, r.header("sr-idempotency-key")
 
-    assert [ident(r) for r in everything[200:]] == [ident(r) for r in everything[:200]]
-    # Replay also works from the intents topic: the same 200 runs are found there.
+    assert [ident(r) for r in everything[N_REPLAYED:]] == [ident(r) for r in everything[:N_REPLAYED]]
+    # Replay also works from the intents topic: the same runs are found there.
     from_intents = sr_cli(env, "replay", "--topic", env.settings.topics.intents, "--partition", "0", "--dry-run",
                           "--json", "--operator", "ops-alice", extra=operator_env)
     assert from_intents.returncode == 0, from_intents.stderr
-    assert json.loads(from_intents.stdout.strip().splitlines()[-1])["runs"] == 200
+    assert json.loads(from_intents.stdout.strip().splitlines()[-1])["runs"] == N_REPLAYED
     with RunIndex(pg_config(env.settings), RoundTripCounter()) as index:
         actions = index.operator_actions(limit=10)
     audit = {(a["operator"], a["action"], a["allowed"]) for a in actions}

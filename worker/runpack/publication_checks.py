@@ -19,7 +19,7 @@ A runpack carries no schema registry: payloads are decoded with SR's own schemas
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from worker.adapters.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
@@ -123,10 +123,8 @@ def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> No
         _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as an event: {exc}")
         return
     if event != expected:
-        got, want = event.model_dump(), expected.model_dump()
-        fields = sorted(k for k in want if got.get(k) != want[k])
         _bad(c, pub, f"differs from the {event.event_type.value} fact of ledger seq {entry.seq} in: "
-                     f"{', '.join(fields)}")
+                     f"{_differing(event, expected)}")
 
 
 def _status_seq(pub_key: str) -> int | None:
@@ -177,9 +175,13 @@ def _check_engine_request(c: RunContent, pub: PublicationRecord, request: Engine
         _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as a request: {exc}")
         return
     if request != expected:
-        got, want = request.model_dump(), expected.model_dump()
-        fields = sorted(k for k in want if got.get(k) != want[k])
-        _bad(c, pub, f"differs from the request of ledger seq {entry.seq} in: {', '.join(fields)}")
+        _bad(c, pub, f"differs from the request of ledger seq {entry.seq} in: {_differing(request, expected)}")
+
+
+def _differing(got: BaseModel, want: BaseModel) -> str:
+    """The fields in which a published message differs from the one its ledger entry implies."""
+    mine, theirs = got.model_dump(), want.model_dump()
+    return ", ".join(sorted(k for k in theirs if mine.get(k) != theirs[k]))
 
 
 def _single_object(codec: AvroCodec, payload: bytes, record: str) -> bytes:
