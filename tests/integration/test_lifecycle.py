@@ -61,7 +61,7 @@ def test_evidence_arrived_trigger_completes_a_waiting_run(sr_env: SREnv, write_e
         submit(sr_env, [intent])
         assert wait_for(lambda: run_status(sr_env, run_id) == "WAITING", timeout=60)
         write_evidence("by-trigger")
-        assert len(ready_records(sr_env, 1, settle=0, timeout=3)) == 0
+        assert len(ready_records(sr_env, 1, settle=0, timeout=2)) == 0
         res = sr_cli(sr_env, "trigger", run_id, "--kind", "EVIDENCE_ARRIVED", "--reason", "upload finished",
                      "--requested-by", "uploader")
         assert res.returncode == 0, res.stderr
@@ -94,14 +94,14 @@ def test_sweeper_picks_up_evidence_and_fails_expired_deadlines(sr_env: SREnv,
         # Evidence that arrives too late changes nothing: FAILED stays FAILED, never READY.
         write_evidence("expiring")
         assert sr_cli(sr_env, "trigger", run_id_of(expiring), "--kind", "EVIDENCE_ARRIVED").returncode == 0
-        statuses = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.status, timeout=4)
+        statuses = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.status, timeout=2.5)
     finally:
         worker.stop()
     decoded = [sr_env.codec.decode_status(r.value or b"") for r in statuses]
     expiring_events = [(e.status.value, e.reason_code) for e in decoded if e.run_id == run_id_of(expiring)]
     assert expiring_events == [("WAITING", "EVIDENCE_MISSING"), ("FAILED", "EVIDENCE_MISSING_DEADLINE")]
     assert run_status(sr_env, run_id_of(expiring)) == "FAILED"
-    assert len(ready_records(sr_env, 2, settle=0, timeout=3)) == 1
+    assert len(ready_records(sr_env, 2, settle=0, timeout=2)) == 1
 
 
 def _objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -125,7 +125,7 @@ def test_supersede_emits_supersede_then_ready_and_never_mutates(sr_env: SREnv, w
         before = _objects(s3_client, sr_env.bucket, keys.root)
         # A SUPERSEDE with unchanged evidence changes nothing.
         assert sr_cli(sr_env, "trigger", run_id, "--kind", "SUPERSEDE", "--reason", "noop").returncode == 0
-        assert len(ready_records(sr_env, 2, settle=0, timeout=4)) == 1
+        assert len(ready_records(sr_env, 2, settle=0, timeout=2)) == 1
         # The producer corrects the data: new members, new flags.
         root = sr_env.evidence_prefix("corrected")
         fixed_3a = {**GATE_3A_MEMBERS, "accounts/part-0001.csv": b"account_id,balance\n3,76\n"}
@@ -205,7 +205,7 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
                  "--operator", "ops-alice", extra=operator_env)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout.strip().splitlines()[-1])["reemitted"] == N_REPLAYED
-    assert len(ready_records(env, N_REPLAYED + 1, settle=0, timeout=4)) == N_REPLAYED  # --dry-run emitted nothing
+    assert len(ready_records(env, N_REPLAYED + 1, settle=0, timeout=2)) == N_REPLAYED  # --dry-run emitted nothing
 
     real = sr_cli(env, "replay", "--topic", ready_topic, "--partition", "0", "--from-offset", "0",
                   "--to-offset", str(N_REPLAYED), "--json", "--operator", "ops-alice", extra=operator_env)

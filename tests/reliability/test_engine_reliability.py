@@ -107,13 +107,13 @@ def drain_and_read(env: SREnv, intents: list[RunIntent], *, timeout: float) -> D
         f"committed {committed_total(env, topics.intents)}/{len(intents)}")
     bootstrap = env.settings.kafka_bootstrap
     attempts = sum(n for n, _ in outcomes)
-    return Drained(
-        requests=read_topic(bootstrap, topics.engine_requests, until=lambda rs: len(rs) >= attempts, timeout=60,
-                            settle=1.0),
-        ready=read_topic(bootstrap, topics.ready, until=lambda rs: len(rs) >= want.get("READY", 0), timeout=60,
-                         settle=0.5),
-        dead=read_topic(bootstrap, topics.dlq, timeout=1.0),
-    )
+    with ThreadPoolExecutor(3) as pool:  # the settle windows overlap
+        requests = pool.submit(read_topic, bootstrap, topics.engine_requests, until=lambda rs: len(rs) >= attempts,
+                               timeout=60, settle=1.0)
+        ready = pool.submit(read_topic, bootstrap, topics.ready, until=lambda rs: len(rs) >= want.get("READY", 0),
+                            timeout=60, settle=1.0)
+        dead = pool.submit(read_topic, bootstrap, topics.dlq, timeout=1.0)
+        return Drained(requests=requests.result(), ready=ready.result(), dead=dead.result())
 
 
 def check_output(env: SREnv, intents: Iterable[RunIntent], out: Drained) -> dict[str, int]:

@@ -131,14 +131,17 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
             f"not drained: index {status_counts(dsn)}, unpublished {unpublished_count(dsn)}, "
             f"committed {committed_total(sr_env, topics.intents)}/{N_MESSAGES}, dead letters "
             f"{[dict(r.headers) for r in read_topic(bootstrap, topics.dlq, timeout=1.5)][:3]}")
-        ready = read_topic(bootstrap, topics.ready,
-                           until=lambda rs: {r.key for r in rs} >= {r.encode() for r in expect["complete"]},
-                           timeout=60, settle=1.0)
         not_ready = expect["waiting"] | expect["tampered"]
-        statuses = read_topic(bootstrap, topics.status,
-                              until=lambda rs: {r.key for r in rs} >= {r.encode() for r in not_ready},
-                              timeout=60, settle=0.5)
-        dead = read_topic(bootstrap, topics.dlq, timeout=1.5)
+        with ThreadPoolExecutor(3) as readers:  # the settle windows overlap
+            ready_f = readers.submit(
+                read_topic, bootstrap, topics.ready,
+                until=lambda rs: {r.key for r in rs} >= {r.encode() for r in expect["complete"]}, timeout=60,
+                settle=1.0)
+            statuses_f = readers.submit(
+                read_topic, bootstrap, topics.status,
+                until=lambda rs: {r.key for r in rs} >= {r.encode() for r in not_ready}, timeout=60, settle=1.0)
+            dead_f = readers.submit(read_topic, bootstrap, topics.dlq, timeout=1.5)
+            ready, statuses, dead = ready_f.result(), statuses_f.result(), dead_f.result()
     finally:
         codes = stop_all(workers)
     assert codes[1:] == [0, 0], (f"survivor/restarted worker exit codes {codes[1:]}\n"
