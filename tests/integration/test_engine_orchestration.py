@@ -4,6 +4,8 @@ writes evidence and reports, and SR records results under the lease."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from typing import Any
 
@@ -14,7 +16,7 @@ from tests.harness.evidence import EvidenceWriter
 from tests.harness.kafka import produce_raw, read_topic, submit
 from tests.harness.probes import wait_for
 from tests.harness.sr_env import SREnv, make_intent
-from tests.harness.workers import WorkerThread
+from tests.harness.workers import WorkerThread, sr_binary
 from worker.adapters.postgres import RoundTripCounter, RunIndex
 from worker.app.publisher import error_headers
 from worker.app.truth import TruthStore
@@ -29,6 +31,14 @@ pytestmark = pytest.mark.integration
 #: Attempts of 1 s, 0.2 s backoff, 3 attempts, swept every 0.2 s: a whole budget in seconds.
 FAST_ENGINE: dict[str, Any] = {"engine_attempt_timeout": 1.0, "engine_retry_backoff": 0.2,
                                "engine_max_attempts": 3, "sweep_interval": 0.2}
+
+
+def sr_cli(env: SREnv, *args: str) -> str:
+    """Run ``sr ARGS`` against the env; its stdout (it must exit 0)."""
+    done = subprocess.run([sr_binary(), *args], env=env.env(), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def row(env: SREnv, intent: RunIntent) -> tuple[str, str | None] | None:
@@ -81,6 +91,11 @@ def test_invoke_auto_and_reuse_against_the_reference_engine(sr_env: SREnv, write
     assert ledger_kinds(sr_env, invoke) == ["WAITING", "ENGINE_REQUESTED", "ENGINE_RESULT", "READY"]
     assert ledger_kinds(sr_env, auto) == ["READY"]
     assert ledger_kinds(sr_env, reuse) == ["WAITING"]
+    # Operators see the attempt.
+    status = json.loads(sr_cli(sr_env, "status", run_id, "--json"))
+    assert status["strategy"] == "INVOKE"
+    assert [(a["attempt_no"], a["attempt_id"], a["result"]) for a in status["engine_attempts"]] == [
+        (1, attempt_id_for(run_id, 1), "SUCCEEDED")]
 
 
 def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) -> None:
@@ -104,17 +119,19 @@ def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) ->
         late = EngineResult(attempt_id=attempt_id_for(silent_id, 3), run_id=silent_id, status=EngineStatus.SUCCEEDED,
                             detail="", reported_by="late-engine", finished_at=requests[-1].requested_at)
         unknown_attempt = late.model_copy(update={"attempt_id": attempt_id_for(silent_id, 9)})
+        stale = late.model_copy(update={"attempt_id": attempt_id_for(silent_id, 1)})  # superseded by attempt 2
         unknown_run = late.model_copy(update={"run_id": "d" * 32, "attempt_id": attempt_id_for("d" * 32, 1)})
         codec = sr_env.codec
         produce_raw(sr_env, settings.topics.engine_results, [
             (silent_id.encode(), codec.encode_engine_result(late)),
+            (silent_id.encode(), codec.encode_engine_result(stale)),
             (silent_id.encode(), codec.encode_engine_result(unknown_attempt)),
             (b"d" * 32, codec.encode_engine_result(unknown_run)),
             (silent_id.encode(), b"not an engine result"),
         ])
         dead = read_topic(settings.kafka_bootstrap, settings.topics.dlq, until=lambda rs: len(rs) >= 3, timeout=60,
                           settle=1.0)
-        assert wait_for(lambda: ledger_kinds(sr_env, silent)[-1] == "ENGINE_RESULT", timeout=30)
+        assert wait_for(lambda: ledger_kinds(sr_env, silent)[-2:] == ["ENGINE_RESULT"] * 2, timeout=30)
         metrics = worker.worker.metrics.render().decode()
     finally:
         worker.stop()
@@ -125,15 +142,18 @@ def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) ->
     assert by_run == {run_id_of(failing): [1, 2, 3], silent_id: [1, 2, 3]}
     assert ledger_kinds(sr_env, failing).count("ENGINE_RESULT") == 3
     assert row(sr_env, silent) == ("FAILED", "ENGINE_TIMEOUT")
+    listed = [json.loads(line)["run_id"] for line in
+              sr_cli(sr_env, "runs", "--status", "FAILED", "--reason", "ENGINE_TIMEOUT", "--json").splitlines()]
+    assert listed == [silent_id]
     classes = sorted(error_headers(r.headers)["sr-error-class"] for r in dead)
     assert classes == ["DECODE_ERROR", "RUN_NOT_FOUND", "UNKNOWN_ATTEMPT"]
     assert {error_headers(r.headers)["sr-source-topic"] for r in dead} == {settings.topics.engine_results}
-    # 6 attempts started; the failing run's 3 failed; the silent run's 3 timed out (the late
-    # result for its last attempt is recorded, and counted, after the run ended).
+    # 6 attempts started; the failing run's 3 failed; the silent run's 3 timed out (the two late
+    # results for its attempts 3 and 1 are recorded, and counted, after the run ended).
     samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
                if line.startswith("sr_engine_attempt")}
     assert samples['sr_engine_attempts_total{event="started"}'] == 6
     assert samples['sr_engine_attempts_total{event="failed"}'] == 3
     assert samples['sr_engine_attempts_total{event="timed_out"}'] == 3
-    assert samples['sr_engine_attempts_total{event="succeeded"}'] == 1
-    assert samples["sr_engine_attempt_seconds_count"] == 4
+    assert samples['sr_engine_attempts_total{event="succeeded"}'] == 2
+    assert samples["sr_engine_attempt_seconds_count"] == 5

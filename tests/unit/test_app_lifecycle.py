@@ -233,3 +233,30 @@ def test_an_unacknowledged_publication_stays_in_the_outbox_until_flushed(world: 
     # The redelivered intent is a duplicate of a READY run now: nothing is sent again.
     assert world.handle(processor, intent).action is Action.DUPLICATE
     assert len(world.sink.messages(TOPICS.ready)) == 1
+
+
+def test_a_status_entry_written_before_a_crash_is_caught_up_with_its_plan(world: World,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process dies between a QUARANTINED entry and its index write (another thread's
+    # crash point, in the kill matrix). The next step catches the index up: status, reason,
+    # the plan hash the entry records, and the status event.
+    from worker.app.testing import InMemoryLease
+
+    intent = world.intent()
+    world.write_gate_3a(intent)
+    world.write_gate_6b(intent, tamper={"part-1": b"evil\n"})
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SimulatedCrash("between the ledger entry and the index write")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(InMemoryLease, "advance", dies)
+        with pytest.raises(SimulatedCrash):
+            world.handle(world.processor(), intent)
+    assert world.kinds(intent) == ["QUARANTINED"] and world.status_events() == []
+    world.handle(world.processor(), intent.model_copy(update={"request_id": "redelivered"}))
+    row = world.index.get(run_id_of(intent))
+    assert row is not None and (row.status, row.reason_code, row.ledger_seq) == (
+        RunStatus.QUARANTINED, "DIGEST_MISMATCH", 0)
+    assert row.plan_hash is not None and world.truth.read_plan(world.keys(intent), row.plan_hash).run_id == row.run_id
+    assert [(e.status.value, e.reason_code) for e in world.status_events()] == [("QUARANTINED", "DIGEST_MISMATCH")]

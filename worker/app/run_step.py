@@ -213,8 +213,11 @@ class RunStep:
         head = entries[-1]
         step.log.warning("ledger is ahead of the index (a step was interrupted); catching up",
                          extra={"index_seq": row.ledger_seq, "ledger_seq": head.seq, "owed": len(owed)})
+        # A run that never was READY has its plan hash only in its status / request bodies.
+        plan_hash = state.plan_hash or next(
+            (h for e in reversed(entries) if isinstance(h := e.body.get("plan_hash"), str)), None)
         stored = step.lease.advance(
-            state.status, reason_code=state.last_reason_code, plan_hash=state.plan_hash,
+            state.status, reason_code=state.last_reason_code, plan_hash=plan_hash,
             facts_view_hash=state.facts_view_hash, ledger_seq=head.seq, ledger_head_hash=entry_hash(head),
             # Due at once: the step that follows decides the real next check.
             next_check_at=self._ctx.clock() if state.status is RunStatus.WAITING else None,
