@@ -330,6 +330,7 @@ class SliceConsumer:
         self.position_at = 0
         self.assigned: list[Any] = []
         self.idle_polls = 0
+        self.buffered: list[int] = []
 
     def __call__(self, conf: dict[str, Any]) -> SliceConsumer:
         return self
@@ -340,13 +341,24 @@ class SliceConsumer:
     def assign(self, partitions: list[Any]) -> None:
         self.assigned = partitions
 
-    def consume(self, num: int, timeout: float) -> list[_Msg]:
-        if not self.batches:
+    def _take(self, offsets: list[int]) -> list[_Msg]:
+        if offsets:
+            self.position_at = offsets[-1] + 1
+        return [_Msg(o) for o in offsets]
+
+    def poll(self, timeout: float) -> _Msg | None:
+        """A fetch delivers one batch; poll hands out its first record and buffers the rest."""
+        if not self.buffered and self.batches:
+            self.buffered = self.batches.pop(0)
+        if not self.buffered:
             self.idle_polls += 1
-            return []
-        batch = self.batches.pop(0)
-        self.position_at = batch[-1] + 1
-        return [_Msg(o) for o in batch]
+            return None
+        return self._take([self.buffered.pop(0)])[0]
+
+    def consume(self, num: int, timeout: float) -> list[_Msg]:
+        """With timeout 0 (how the reader calls it): only what is buffered."""
+        taken, self.buffered = self.buffered[:num], self.buffered[num:]
+        return self._take(taken)
 
     def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         return (0, self.high)

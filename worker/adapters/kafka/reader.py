@@ -98,7 +98,11 @@ class KafkaPartitionReader:
         idle_rounds = 0
         while True:
             try:
-                msgs = consumer.consume(_BATCH, idle_timeout)
+                # consume(n, t) waits all of t unless n records arrive, so a slice shorter than a
+                # batch would cost an idle period per batch: wait for the first record, then
+                # take what is already buffered. Only the final idle period is waited out.
+                first = consumer.poll(idle_timeout)
+                msgs = [] if first is None else [first, *consumer.consume(_BATCH - 1, 0)]
             except KafkaException as exc:
                 raise translate_exception(exc, f"reading {topic}[{partition}] failed") from exc
             records = [record_from_message(m) for m in msgs if m.error() is None]
