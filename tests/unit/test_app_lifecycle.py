@@ -260,3 +260,21 @@ def test_a_status_entry_written_before_a_crash_is_caught_up_with_its_plan(world:
         RunStatus.QUARANTINED, "DIGEST_MISMATCH", 0)
     assert row.plan_hash is not None and world.truth.read_plan(world.keys(intent), row.plan_hash).run_id == row.run_id
     assert [(e.status.value, e.reason_code) for e in world.status_events()] == [("QUARANTINED", "DIGEST_MISMATCH")]
+
+
+def test_a_trigger_before_the_first_decision_leaves_a_readable_ledger(world: World) -> None:
+    # The run is admitted but its first step never wrote an entry (it died before); a trigger
+    # is the first entry (it carries the intent), the step then decides as usual.
+    intent = world.intent()
+    run_id = run_id_of(intent)
+    world.index.admit(NewRun(
+        run_id=run_id, run_equivalence_key=run_equivalence_key(intent), intent_fingerprint=intent_fingerprint(intent),
+        tenant_id=intent.tenant_id, namespace=intent.namespace, scenario_id=intent.scenario_id,
+        intent=intent.to_avro(), evidence_root=intent.evidence_root,
+    ))
+    outcome = world.handle_trigger(world.processor(), world.trigger(run_id, TriggerKind.EVIDENCE_ARRIVED))
+    assert (outcome.action, outcome.detail) == (Action.WAITING, "EVIDENCE_MISSING")
+    assert world.kinds(intent) == ["TRIGGER", "WAITING"]
+    world.write_complete(intent)
+    world.clock.advance(60)
+    assert [o.action for o in world.processor().sweep()] == [Action.READY]

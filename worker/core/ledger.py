@@ -365,8 +365,12 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
     (attempt_id, status) sets a requested attempt's status once (a later result for it is a
     no-op). Entries of fenced lease holders are skipped, engine entries included.
 
+    A ledger whose entries set no status but whose first entry records the admitted intent
+    (a trigger recorded before the run's first decision) is ADMITTED.
+
     Raises:
-        IntegrityError: empty ledger, mixed run ids, or an entry that contradicts the state
+        IntegrityError: empty ledger, mixed run ids, no status and no admitted intent, or an
+            entry that contradicts the state
             (READY on a READY/terminal run without SUPERSEDED, SUPERSEDED from a hash that
             is not current, missing body fields, an attempt_id that is not
             ``attempt_id_for(run_id, attempt_no)``, an attempt number out of sequence, a result
@@ -387,8 +391,13 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
         max_epoch = entry.lease_epoch
         deriver.apply(entry)
     if deriver.status is None:
-        # Only TRIGGER/PUBLISHED/SUPERSEDED/ENGINE_* entries: nothing ever admitted the run.
-        raise IntegrityError(f"ledger of run {run_id} never establishes a status")
+        if isinstance(entries[0].body.get("intent"), dict):
+            # The first entry records the admitted intent (e.g. a trigger recorded before the
+            # run's first decision): the run is admitted, nothing more.
+            deriver.status = RunStatus.ADMITTED
+        else:
+            # Only TRIGGER/PUBLISHED/SUPERSEDED/ENGINE_* entries: nothing ever admitted the run.
+            raise IntegrityError(f"ledger of run {run_id} never establishes a status")
     return RunState(
         run_id=run_id,
         status=deriver.status,
