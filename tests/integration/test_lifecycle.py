@@ -201,8 +201,8 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
     assert refused.returncode != 0
     assert "not authorized" in refused.stderr and "Traceback" not in refused.stderr
 
-    dry = sr_cli(env, "replay", "--topic", ready_topic, "--partition", "0", "--dry-run", "--json",
-                 "--operator", "ops-alice", extra=operator_env)
+    dry = sr_cli(env, "replay", "--idle-timeout", "1", "--topic", ready_topic, "--partition", "0", "--dry-run",
+                 "--json", "--operator", "ops-alice", extra=operator_env)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout.strip().splitlines()[-1])["reemitted"] == N_REPLAYED
     assert len(ready_records(env, N_REPLAYED + 1, settle=0, timeout=2)) == N_REPLAYED  # --dry-run emitted nothing
@@ -220,8 +220,8 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
 
     assert [ident(r) for r in everything[N_REPLAYED:]] == [ident(r) for r in everything[:N_REPLAYED]]
     # Replay also works from the intents topic: the same runs are found there.
-    from_intents = sr_cli(env, "replay", "--topic", env.settings.topics.intents, "--partition", "0", "--dry-run",
-                          "--json", "--operator", "ops-alice", extra=operator_env)
+    from_intents = sr_cli(env, "replay", "--idle-timeout", "1", "--topic", env.settings.topics.intents,
+                          "--partition", "0", "--dry-run", "--json", "--operator", "ops-alice", extra=operator_env)
     assert from_intents.returncode == 0, from_intents.stderr
     assert json.loads(from_intents.stdout.strip().splitlines()[-1])["runs"] == N_REPLAYED
     with RunIndex(pg_config(env.settings), RoundTripCounter()) as index:

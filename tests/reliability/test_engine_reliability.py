@@ -61,9 +61,9 @@ WORKER_ENV = {"SR_ENGINE_ATTEMPT_TIMEOUT": "3600", "SR_ENGINE_RETRY_BACKOFF": "0
               "SR_ENGINE_MAX_ATTEMPTS": str(MAX_ATTEMPTS), "SR_SWEEP_INTERVAL": "0.3"}
 #: (crash point, which hit kills the process): early enough that work is in flight.
 CRASH_AFTER: dict[CrashPoint, int] = {
-    CrashPoint.AFTER_ENGINE_REQUESTED: 12,
-    CrashPoint.AFTER_PRODUCE_BEFORE_MARK: 25,
-    CrashPoint.AFTER_ENGINE_RESULT: 12,
+    CrashPoint.AFTER_ENGINE_REQUESTED: 10,
+    CrashPoint.AFTER_PRODUCE_BEFORE_MARK: 20,
+    CrashPoint.AFTER_ENGINE_RESULT: 10,
 }
 
 
@@ -193,7 +193,7 @@ def test_two_workers_200_invoke_intents_against_a_failing_engine(sr_env: SREnv, 
 def test_kill_on_the_engine_path_loses_and_doubles_no_attempt(point: CrashPoint, sr_env: SREnv,
                                                               tmp_path: Path) -> None:
     started = time.monotonic()
-    intents = workload(sr_env, 60, "kill")
+    intents = workload(sr_env, 48, "kill")
     armed = {**WORKER_ENV, "SR_TEST_CRASH_POINT": point.value, "SR_TEST_CRASH_AFTER": str(CRASH_AFTER[point])}
     victim = WorkerProc(sr_env, tmp_path / "a.log", extra_env=armed)
     survivor = WorkerProc(sr_env, tmp_path / "b.log", extra_env=WORKER_ENV)
