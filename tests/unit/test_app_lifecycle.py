@@ -278,3 +278,17 @@ def test_a_trigger_before_the_first_decision_leaves_a_readable_ledger(world: Wor
     world.write_complete(intent)
     world.clock.advance(60)
     assert [o.action for o in world.processor().sweep()] == [Action.READY]
+
+
+def test_a_trigger_for_a_run_leased_elsewhere_is_retried_not_dropped(world: World) -> None:
+    from worker.errors import RunBusyError
+
+    intent = world.intent()
+    world.handle(world.processor(), intent)
+    processor = world.processor()
+    processor = processor.replace(trigger_lease_wait=0.0)
+    trigger = world.trigger(run_id_of(intent), TriggerKind.EVIDENCE_ARRIVED)
+    with InMemoryLeases(world.db).acquire(run_id_of(intent)), pytest.raises(RunBusyError):
+        world.handle_trigger(processor, trigger)
+    world.write_complete(intent)
+    assert world.handle_trigger(processor, trigger).action is Action.READY  # the retry, once the lease is free

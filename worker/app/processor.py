@@ -114,12 +114,17 @@ class RunProcessor:
 
         Raises:
             RunNotFoundError: the trigger names an unknown run (the caller dead-letters it).
+            RunBusyError: the lease stayed held by another worker (retried: a trigger is a
+                deliberate request and is never dropped).
             RetryableError: a server is unavailable.
         """
         log = run_logger("sr.run", run_id=trigger.run_id, trigger=trigger.kind.value,
                          requested_by=trigger.requested_by)
-        return self.step.drive(trigger.run_id, fresh=False, wait=self.context.trigger_lease_wait, trigger=trigger,
-                               log=log)
+        outcome = self.step.drive(trigger.run_id, fresh=False, wait=self.context.trigger_lease_wait,
+                                  trigger=trigger, log=log)
+        if outcome.action is Action.BUSY:
+            raise RunBusyError(f"run {trigger.run_id} stayed leased; its {trigger.kind.value} trigger is handled again")
+        return outcome
 
     def handle_engine_result(self, result: EngineResult, source: Record) -> Outcome:
         """Record one decoded engine result under the run's lease and act on it (contract §8).
