@@ -70,7 +70,7 @@ class EngineAttempts:
             status_entry = self._step.ledger.append(lease, step.keys, entries, LedgerKind.WAITING, running,
                                                     intent=intent)
             entries = (*entries, status_entry)
-            wanted.append(self._step.status_publication(status_entry, intent))
+            wanted.append(self._step.publications.status_of(status_entry, intent))
         attempt_id = attempt_id_for(lease.run_id, attempt_no)
         body = EngineRequestedBody(attempt_id=attempt_id, attempt_no=attempt_no,
                                    attempt_deadline=ctx.engine.deadline_ms(now_ms, run_deadline_ms),

@@ -20,11 +20,11 @@ from typing import Any
 from worker.app.ports import OperatorAudit, Record, RunIndex
 from worker.app.processor import RunProcessor
 from worker.app.truth import TruthStore
-from worker.core.events import admitted_intent, control_facts, current_ready, engine_request
+from worker.core.events import admitted_intent, control_facts, current_ready
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
 from worker.core.index import NewPublication
-from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
-from worker.core.ledger_bodies import TriggerBody, parse_body
+from worker.core.ledger import LedgerKind, derive_state, entry_hash
+from worker.core.ledger_bodies import recorded_plan_hash
 from worker.core.models import RunStatus
 from worker.errors import AuthorizationError, InputError, IntegrityError, SRError
 
@@ -213,7 +213,7 @@ def rebuild_index(
             summary.skipped["identity mismatch"] += 1
             continue
         state = derive_state(entries)
-        plan_hash = state.plan_hash or _first_plan_hash(entries)
+        plan_hash = state.plan_hash or recorded_plan_hash(entries)
         index.restore_run({
             "run_id": run_id,
             "run_equivalence_key": equivalence_key,
@@ -242,18 +242,7 @@ def rebuild_index(
             # The open attempt's request, so the outbox can re-send it byte-identically.
             opened = next(e for e in reversed(entries) if e.kind is LedgerKind.ENGINE_REQUESTED
                           and e.body.get("attempt_id") == state.open_attempt.attempt_id)
-            index.restore_publication(processor.publications.engine_request(engine_request(opened, intent)),
+            index.restore_publication(processor.publications.request_of(opened, intent),
                                       run_id=run_id, published=not republish)
             summary.publications += 1
     return summary
-
-
-def _first_plan_hash(entries: Sequence[LedgerEntry]) -> str | None:
-    """The first plan hash any entry records (a run that never was READY)."""
-    for entry in entries:
-        if entry.kind is LedgerKind.TRIGGER:
-            continue
-        body = parse_body(entry)
-        if not isinstance(body, TriggerBody) and body.plan_hash is not None:
-            return body.plan_hash
-    return None

@@ -120,11 +120,7 @@ class RunProcessor:
         """
         log = run_logger("sr.run", run_id=trigger.run_id, trigger=trigger.kind.value,
                          requested_by=trigger.requested_by)
-        outcome = self.step.drive(trigger.run_id, fresh=False, wait=self.context.trigger_lease_wait,
-                                  trigger=trigger, log=log)
-        if outcome.action is Action.BUSY:
-            raise RunBusyError(f"run {trigger.run_id} stayed leased; its {trigger.kind.value} trigger is handled again")
-        return outcome
+        return self._drive_never_dropped(trigger.run_id, f"{trigger.kind.value} trigger", log, trigger=trigger)
 
     def handle_engine_result(self, result: EngineResult, source: Record) -> Outcome:
         """Record one decoded engine result under the run's lease and act on it (contract §8).
@@ -137,10 +133,16 @@ class RunProcessor:
         """
         log = run_logger("sr.run", run_id=result.run_id, attempt_id=result.attempt_id,
                          engine_status=result.status.value)
-        outcome = self.step.drive(result.run_id, fresh=False, wait=self.context.trigger_lease_wait, result=result,
-                                  log=log)
+        return self._drive_never_dropped(result.run_id, "engine result", log, result=result)
+
+    def _drive_never_dropped(self, run_id: str, what: str, log: RunLogger, *, trigger: RunTrigger | None = None,
+                             result: EngineResult | None = None) -> Outcome:
+        """Drive the run for a message that must not be dropped: wait for a busy lease up to
+        ``trigger_lease_wait``, then raise RunBusyError so the worker handles it again."""
+        outcome = self.step.drive(run_id, fresh=False, wait=self.context.trigger_lease_wait, trigger=trigger,
+                                  result=result, log=log)
         if outcome.action is Action.BUSY:
-            raise RunBusyError(f"run {result.run_id} stayed leased; its engine result is handled again")
+            raise RunBusyError(f"run {run_id} stayed leased; its {what} is handled again")
         return outcome
 
     def dead_letter(self, source: Record, error: BaseException) -> None:

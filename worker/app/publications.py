@@ -62,6 +62,22 @@ class Publications:
             headers={IDEMPOTENCY_HEADER: engine_request_key(request.run_id, request.attempt_id)},
         )
 
+    def status_of(self, entry: LedgerEntry, intent: RunIntent) -> NewPublication:
+        """The outbox row of the status event a WAITING / FAILED / QUARANTINED entry records.
+
+        Raises:
+            IntegrityError: the entry is not a status transition.
+        """
+        return self.status(status_event(entry, intent), ledger_seq=entry.seq)
+
+    def request_of(self, entry: LedgerEntry, intent: RunIntent) -> NewPublication:
+        """The outbox row of the engine request an ENGINE_REQUESTED entry records.
+
+        Raises:
+            IntegrityError: the entry is not an engine request.
+        """
+        return self.engine_request(engine_request(entry, intent))
+
     def implied(self, entries: Sequence[LedgerEntry], intent: RunIntent, *,
                 fenced: frozenset[int] = frozenset()) -> list[NewPublication]:
         """The outbox rows ``entries`` imply (a fact per READY / SUPERSEDED, an event per status
@@ -77,9 +93,9 @@ class Publications:
             if entry.kind in (LedgerKind.READY, LedgerKind.SUPERSEDED):
                 row = self.fact(control_fact(entry, intent))
             elif entry.kind in STATUS_KINDS:
-                row = self.status(status_event(entry, intent), ledger_seq=entry.seq)
+                row = self.status_of(entry, intent)
             elif entry.kind is LedgerKind.ENGINE_REQUESTED:
-                row = self.engine_request(engine_request(entry, intent))
+                row = self.request_of(entry, intent)
             else:
                 continue
             rows.setdefault(row.pub_key, row)  # a repeated record of one message is one row (the first)

@@ -28,13 +28,13 @@ from worker.app.publications import Publications
 from worker.core.attempts import EngineMove, Move, after_missing, before_verify
 from worker.core.canonical import sha256_hex
 from worker.core.engine import EngineResult
-from worker.core.events import control_fact, status_event
+from worker.core.events import control_fact
 from worker.core.evidence import Classification, ClassificationResult, GateResult, classify
 from worker.core.facts import build_facts_view, facts_view_bytes
-from worker.core.index import NewPublication, RunRow
+from worker.core.index import RunRow
 from worker.core.keys import RunKeys
 from worker.core.ledger import LedgerEntry, LedgerKind, RunState, derive_state, entry_hash
-from worker.core.ledger_bodies import ReadyBody, StatusBody
+from worker.core.ledger_bodies import ReadyBody, StatusBody, recorded_plan_hash
 from worker.core.models import RunIntent, RunStatus, RunTrigger, datetime_from_millis, millis
 from worker.core.plan import Plan, build_plan, plan_bytes
 from worker.core.statuses import FINAL_STATUSES, ledger_kind, run_status
@@ -56,6 +56,7 @@ class StepState:
         self.keys = keys
         self.entries = entries
         self.log = log
+        self._folded: tuple[tuple[LedgerEntry, ...], RunState | None] | None = None
 
     @property
     def run_id(self) -> str:
@@ -64,8 +65,11 @@ class StepState:
 
     @property
     def state(self) -> RunState | None:
-        """The run's state derived from :attr:`entries` (None before its first entry)."""
-        return derive_state(self.entries) if self.entries else None
+        """The run's state derived from :attr:`entries` (None before its first entry); folded
+        once per ledger the step holds, however often a step asks."""
+        if self._folded is None or self._folded[0] is not self.entries:
+            self._folded = (self.entries, derive_state(self.entries) if self.entries else None)
+        return self._folded[1]
 
 
 #: Handles one trigger kind inside the run step, under the lease (see :mod:`worker.app.triggers`).
@@ -206,16 +210,16 @@ class RunStep:
         index write. The ledger is the truth, so the index row is moved to its head and the
         messages the newer entries imply are stored and sent (rebuilt from the entries, so
         byte-identical to what the crashed step would have sent)."""
-        entries, row = step.entries, step.row
-        state = derive_state(entries)
+        entries, row, state = step.entries, step.row, step.state
+        if state is None:  # no entries: nothing can be ahead of the index
+            return
         newer = [e for e in entries if e.seq > row.ledger_seq]
         owed = self.publications.implied(newer, step.intent, fenced=frozenset(state.fenced_seqs))
         head = entries[-1]
         step.log.warning("ledger is ahead of the index (a step was interrupted); catching up",
                          extra={"index_seq": row.ledger_seq, "ledger_seq": head.seq, "owed": len(owed)})
         # A run that never was READY has its plan hash only in its status / request bodies.
-        plan_hash = state.plan_hash or next(
-            (h for e in reversed(entries) if isinstance(h := e.body.get("plan_hash"), str)), None)
+        plan_hash = state.plan_hash or recorded_plan_hash(entries)
         stored = step.lease.advance(
             state.status, reason_code=state.last_reason_code, plan_hash=plan_hash,
             facts_view_hash=state.facts_view_hash, ledger_seq=head.seq, ledger_head_hash=entry_hash(head),
@@ -313,16 +317,12 @@ class RunStep:
             ledger_seq=entry.seq,
             ledger_head_hash=entry_hash(entry),
             next_check_at=next_check_at,
-            publications=[self.status_publication(entry, step.intent)],
+            publications=[self.publications.status_of(entry, step.intent)],
         )
         ctx.observer.run_transition(status.value)
         self.publications.publish_unpublished(stored)
         step.log.info("run %s", status.value, extra={"reason_code": verdict.reason_code})
         return Outcome(Action(status.value), lease.run_id, verdict.reason_code)
-
-    def status_publication(self, entry: LedgerEntry, intent: RunIntent) -> NewPublication:
-        """The outbox row of the status event ``entry`` records."""
-        return self.publications.status(status_event(entry, intent), ledger_seq=entry.seq)
 
     def _next_check(self, step: StepState, status: RunStatus, wanted: datetime | None) -> datetime | None:
         """When the sweeper looks at a WAITING run again: ``wanted`` (or the re-check interval

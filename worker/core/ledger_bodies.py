@@ -24,6 +24,7 @@ first entry of a run only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
@@ -44,6 +45,7 @@ __all__ = [
     "TriggerBody",
     "body_of",
     "parse_body",
+    "recorded_plan_hash",
 ]
 
 
@@ -170,3 +172,20 @@ def parse_body(entry: LedgerEntry) -> LedgerBody:
         raise IntegrityError(f"ledger seq {entry.seq} of run {entry.run_id} ({entry.kind.value}) has an invalid body: "
                              f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}") from exc
     return parsed  # type: ignore[return-value]  # _MODEL_OF only holds LedgerBody members
+
+
+def recorded_plan_hash(entries: Sequence[LedgerEntry]) -> str | None:
+    """The first plan hash any entry's body records (a run plans once, so every entry that
+    names a plan names the same one); None if none does. For runs that never were READY,
+    whose fold (:attr:`~worker.core.ledger.RunState.plan_hash`) has none.
+
+    Raises:
+        IntegrityError: an entry's body does not fit its kind.
+    """
+    for entry in entries:
+        if entry.kind is LedgerKind.TRIGGER:
+            continue
+        body = parse_body(entry)
+        if not isinstance(body, TriggerBody) and body.plan_hash is not None:
+            return body.plan_hash
+    return None

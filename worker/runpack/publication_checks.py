@@ -19,15 +19,18 @@ A runpack carries no schema registry: payloads are decoded with SR's own schemas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from pydantic import BaseModel, ValidationError
 
 from worker.adapters.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.engine import EngineRequest
 from worker.core.events import control_fact, engine_request
-from worker.core.ledger import LedgerKind
+from worker.core.ledger import LedgerEntry, LedgerKind
 from worker.core.ledger_bodies import StatusBody
-from worker.core.models import EventType, ReadyEvent, RunStatusEvent, millis
+from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatusEvent, millis
 from worker.core.vocabulary import IDEMPOTENCY_HEADER, engine_request_key, fact_key, status_key
 from worker.errors import IntegrityError, InvalidJSONError, MessageTooLargeError, SRError
 from worker.runpack.artifacts import PublicationRecord, PublicationsDoc, b64decode_strict
@@ -36,6 +39,8 @@ from worker.runpack.format import facts_path, sorted_paths
 from worker.runpack.report import validation_summary
 
 __all__ = ["check_publications"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _PATH = "publications.json"
 
@@ -109,22 +114,10 @@ def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> No
     if old is not None and facts_path(old) not in c.listed:
         _bad(c, pub, f"supersedes facts view {old}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
     # The event must be exactly the control fact its ledger entry records.
-    entry = c.entry_recording(event.event_type, fv)
-    if entry is None:
-        if c.complete_ledger:
-            kind = LedgerKind.READY if event.event_type is EventType.READY else LedgerKind.SUPERSEDED
-            _bad(c, pub, f"no {kind.value} ledger entry records facts view {fv}")
-        return
-    if c.intent is None:
-        return
-    try:
-        expected = control_fact(entry, c.intent)
-    except IntegrityError as exc:
-        _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as an event: {exc}")
-        return
-    if event != expected:
-        _bad(c, pub, f"differs from the {event.event_type.value} fact of ledger seq {entry.seq} in: "
-                     f"{_differing(event, expected)}")
+    kind = LedgerKind.READY if event.event_type is EventType.READY else LedgerKind.SUPERSEDED
+    _check_rebuilt(c, pub, event, c.entry_recording(event.event_type, fv), control_fact,
+                   missing=f"no {kind.value} ledger entry records facts view {fv}", as_what="an event",
+                   what=f"the {event.event_type.value} fact")
 
 
 def _status_seq(pub_key: str) -> int | None:
@@ -163,25 +156,30 @@ def _check_engine_request(c: RunContent, pub: PublicationRecord, request: Engine
         return
     entry = next((e for e in c.entries if e.kind is LedgerKind.ENGINE_REQUESTED
                   and e.body.get("attempt_id") == request.attempt_id), None)
+    _check_rebuilt(c, pub, request, entry, engine_request,
+                   missing=f"no ENGINE_REQUESTED ledger entry records attempt {request.attempt_id}",
+                   as_what="a request", what="the request")
+
+
+def _check_rebuilt(c: RunContent, pub: PublicationRecord, published: M, entry: LedgerEntry | None,
+                   rebuild: Callable[[LedgerEntry, RunIntent], M], *, missing: str, as_what: str, what: str) -> None:
+    """``published`` must be exactly the message ``entry`` implies, rebuilt from it and the
+    admitted intent; ``missing`` is reported when no entry records it (in a complete ledger)."""
     if entry is None:
         if c.complete_ledger:
-            _bad(c, pub, f"no ENGINE_REQUESTED ledger entry records attempt {request.attempt_id}")
+            _bad(c, pub, missing)
         return
     if c.intent is None:
         return
     try:
-        expected = engine_request(entry, c.intent)
+        expected = rebuild(entry, c.intent)
     except IntegrityError as exc:
-        _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as a request: {exc}")
+        _bad(c, pub, f"ledger seq {entry.seq} cannot be rebuilt as {as_what}: {exc}")
         return
-    if request != expected:
-        _bad(c, pub, f"differs from the request of ledger seq {entry.seq} in: {_differing(request, expected)}")
-
-
-def _differing(got: BaseModel, want: BaseModel) -> str:
-    """The fields in which a published message differs from the one its ledger entry implies."""
-    mine, theirs = got.model_dump(), want.model_dump()
-    return ", ".join(sorted(k for k in theirs if mine.get(k) != theirs[k]))
+    if published != expected:
+        mine, theirs = published.model_dump(), expected.model_dump()
+        fields = ", ".join(sorted(k for k in theirs if mine.get(k) != theirs[k]))
+        _bad(c, pub, f"differs from {what} of ledger seq {entry.seq} in: {fields}")
 
 
 def _single_object(codec: AvroCodec, payload: bytes, record: str) -> bytes:
