@@ -6,11 +6,7 @@ import io
 import json
 import shutil
 import struct
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import fastavro
 import pytest
@@ -45,13 +41,13 @@ from worker.errors import (
     UnknownSchemaError,
 )
 
-from .conftest import H1, H2, SCHEMAS, engine_request_dict, engine_result_dict, intent_dict, make_intent
+from .conftest import H1, H2, SCHEMAS, FakeRegistry, engine_request_dict, engine_result_dict, intent_dict, make_intent
 
 RUN = "0123456789abcdef0123456789abcdef"
 FINGERPRINTS = {
     "RunIntent": "aac02643562afb30",
     "RunTrigger": "d291691704416d0e",
-    "ReadyEvent": "dea00c0dc91b6ecb",
+    "ReadyEvent": "8871b575c801e7ec",
     "RunStatusEvent": "b11a32c6edbcf532",
     "EngineRequest": "4f65df2d56240ead",
     "EngineResult": "44023e755c2af562",
@@ -358,80 +354,11 @@ _SHARED = AvroCodec()
 
 
 # ----------------------------------------------------------------------- Confluent registry
-class _Registry:
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.subjects: dict[str, list[int]] = {}
-        self.fail_next = 0
-        self.calls = 0
-
-
-def _handler(state: _Registry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_POST(self) -> None:
-            state.calls += 1
-            if state.fail_next:
-                state.fail_next -= 1
-                self._send(503, {"error_code": 50301, "message": "unavailable"})
-                return
-            parts = self.path.split("/")
-            if len(parts) != 4 or parts[1] != "subjects" or parts[3] != "versions":
-                self._send(404, {"error_code": 40401})
-                return
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            schema = body["schema"]
-            if "Incompatible" in schema:
-                self._send(409, {"error_code": 409})
-                return
-            known = [i for i, text in state.schemas.items() if text == schema]
-            schema_id = known[0] if known else len(state.schemas) + 1
-            state.schemas[schema_id] = schema
-            state.subjects.setdefault(parts[2], []).append(schema_id)
-            self._send(200, {"id": schema_id})
-
-        def do_GET(self) -> None:
-            state.calls += 1
-            prefix = "/schemas/ids/"
-            if self.path.startswith(prefix):
-                schema_id = int(self.path[len(prefix) :])
-                if schema_id in state.schemas:
-                    self._send(200, {"schema": state.schemas[schema_id]})
-                    return
-            self._send(404, {"error_code": 40403, "message": "Schema not found"})
-
-    return Handler
-
-
-@pytest.fixture
-def registry() -> Iterator[tuple[HttpSchemaRegistry, _Registry]]:
-    state = _Registry()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield HttpSchemaRegistry(f"http://127.0.0.1:{server.server_address[1]}/", timeout=5), state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def test_registry_protocol(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_registry_protocol(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     assert isinstance(registry[0], SchemaRegistry)
 
 
-def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, state = registry
     producer = AvroCodec(registry=client)
     frame = producer.encode_ready(sample_ready(), subject="sr.ready-value")
@@ -454,7 +381,7 @@ def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> 
         consumer.decode(frame + b"\x01")
 
 
-def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, state = registry
     producer = AvroCodec(registry=client)
     request = producer.encode_engine_request(sample_engine_request(), subject="sr.engine-requests-value")
@@ -475,7 +402,7 @@ def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, _Registr
         producer.encode_engine_request(sample_engine_request())  # no subject
 
 
-def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, _ = registry
     # A newer engine added an optional field: SR resolves it into its own reader schema.
     evolved = json.loads((SCHEMAS / "EngineResult.avsc").read_text())
@@ -488,18 +415,18 @@ def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, _Re
     assert AvroCodec(registry=client).decode_engine_result(frame) == sample_engine_result()
 
 
-def test_confluent_needs_subject(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_needs_subject(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     with pytest.raises(ConfigError):
         AvroCodec(registry=registry[0]).encode_status(sample_status())
 
 
-def test_confluent_unknown_id(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_unknown_id(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     codec = AvroCodec(registry=registry[0])
     with pytest.raises(UnknownSchemaError):
         codec.decode(b"\x00\x00\x00\x30\x39\x00")
 
 
-def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, state = registry
     foreign = client.register("other-value", json.dumps({"type": "record", "name": "Foo", "fields": []}))
     broken = client.register("x-value", '{"type": "record", "name": "sr.v1.RunIntent", "fields": [{"name": "a"}]}')
@@ -510,7 +437,7 @@ def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, _Registry]
     assert state.schemas
 
 
-def test_confluent_evolved_writer_schema(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_confluent_evolved_writer_schema(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, _ = registry
     # A newer producer added an optional field: we resolve it into our reader schema.
     evolved = json.loads((SCHEMAS / "RunTrigger.avsc").read_text())
@@ -522,7 +449,7 @@ def test_confluent_evolved_writer_schema(registry: tuple[HttpSchemaRegistry, _Re
     assert AvroCodec(registry=client).decode_trigger(frame) == sample_trigger()
 
 
-def test_registry_errors(registry: tuple[HttpSchemaRegistry, _Registry]) -> None:
+def test_registry_errors(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
     client, state = registry
     state.fail_next = 1
     with pytest.raises(SchemaRegistryUnavailableError):

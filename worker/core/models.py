@@ -93,10 +93,15 @@ class TriggerKind(StrEnum):
 
 
 class EventType(StrEnum):
-    """Type of a :class:`ReadyEvent`."""
+    """Type of a :class:`ReadyEvent`.
+
+    ``REVOKED`` (contract §11) is in the schema (ReadyEvent version 2) so that SR and its
+    consumers decode it; SR does not publish it yet.
+    """
 
     READY = "READY"
     SUPERSEDE = "SUPERSEDE"
+    REVOKED = "REVOKED"
 
 
 class RunStatus(StrEnum):
@@ -416,7 +421,7 @@ def parse_trigger(data: Mapping[str, Any]) -> RunTrigger:
 
 # --------------------------------------------------------------------------- outbound events
 class ReadyEvent(BaseModel):
-    """READY / SUPERSEDE announcement on ``sr.ready`` (keyed by run_id).
+    """READY / SUPERSEDE (/ REVOKED, contract §11) announcement on ``sr.ready`` (keyed by run_id).
 
     ``emitted_at`` is the facts view's commit time from the ledger, never "now", so every
     re-emission of the same fact is byte-identical.

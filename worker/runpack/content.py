@@ -101,9 +101,12 @@ class RunContent:
     def entry_recording(self, event_type: EventType, facts_view_hash: str) -> LedgerEntry | None:
         """The first ledger entry recording the ``event_type`` fact of ``facts_view_hash``, or None.
 
-        A READY fact is recorded by a READY entry, a SUPERSEDE fact by a SUPERSEDED entry.
+        A READY fact is recorded by a READY entry, a SUPERSEDE fact by a SUPERSEDED entry;
+        nothing records a REVOKED fact yet (contract §11).
         """
-        kind = LedgerKind.READY if event_type is EventType.READY else LedgerKind.SUPERSEDED
+        kind = {EventType.READY: LedgerKind.READY, EventType.SUPERSEDE: LedgerKind.SUPERSEDED}.get(event_type)
+        if kind is None:
+            return None
         for entry in self.entries:
             fact = recorded_fact(self.bodies.get(entry.seq))
             if fact is not None and fact.kind is kind and fact.facts_view_hash == facts_view_hash:

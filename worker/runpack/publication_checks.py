@@ -106,6 +106,9 @@ def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> No
         _bad(c, pub, f"the payload is the event {expected_key} of run {event.run_id}, not this row's")
     if event.event_type.value != pub.kind or pub.event_type != pub.kind or pub.facts_view_hash != fv:
         _bad(c, pub, "event type / facts_view_hash differ between the row and the payload")
+    if event.event_type is EventType.REVOKED:
+        _bad(c, pub, "is a REVOKED event, which this SR version never publishes")
+        return
     if facts_path(fv) not in c.listed:
         _bad(c, pub, f"names facts view {fv}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
     if not event.facts_view_uri.endswith(f"/facts/{fv}.json"):

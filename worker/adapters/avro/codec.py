@@ -10,6 +10,13 @@ Two framings:
   :meth:`AvroCodec.encode` takes the subject from the caller. With a registry configured,
   single-object frames are still *decoded* (useful while migrating).
 
+What a single-object frame may name (contract §2): every version of each record — the current
+schema in ``schemas/`` and the earlier ones in ``schemas/history/<Record>.v<N>.avsc``, resolved
+into the current schema by Avro schema resolution — in every known canonical-form variant
+(:mod:`.canonical_forms`: the official Python ``avro`` package, goavro and hamba/avro
+fingerprint the same schema differently). All variants are computed from the schemas at
+start-up. The encoder always writes the current schema with the spec's fingerprint.
+
 Decoding is strict and total: oversize input is refused before parsing, and every malformed
 frame or body becomes a typed :mod:`worker.errors` exception — no fastavro, struct or
 Unicode exception escapes. After the datum is read the whole body must have been consumed.
@@ -32,6 +39,7 @@ import fastavro
 import fastavro.schema
 import fastavro.validation
 
+from worker.adapters.avro.canonical_forms import VARIANTS, crc64_avro, parsing_canonical_form
 from worker.adapters.avro.registry import SchemaRegistry
 from worker.core.engine import EngineRequest, EngineResult
 from worker.core.models import ReadyEvent, RunIntent, RunStatusEvent, RunTrigger
@@ -46,9 +54,11 @@ from worker.errors import (
 __all__ = [
     "CONFLUENT_MAGIC",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "HISTORY_DIR",
     "RECORD_NAMES",
     "SINGLE_OBJECT_MAGIC",
     "AvroCodec",
+    "SchemaFingerprint",
     "SchemaRegistry",
     "default_schema_dir",
 ]
@@ -57,6 +67,8 @@ SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
 CONFLUENT_MAGIC: Final = b"\x00"
 RECORD_NAMES: Final = ("RunIntent", "RunTrigger", "ReadyEvent", "RunStatusEvent", "EngineRequest", "EngineResult")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576
+#: Sub-directory of the schema directory holding earlier versions, ``<Record>.v<N>.avsc``.
+HISTORY_DIR: Final = "history"
 _SO_HEADER: Final = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER: Final = 5
 
@@ -80,10 +92,24 @@ def _strip_logical_types(node: Any) -> Any:
 class _Schema:
     name: str  # short record name, e.g. "RunIntent"
     fullname: str  # e.g. "sr.v1.RunIntent"
+    version: int  # 1-based; the file in schemas/ is the highest
     json_text: str  # full schema (with docs and logical types) as registered
     parsed: Any  # fastavro-parsed schema without logical types
     pcf: str  # Parsing Canonical Form
-    fingerprint: bytes  # CRC-64-AVRO, little-endian, as in single-object encoding
+    fingerprint: bytes  # CRC-64-AVRO of the spec PCF, little-endian, as in single-object encoding
+    variants: tuple[tuple[str, bytes], ...]  # (variant name, fingerprint) for every known variant
+
+
+@dataclass(frozen=True)
+class SchemaFingerprint:
+    """One fingerprint SR recognises: ``record`` version ``version`` in canonical-form ``variant``
+    (see :data:`worker.adapters.avro.canonical_forms.VARIANTS`); ``hex`` as on the wire."""
+
+    record: str
+    version: int
+    current: bool
+    variant: str
+    hex: str
 
 
 def _fullname(schema: Mapping[str, Any]) -> str:
@@ -102,17 +128,64 @@ def _compile(schema_doc: Any) -> tuple[Any, str, bytes]:
     return parsed, pcf, fingerprint
 
 
-def _load_schema(path: Path, name: str) -> _Schema:
+def _variants(doc: Any) -> tuple[tuple[str, bytes], ...]:
+    return tuple(
+        (v.name, crc64_avro(parsing_canonical_form(doc, logical=v.logical, inherit_namespace=v.inherit_namespace)))
+        for v in VARIANTS)
+
+
+def _load_schema(path: Path, name: str, version: int) -> _Schema:
     try:
         text = path.read_text(encoding="utf-8")
         doc = json.loads(text)
         parsed, pcf, fingerprint = _compile(doc)
+        variants = _variants(doc)
     except (OSError, ValueError, fastavro.schema.SchemaParseException, fastavro.schema.UnknownType) as exc:
         raise ConfigError(f"cannot load Avro schema {path}: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("type") != "record" or doc.get("name") != name:
         raise ConfigError(f"Avro schema {path} must define record {name!r}")
     compact = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    return _Schema(name, _fullname(doc), compact, parsed, pcf, fingerprint)
+    return _Schema(name, _fullname(doc), version, compact, parsed, pcf, fingerprint, variants)
+
+
+def _history_paths(directory: Path, name: str) -> list[Path]:
+    """``history/<name>.v<N>.avsc`` files, oldest first; versions must run 1, 2, ... without gaps."""
+    found: dict[int, Path] = {}
+    history = directory / HISTORY_DIR
+    for path in history.glob(f"{name}.v*.avsc") if history.is_dir() else ():
+        number = path.name[len(name) + 2:-len(".avsc")]
+        if not (number.isascii() and number.isdigit()) or int(number) < 1:
+            raise ConfigError(f"schema history file {path} must be named {name}.v<N>.avsc (N >= 1)")
+        found[int(number)] = path
+    if sorted(found) != list(range(1, len(found) + 1)):
+        raise ConfigError(f"schema history of {name} in {history} must be versions 1..N, found {sorted(found)}")
+    return [found[n] for n in sorted(found)]
+
+
+def _load_versions(directory: Path, name: str) -> tuple[_Schema, ...]:
+    """Every version of record ``name``, oldest first; the last is the current schema."""
+    older = [_load_schema(path, name, n) for n, path in enumerate(_history_paths(directory, name), start=1)]
+    current = _load_schema(directory / f"{name}.avsc", name, len(older) + 1)
+    for old in older:
+        if old.fullname != current.fullname:
+            raise ConfigError(f"schema history of {name}: version {old.version} is {old.fullname}, "
+                              f"the current schema is {current.fullname}")
+        if old.pcf == current.pcf:
+            raise ConfigError(f"schema history of {name}: version {old.version} parses like the current schema")
+    return (*older, current)
+
+
+def _index_fingerprints(versions: list[_Schema]) -> dict[bytes, _Schema]:
+    """Every known fingerprint of every version -> that version; a fingerprint two different
+    schemas share would make decoding ambiguous, so it is refused at start-up."""
+    index: dict[bytes, _Schema] = {}
+    for schema in versions:
+        for variant, fingerprint in schema.variants:  # the spec's fingerprint is the first
+            other = index.setdefault(fingerprint, schema)
+            if other is not schema and other.pcf != schema.pcf:
+                raise ConfigError(f"fingerprint {fingerprint.hex()} ({variant}) of {schema.name} v{schema.version} "
+                                  f"is also that of {other.name} v{other.version}")
+    return index
 
 
 class AvroCodec:
@@ -136,8 +209,9 @@ class AvroCodec:
         if max_message_bytes < 16:
             raise ConfigError("max_message_bytes must be at least 16")
         directory = schema_dir if schema_dir is not None else default_schema_dir()
-        self._schemas = {name: _load_schema(directory / f"{name}.avsc", name) for name in RECORD_NAMES}
-        self._by_fingerprint = {s.fingerprint: s for s in self._schemas.values()}
+        self._versions = {name: _load_versions(directory, name) for name in RECORD_NAMES}
+        self._schemas = {name: versions[-1] for name, versions in self._versions.items()}
+        self._by_fingerprint = _index_fingerprints([s for vs in self._versions.values() for s in vs])
         self._by_fullname = {s.fullname: s for s in self._schemas.values()}
         self._registry = registry
         self._max = max_message_bytes
@@ -157,6 +231,20 @@ class AvroCodec:
             EncodeError: unknown record name.
         """
         return self._schema(record).fingerprint
+
+    def fingerprints(self) -> list[SchemaFingerprint]:
+        """Every single-object fingerprint :meth:`decode` accepts: each version of each record
+        in each known canonical-form variant (duplicates of one version folded), current first."""
+        rows: list[SchemaFingerprint] = []
+        for name in RECORD_NAMES:
+            for schema in reversed(self._versions[name]):
+                seen: set[bytes] = set()
+                for variant, fingerprint in schema.variants:
+                    if fingerprint not in seen:
+                        seen.add(fingerprint)
+                        rows.append(SchemaFingerprint(name, schema.version, schema is self._schemas[name],
+                                                      variant, fingerprint.hex()))
+        return rows
 
     def schema_json(self, record: str) -> str:
         """The full schema JSON of a record (what gets registered with a registry).
@@ -237,12 +325,14 @@ class AvroCodec:
         if raw[:2] == SINGLE_OBJECT_MAGIC:
             if len(raw) < _SO_HEADER:
                 raise DecodeError("truncated single-object header")
-            schema = self._by_fingerprint.get(raw[2:_SO_HEADER])
-            if schema is None:
+            writer = self._by_fingerprint.get(raw[2:_SO_HEADER])
+            if writer is None:
                 raise UnknownSchemaError(f"unknown schema fingerprint {raw[2:_SO_HEADER].hex()}")
-            self._check_expected(schema, expected)
-            datum = _read_strict(raw[_SO_HEADER:], schema.parsed, None)
-            return schema.name, datum
+            self._check_expected(writer, expected)
+            reader = self._schemas[writer.name]
+            # An older version is resolved into the current schema (Avro schema resolution).
+            datum = _read_strict(raw[_SO_HEADER:], writer.parsed, None if writer is reader else reader.parsed)
+            return writer.name, datum
         if raw[:1] == CONFLUENT_MAGIC:
             if self._registry is None:
                 raise UnknownSchemaError("Confluent-framed message but no schema registry is configured")

@@ -44,6 +44,9 @@ class EventProducer:
             "delivery.timeout.ms": to_ms(self._config.delivery_timeout),
             "message.max.bytes": self._config.max_message_bytes + 64 * 1024,
             "compression.type": "none",
+            # Java's default partitioner for keyed records (contract §2): a run_id lands where a
+            # Java producer puts it, so per-run order holds across SR and other services.
+            "partitioner": "murmur2_random",
         })
         try:
             self._producer = Producer(conf)
