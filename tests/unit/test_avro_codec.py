@@ -17,6 +17,7 @@ from worker.adapters.avro import (
     RECORD_NAMES,
     AvroCodec,
     HttpSchemaRegistry,
+    SchemaFingerprint,
     SchemaRegistry,
     default_schema_dir,
 )
@@ -337,6 +338,16 @@ def test_random_bodies_with_valid_header(body: bytes, record: str) -> None:
     except InputError:
         return
     assert name == record and isinstance(datum, dict)
+
+
+@given(st.binary(max_size=200), st.sampled_from([f for f in AvroCodec().fingerprints() if not f.current]))
+def test_random_bodies_under_an_older_version_resolve_or_fail_typed(body: bytes, old: SchemaFingerprint) -> None:
+    # Schema resolution (an older writer into the current reader) is a second parser path.
+    try:
+        name, datum = _SHARED.decode(b"\xc3\x01" + bytes.fromhex(old.hex) + body)
+    except InputError:
+        return
+    assert name == old.record and isinstance(datum, dict)
 
 
 @given(st.data())

@@ -27,7 +27,7 @@ from worker.core.identity import run_id_of
 from worker.core.models import ReadyEvent, RunIntent, RunStatusEvent, RunTrigger, StatusEventStatus, TriggerKind
 from worker.errors import UnknownSchemaError
 
-from .conftest import H1, H2, engine_request_dict, engine_result_dict, intent_dict
+from .conftest import H1, H2, REPO, engine_request_dict, engine_result_dict, intent_dict
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,36 @@ def test_the_official_avro_library_reads_srs_frames(codec: AvroCodec) -> None:
     # schema without its logicalType attributes to get the fingerprint SR writes.
     for record in RECORD_NAMES:
         assert spec_fingerprint_with_avro(record) == codec.fingerprint(record), record
+
+
+def test_the_contract_lists_every_fingerprint_sr_accepts(codec: AvroCodec) -> None:
+    text = (REPO / "docs" / "contract.md").read_text()
+    table: dict[tuple[str, int], list[str]] = {}
+    writes: dict[str, tuple[int, str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in RECORD_NAMES:
+            table[(cells[0], int(cells[1].split()[0]))] = cells[2:]
+        elif len(cells) == 3 and cells[0] in RECORD_NAMES and cells[1].isdigit():
+            writes[cells[0]] = (int(cells[1]), cells[2])
+    computed: dict[tuple[str, int], list[str]] = {}
+    for row in codec.fingerprints():
+        computed.setdefault((row.record, row.version), []).append(row.hex)
+    assert table == computed
+    assert writes == {r.record: (r.version, r.hex) for r in codec.fingerprints() if r.current and r.variant == "spec"}
+
+
+def test_the_python_recipes_in_consumers_md_decode_srs_frames(codec: AvroCodec) -> None:
+    text = (REPO / "docs" / "consumers.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) == 2  # fastavro, avro
+    frame = codec.encode("ReadyEvent", sample_datum("ReadyEvent"))
+    for block in blocks:
+        scope: dict[str, Any] = {"frame": frame, "schemas_dir": default_schema_dir()}
+        exec(compile(block, "consumers.md", "exec"), scope)  # noqa: S102 - our own documentation
+        event = scope["event"]
+        assert event["event_type"] == "READY" and event["run_id"] == "a" * 32
+        assert event["emitted_at"].timestamp() == 1_700_000_000
+        stale = dict(scope, frame=frame[:2] + codec.fingerprint("RunStatusEvent") + frame[10:])
+        with pytest.raises(ValueError, match="not a ReadyEvent"):
+            exec(compile(block, "consumers.md", "exec"), stale)  # noqa: S102

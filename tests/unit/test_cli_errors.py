@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
 
 import pytest
 
@@ -27,3 +29,31 @@ def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.Cap
 def test_every_command_module_registers_its_own_command() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == list(COMMAND_GROUPS)
+
+
+def test_sr_schemas_lists_what_the_codec_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.adapters.avro import RECORD_NAMES, AvroCodec
+
+    assert main(["schemas", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["fingerprint"] for r in rows] == [f.hex for f in AvroCodec().fingerprints()]
+    writes = {r["record"]: r["fingerprint"] for r in rows if r["writes"]}
+    assert writes == {name: AvroCodec().fingerprint(name).hex() for name in RECORD_NAMES}
+    assert main(["schemas", "--record", "NoSuchRecord"]) == 2
+    assert "no record named" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_is_a_quiet_exit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def gone(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("worker.cli.schemas.cmd_schemas", gone)
+    class Stdout(io.StringIO):
+        def fileno(self) -> int:
+            return 99
+
+    dup2: list[tuple[int, int]] = []
+    monkeypatch.setattr("os.dup2", lambda a, b: dup2.append((a, b)))
+    monkeypatch.setattr("sys.stdout", Stdout())
+    assert main(["schemas"]) == 141
+    assert [b for _, b in dup2] == [99] and "Traceback" not in capsys.readouterr().err

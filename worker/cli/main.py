@@ -24,7 +24,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 #: The command modules of ``sr``, in help order (module name = command name).
 COMMAND_GROUPS: Final = ("dev", "run", "submit", "status", "trigger", "runs", "reemit", "replay", "index", "topics",
-                         "db", "runpack", "engine")
+                         "db", "runpack", "engine", "schemas")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``sr schemas --json | head``): stop quietly, as `cat` would,
+        # and keep Python from printing a second error when it flushes stdout at exit.
+        import contextlib
+        import os
+
+        with contextlib.suppress(OSError, ValueError):  # stdout may not be a file descriptor
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def run() -> None:

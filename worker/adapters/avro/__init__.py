@@ -9,6 +9,7 @@ from worker.adapters.avro.codec import (
     RECORD_NAMES,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
+    SchemaFingerprint,
     default_schema_dir,
 )
 from worker.adapters.avro.registry import HttpSchemaRegistry, SchemaRegistry
@@ -20,6 +21,7 @@ __all__ = [
     "SINGLE_OBJECT_MAGIC",
     "AvroCodec",
     "HttpSchemaRegistry",
+    "SchemaFingerprint",
     "SchemaRegistry",
     "default_schema_dir",
 ]
