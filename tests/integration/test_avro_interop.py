@@ -80,12 +80,28 @@ def test_the_official_avro_library_talks_to_sr(sr_env: SREnv, write_evidence: Ev
     assert len({r.partition for r in ready}) >= 1
 
 
+# kafka-python 3 loads its protocol schemas with a deprecated importlib.resources call.
+@pytest.mark.filterwarnings(r"ignore:.*is deprecated\. Use files\(\) instead:DeprecationWarning")
 def test_keys_land_where_the_java_partitioner_puts_them(sr_env: SREnv) -> None:
-    """SR's producer, 200 keys, on Tansu: the broker stores each where murmur2 says."""
+    """200 keys on Tansu, sent by SR's producer and by kafka-python (whose default partitioner is
+    the Java client's murmur2): each key is stored on the same partition by both, the one
+    ``partition_for`` computes."""
+    from kafka import KafkaProducer
+
     topic = sr_env.settings.topics.triggers
     keys = [f"{i:032x}".encode() for i in range(200)]
-    produce_raw(sr_env, topic, [(k, b"not-avro") for k in keys])
-    records = read_topic(sr_env.settings.kafka_bootstrap, topic, until=lambda rs: len(rs) >= len(keys), timeout=30)
-    assert sorted(r.key or b"" for r in records) == sorted(keys)
-    assert all(r.partition == partition_for(r.key or b"", PARTITIONS) for r in records)
-    assert {r.partition for r in records} == set(range(PARTITIONS))
+    produce_raw(sr_env, topic, [(k, b"sr") for k in keys])
+    other = KafkaProducer(bootstrap_servers=sr_env.settings.kafka_bootstrap, acks="all")
+    try:
+        for future in [other.send(topic, key=k, value=b"kafka-python") for k in keys]:
+            future.get(timeout=30)
+    finally:
+        other.close(timeout=10)
+    records = read_topic(sr_env.settings.kafka_bootstrap, topic, until=lambda rs: len(rs) >= 2 * len(keys),
+                         timeout=30)
+    placed: dict[bytes, dict[bytes, int]] = {}
+    for r in records:
+        placed.setdefault(r.value or b"", {})[r.key or b""] = r.partition
+    assert sorted(placed) == [b"kafka-python", b"sr"]
+    assert placed[b"sr"] == placed[b"kafka-python"] == {k: partition_for(k, PARTITIONS) for k in keys}
+    assert set(placed[b"sr"].values()) == set(range(PARTITIONS))
