@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from tests.harness.evidence import upload_bundle_gate, upload_member_concat_gate
+from tests.harness.evidence import instance_of, receipt_bytes, upload_bundle_gate, upload_member_concat_gate
 from tests.harness.paths import EXAMPLE_POLICY
 from worker.adapters.avro import AvroCodec
 from worker.app.crashpoints import INERT, CrashPoints
@@ -155,10 +155,13 @@ class World:
                                          tamper_after_flag=tamper)
 
     def write_gate_6b(self, intent: RunIntent, members: Mapping[str, bytes] = GATE_6B_MEMBERS, *,
-                      with_flag: bool = True, tamper: Mapping[str, bytes] | None = None) -> str:
-        """A ``sha256_bundle_digest`` bundle at ``gates/6B``; returns its digest."""
+                      with_flag: bool = True, tamper: Mapping[str, bytes] | None = None,
+                      receipt: bytes | Literal["auto"] | None = "auto") -> str:
+        """A ``sha256_bundle_digest`` bundle at ``gates/6B`` (scoped in the example policy: with
+        ``intent``'s receipt unless ``receipt`` says otherwise); returns its digest."""
+        proof = receipt_bytes("gate_6B", instance_of(intent)) if receipt == "auto" else receipt
         return upload_bundle_gate(self.store, BUCKET, self.root_prefix(intent), "gates/6B", members,
-                                  flag="auto" if with_flag else None, tamper_after_flag=tamper)
+                                  flag="auto" if with_flag else None, tamper_after_flag=tamper, receipt=proof)
 
     def write_complete(self, intent: RunIntent) -> None:
         """Evidence for both example gates (``transactions`` needs 6B, which needs 3A)."""

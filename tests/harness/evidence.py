@@ -23,6 +23,11 @@ gate's ``bundle_uri``.
 
 :class:`ExampleEvidence` seeds the example policy's two gates by run name; it is what the
 ``write_evidence`` fixture (``tests/conftest.py``) hands to tests, typed :class:`EvidenceWriter`.
+
+Instance binding (contract §4): a scoped gate's bundle holds ``_receipt.json`` naming the run's
+values. Pass ``receipt=receipt_bytes(gate_id, instance_of(intent))`` to a bundle writer; it
+becomes a member like any other (covered by the flag). The example policy's gate_6B is scoped
+to the run's pins and scenario; gate_3A is global (reference data every run may share).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
+from worker.core.canonical import canonical_json
+from worker.core.identity import run_id_of
+from worker.core.models import RunIntent
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -42,6 +51,8 @@ __all__ = [
     "GATE_3A_MEMBERS",
     "GATE_6B_MEMBERS",
     "INDEX_NAME",
+    "RECEIPT_NAME",
+    "SCOPE_6B",
     "TAMPERED_3A",
     "TAMPERED_6B",
     "Boto3Sink",
@@ -57,8 +68,10 @@ __all__ = [
     "evidence_root_uri",
     "flag_bytes",
     "index_bytes",
+    "instance_of",
     "member_concat_digest_of",
     "member_concat_gate",
+    "receipt_bytes",
     "synthetic_example_evidence",
     "upload_bundle_gate",
     "upload_member_concat_gate",
@@ -67,6 +80,12 @@ __all__ = [
 
 FLAG_NAME: Final = "_passed.flag"
 INDEX_NAME: Final = "index.json"
+RECEIPT_NAME: Final = "_receipt.json"
+#: The scope of the example policy's gate_6B (``schemas/policy.example.toml``).
+SCOPE_6B: Final = ("manifest_fingerprint", "parameter_hash", "scenario_id", "seed")
+
+#: A run's values of the scope fields (what a receipt names).
+Instance = Mapping[str, str | int]
 
 #: ``flag`` argument: ``"auto"`` writes the correct flag, ``None`` omits it, bytes are
 #: written verbatim (e.g. a malformed or wrong flag).
@@ -180,6 +199,19 @@ def index_bytes(members: Mapping[str, bytes], order: Sequence[str] | None = None
     return json.dumps([{"path": p, "sha256_hex": _sha(members[p])} for p in paths]).encode("utf-8")
 
 
+def instance_of(intent: RunIntent, scope: Collection[str] = SCOPE_6B) -> dict[str, str | int]:
+    """The values a receipt of a gate scoped to ``scope`` must name for ``intent``'s run."""
+    values: dict[str, str | int] = {
+        "manifest_fingerprint": intent.pins.manifest_fingerprint, "parameter_hash": intent.pins.parameter_hash,
+        "run_id": run_id_of(intent), "scenario_id": intent.scenario_id, "seed": intent.pins.seed}
+    return {k: values[k] for k in sorted(scope)}
+
+
+def receipt_bytes(gate_id: str, instance: Instance) -> bytes:
+    """A valid ``_receipt.json``: canonical JSON of ``{"gate_id": ..., <scope field>: <value>}``."""
+    return canonical_json({"gate_id": gate_id, **instance})
+
+
 # ----------------------------------------------------------------------------- bundles
 @dataclass(frozen=True)
 class GateBundle:
@@ -213,9 +245,14 @@ def _bundle(prefix: str, content: list[Obj], digest: str, flag: FlagSpec,
     return GateBundle(digest=digest, content=tuple(content), flag=flag_objects, late=late)
 
 
+def _with_receipt(members: Mapping[str, bytes], receipt: bytes | None) -> Mapping[str, bytes]:
+    return members if receipt is None else {**members, RECEIPT_NAME: receipt}
+
+
 def bundle_gate(root_prefix: str, bundle_rel: str, members: Mapping[str, bytes], *, flag: FlagSpec = "auto",
-                tamper_after_flag: Mapping[str, bytes] | None = None) -> GateBundle:
+                tamper_after_flag: Mapping[str, bytes] | None = None, receipt: bytes | None = None) -> GateBundle:
     """The objects of a ``sha256_bundle_digest`` bundle (see :func:`upload_bundle_gate`)."""
+    members = _with_receipt(members, receipt)
     prefix = _prefix(root_prefix, bundle_rel)
     content = [(f"{prefix}/{rel}", body) for rel, body in members.items()]
     return _bundle(prefix, content, bundle_digest(members), flag, tamper_after_flag)
@@ -232,8 +269,12 @@ def member_concat_gate(
     omit_index: bool = False,
     omit_members: Iterable[str] = (),
     tamper_after_flag: Mapping[str, bytes] | None = None,
+    receipt: bytes | None = None,
 ) -> GateBundle:
     """The objects of a ``sha256_member_digest_concat`` bundle (see :func:`upload_member_concat_gate`)."""
+    members = _with_receipt(members, receipt)
+    if order is not None and receipt is not None:
+        order = [*order, RECEIPT_NAME]
     prefix = _prefix(root_prefix, bundle_rel)
     skipped = set(omit_members)
     content = [(f"{prefix}/{rel}", body) for rel, body in members.items() if rel not in skipped]
@@ -251,8 +292,9 @@ def upload_bundle_gate(
     *,
     flag: FlagSpec = "auto",
     tamper_after_flag: Mapping[str, bytes] | None = None,
+    receipt: bytes | None = None,
 ) -> str:
-    """Write a ``sha256_bundle_digest`` bundle; return the digest of ``members``.
+    """Write a ``sha256_bundle_digest`` bundle; return the digest of ``members`` (and ``receipt``).
 
     Args:
         target: an :class:`ObjectSink` or a boto3 S3 client.
@@ -262,8 +304,10 @@ def upload_bundle_gate(
         flag: ``"auto"`` (correct flag), ``None`` (no flag) or raw bytes to write.
         tamper_after_flag: members (relative key → bytes) overwritten or added after the
             flag was written.
+        receipt: ``_receipt.json`` bytes, written as a member (a scoped gate's instance proof).
     """
-    bundle = bundle_gate(root_prefix, bundle_rel, members, flag=flag, tamper_after_flag=tamper_after_flag)
+    bundle = bundle_gate(root_prefix, bundle_rel, members, flag=flag, tamper_after_flag=tamper_after_flag,
+                         receipt=receipt)
     write_objects(target, bucket, bundle.objects())
     return bundle.digest
 
@@ -281,6 +325,7 @@ def upload_member_concat_gate(
     omit_index: bool = False,
     omit_members: Iterable[str] = (),
     tamper_after_flag: Mapping[str, bytes] | None = None,
+    receipt: bytes | None = None,
 ) -> str:
     """Write a ``sha256_member_digest_concat`` bundle; return the digest of ``members``.
 
@@ -292,10 +337,11 @@ def upload_member_concat_gate(
         omit_index: write no ``index.json`` at all.
         omit_members: members listed in the index (and in the digest) but not uploaded.
         tamper_after_flag: as in :func:`upload_bundle_gate`.
+        receipt: ``_receipt.json`` bytes, a member listed last in the index.
     """
     bundle = member_concat_gate(root_prefix, bundle_rel, members, order=order, flag=flag, index=index,
                                 omit_index=omit_index, omit_members=omit_members,
-                                tamper_after_flag=tamper_after_flag)
+                                tamper_after_flag=tamper_after_flag, receipt=receipt)
     write_objects(target, bucket, bundle.objects())
     return bundle.digest
 
@@ -311,12 +357,21 @@ class EvidenceWriter(Protocol):
             written (→ QUARANTINED).
         flag_6b: the 6B flag as in :data:`FlagSpec` (raw bytes: a malformed flag).
         extra_6b: members added to the 6B bundle (a slow-to-verify run).
+        instance: the run the 6B receipt names — an intent, or its scope values; default the
+            run ``make_intent(env, name)`` makes (scenario ``scn-<name>``, default pins).
+        receipt_6b: ``"auto"`` (the receipt of ``instance``), ``None`` (no receipt) or raw bytes.
     """
 
     def __call__(self, name: str, *, gates: Collection[str] = ..., tamper: str | None = ...,
-                 flag_6b: FlagSpec = ..., extra_6b: Mapping[str, bytes] | None = ...) -> None:
+                 flag_6b: FlagSpec = ..., extra_6b: Mapping[str, bytes] | None = ...,
+                 instance: RunIntent | Instance | None = ..., receipt_6b: FlagSpec = ...) -> None:
         """Write the evidence of ``name``."""
         ...
+
+
+def default_instance(name: str) -> dict[str, str | int]:
+    """The 6B scope values of the run ``tests.harness.sr_env.make_intent(env, name)`` makes by default."""
+    return {"manifest_fingerprint": "a" * 64, "parameter_hash": "b" * 64, "scenario_id": f"scn-{name}", "seed": 1}
 
 
 @dataclass(frozen=True)
@@ -326,17 +381,23 @@ class ExampleEvidence:
     target: ObjectSink
     bucket: str
     root_of: Callable[[str], str]
+    instance_of: Callable[[str], Instance] = default_instance
 
     def __call__(self, name: str, *, gates: Collection[str] = ("3A", "6B"), tamper: str | None = None,
-                 flag_6b: FlagSpec = "auto", extra_6b: Mapping[str, bytes] | None = None) -> None:
-        """Write gate_3A (member-concat) then gate_6B (bundle digest) of the run ``name``."""
+                 flag_6b: FlagSpec = "auto", extra_6b: Mapping[str, bytes] | None = None,
+                 instance: RunIntent | Instance | None = None, receipt_6b: FlagSpec = "auto") -> None:
+        """Write gate_3A (member-concat, global) then gate_6B (bundle digest, scoped) of the run ``name``."""
         root = self.root_of(name)
         if "3A" in gates:
             upload_member_concat_gate(self.target, self.bucket, root, "gates/3A", GATE_3A_MEMBERS,
                                       tamper_after_flag=TAMPERED_3A if tamper == "3A" else None)
         if "6B" in gates:
+            values = (instance_of(instance) if isinstance(instance, RunIntent)
+                      else instance if instance is not None else self.instance_of(name))
+            receipt = receipt_bytes("gate_6B", values) if receipt_6b == "auto" else receipt_6b
             upload_bundle_gate(self.target, self.bucket, root, "gates/6B", {**GATE_6B_MEMBERS, **(extra_6b or {})},
-                               flag=flag_6b, tamper_after_flag=TAMPERED_6B if tamper == "6B" else None)
+                               flag=flag_6b, tamper_after_flag=TAMPERED_6B if tamper == "6B" else None,
+                               receipt=receipt)
 
 
 def _synthetic_member(seed: str, size: int) -> bytes:
@@ -345,16 +406,19 @@ def _synthetic_member(seed: str, size: int) -> bytes:
 
 
 def synthetic_example_evidence(root_prefix: str, *, members: int = 4, member_size: int = 4 * 1024,
-                               salt: str = "") -> list[Obj]:
+                               salt: str = "", instance: Instance | None = None) -> list[Obj]:
     """The example policy's two gates with ``members`` synthetic members of ``member_size`` bytes each.
 
     gate_3A (``sha256_member_digest_concat``): ``gates/3A/part-NNNN.csv`` + ``index.json``;
-    gate_6B (``sha256_bundle_digest``): ``gates/6B/part-NNNN.csv``. Both flags come last in the
-    list; ``salt`` makes the members (and so the digests) of one root differ from another's.
+    gate_6B (``sha256_bundle_digest``): ``gates/6B/part-NNNN.csv``, plus the receipt of
+    ``instance`` when given (per-run evidence; without one only a policy whose gate_6B is
+    unscoped passes it). Both flags come last in the list; ``salt`` makes the members (and so
+    the digests) of one root differ from another's.
     """
     def body(gate: str) -> dict[str, bytes]:
         return {f"part-{i:04d}.csv": _synthetic_member(f"{salt}{gate}{i}", member_size) for i in range(members)}
 
+    receipt = receipt_bytes("gate_6B", instance) if instance is not None else None
     bundles = (member_concat_gate(root_prefix, "gates/3A", body("3A")),
-               bundle_gate(root_prefix, "gates/6B", body("6B")))
+               bundle_gate(root_prefix, "gates/6B", body("6B"), receipt=receipt))
     return [obj for b in bundles for obj in b.content] + [obj for b in bundles for obj in b.flag]

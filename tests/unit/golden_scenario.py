@@ -1,12 +1,16 @@
 """The scenario behind the golden-bytes test: one of every kind of truth SR writes.
 
 Run as a script (``python -m tests.unit.golden_scenario``) it rewrites
-``tests/fixtures/golden_v1/objects.json``; that file was produced by the code as it stood
-before the application layer was restructured, and the test checks that today's code
-writes exactly the same bytes (plan, facts views, ledger entries, publication payloads).
-It was regenerated once, when AUTO started requesting engine work (contract §8): only the
-"waiting" run's ledger and messages changed (it now requests attempt 1 before the evidence
-arrives); every other byte is as before the restructure.
+``tests/fixtures/golden_v2/objects.json``, and the test checks that today's code writes
+exactly those bytes (plan, facts views, ledger entries, publication payloads).
+
+``golden_v1`` is the fixture as it stood before instance binding (contract §4): plans without
+output gates, format-1 facts views, ReadyEvent v1 frames. It is frozen: the tests check that
+its plans still give byte-identical format-1 facts views and that its READY frames decode.
+``golden_v2`` differs from it only where instance binding and ReadyEvent v2 say: each plan
+records its outputs' covering gates and gate_6B's scope, each facts view is format 2 (scope,
+bound values, outputs with locators), the example policy's ``policy_rev`` is the scoped one,
+and sr.ready frames carry the ReadyEvent v2 fingerprint.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from worker.core.models import Strategy, TriggerKind
 
 #: The scenario's intents say AUTO, the default strategy, as they did when the fixture was made.
 AUTO = Strategy.AUTO
-GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v1" / "objects.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v2" / "objects.json"
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "fixtures" / "golden_v1" / "objects.json"
 
 
 def run_scenario() -> dict[str, Any]:
@@ -55,5 +60,6 @@ def run_scenario() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(run_scenario(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")

@@ -27,7 +27,8 @@ from worker.core.engine import EngineRequest, EngineStatus
 from worker.core.evidence import FLAG_NAME, INDEX_NAME, Classification, GateOutcome, classify
 from worker.core.identity import attempt_id_for, run_id_of
 from worker.core.keys import S3Location, parse_s3_uri
-from worker.core.plan import PlanGate, build_plan
+from worker.core.models import RunIntent
+from worker.core.plan import PlanGate, build_plan, instance_values
 from worker.core.policy import GateMethod, GateSpec, Policy, build_policy
 from worker.embedded.demo import seed_example_evidence
 from worker.engine import loop as loop_module
@@ -97,21 +98,24 @@ def test_a_layout_refuses_what_the_verifier_would_refuse() -> None:
         gate_layout(GateMethod.SHA256_MEMBER_DIGEST_CONCAT, {})
 
 
-def test_the_demo_writes_its_sample_evidence_with_the_shared_writer() -> None:
+def test_the_demo_writes_its_sample_evidence_with_the_shared_writer(policy: Policy) -> None:
     store = InMemoryObjectStore()
-    policy_root = "s3://sr-dev/evidence/t1/demo"
-    seed_example_evidence(cast(Any, store), policy_root)
-    seed_example_evidence(cast(Any, store), "s3://sr-dev/evidence/t1/tampered", tamper=True)
-    gates = {"gate_3A": ("gates/3A", GateMethod.SHA256_MEMBER_DIGEST_CONCAT),
-             "gate_6B": ("gates/6B", GateMethod.SHA256_BUNDLE_DIGEST)}
+    demo = make_intent(evidence_root="s3://sr-dev/evidence/t1/demo", output_ids=["transactions"])
+    tampered = make_intent(evidence_root="s3://sr-dev/evidence/t1/tampered", output_ids=["transactions"])
+    other = make_intent(evidence_root="s3://sr-dev/evidence/t1/demo", output_ids=["transactions"], scenario_id="x")
+    seed_example_evidence(cast(Any, store), demo)
+    seed_example_evidence(cast(Any, store), tampered, tamper=True)
 
-    def outcome(root: str, gate_id: str) -> GateOutcome:
-        rel, method = gates[gate_id]
-        gate = PlanGate(gate_id=gate_id, method=method, bundle_uri=f"{root}/{rel}", depends_on=())
-        return _verifier(store).verify_gate(gate).outcome
+    def outcome(intent: RunIntent, gate_id: str) -> GateOutcome:
+        plan = build_plan(intent, policy, run_id=run_id_of(intent))
+        gate = next(g for g in plan.gates if g.gate_id == gate_id)
+        return _verifier(store).verify_gate(gate, instance_values(plan)).outcome
 
-    assert outcome(policy_root, "gate_3A") is outcome(policy_root, "gate_6B") is GateOutcome.PASS
-    assert outcome("s3://sr-dev/evidence/t1/tampered", "gate_6B") is GateOutcome.MISMATCH
+    assert outcome(demo, "gate_3A") is outcome(demo, "gate_6B") is GateOutcome.PASS
+    assert outcome(tampered, "gate_6B") is GateOutcome.MISMATCH
+    # gate_6B's receipt names the demo run: another scenario on the same root is refused.
+    assert outcome(other, "gate_6B") is GateOutcome.INSTANCE_MISMATCH
+    assert outcome(other, "gate_3A") is GateOutcome.PASS  # global
     empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert put_bundle_digest_gate(store.put, BUCKET, "p/g", {"m": b""}) == empty_sha256
     assert store.read(BUCKET, f"p/g/{FLAG_NAME}") == flag_bytes(empty_sha256)
@@ -142,8 +146,14 @@ def test_writes_go_outputs_first_then_gates_dependencies_first_each_flag_last(po
     assert keys == [
         f"outputs/transactions/{OUTPUT_PART}",
         "gates/3A/part-0000.csv", "gates/3A/part-0001.csv", f"gates/3A/{INDEX_NAME}", f"gates/3A/{FLAG_NAME}",
-        "gates/6B/part-0000.csv", "gates/6B/part-0001.csv", f"gates/6B/{FLAG_NAME}",
+        # gate_6B is scoped: its receipt is a member, covered by the flag like the others.
+        "gates/6B/_receipt.json", "gates/6B/part-0000.csv", "gates/6B/part-0001.csv", f"gates/6B/{FLAG_NAME}",
     ]
+    receipt = dict(evidence_for(request, policy).objects())[
+        next(loc for loc, _ in evidence_for(request, policy).objects() if loc.prefix.endswith("_receipt.json"))]
+    assert json.loads(receipt) == {"gate_id": "gate_6B", "manifest_fingerprint": request.pins.manifest_fingerprint,
+                                   "parameter_hash": request.pins.parameter_hash,
+                                   "scenario_id": request.scenario_id, "seed": request.pins.seed}
 
 
 def test_only_the_gates_the_outputs_need_are_written(policy: Policy) -> None:

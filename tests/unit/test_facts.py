@@ -10,7 +10,7 @@ from worker.core.canonical import sha256_hex
 from worker.core.evidence import GateOutcome, GateResult
 from worker.core.facts import build_facts_view, facts_view_bytes, facts_view_hash, parse_facts_view
 from worker.core.identity import run_id_of
-from worker.core.plan import Plan, build_plan, plan_hash
+from worker.core.plan import Plan, build_plan, instance_values, plan_hash
 from worker.core.policy import Policy
 from worker.errors import EvidenceError, IntegrityError
 
@@ -35,6 +35,8 @@ def passing(plan: Plan) -> list[GateResult]:
             computed_digest=D,
             member_count=3,
             byte_count=100,
+            scope=g.scope,
+            bound={f: instance_values(plan)[f] for f in g.scope},
         )
         for g in plan.gates
     ]

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from worker.core.policy import MAX_POLICY_BYTES, GateMethod, GateSpec, Policy, build_policy, load_policy
 from worker.errors import PolicyError, UnknownOutputError
 
-EXAMPLE_REV = "4718fad9777be10bf1c1f464514302f0c722f92331de37820c44841e1bb35eb1"
+EXAMPLE_REV = "c7f341ec1713c41ee1d8b9c6ae58158378f16b100c49ba6f2321a68a55d661d6"
+#: The example policy's rev before gate_6B was scoped: an unscoped policy keeps its rev.
+UNSCOPED_REV = "4718fad9777be10bf1c1f464514302f0c722f92331de37820c44841e1bb35eb1"
 
 
 def test_example_policy(policy: Policy) -> None:
@@ -43,6 +45,7 @@ def test_rev_is_formatting_insensitive(policy_bytes: bytes) -> None:
     reordered = b"""
 # different comments and order
 [gates.gate_6B]
+scope = ["seed", "scenario_id", "parameter_hash", "manifest_fingerprint"]
 depends_on = [ "gate_3A" ]
 bundle = "gates/6B"
 method = "sha256_bundle_digest"
@@ -163,3 +166,21 @@ def test_closure_properties(data: st.DataObject) -> None:
     assert list(required) == sorted(required)
     for gate_id in required:
         assert set(policy.gates[gate_id].depends_on) <= set(required)
+
+
+def test_scope_is_validated_sorted_and_left_out_of_the_rev_when_empty(policy_bytes: bytes) -> None:
+    policy = load_policy(policy_bytes)
+    assert policy.gates["gate_6B"].scope == ("manifest_fingerprint", "parameter_hash", "scenario_id", "seed")
+    assert policy.gates["gate_3A"].scope == ()
+    unscoped = b"\n".join(line for line in policy_bytes.splitlines() if not line.startswith(b"scope"))
+    assert load_policy(unscoped).policy_rev == UNSCOPED_REV
+    assert "scope" not in load_policy(unscoped).normalised()["gates"]["gate_6B"]
+    narrower = policy_bytes.replace(b'"parameter_hash", ', b"")
+    assert load_policy(narrower).policy_rev not in (EXAMPLE_REV, UNSCOPED_REV)
+    for bad, message in ((b'["seed", "colour"]', "unknown field"), (b'["seed", "seed"]', "duplicate"),
+                         (b'"seed"', "array of strings")):
+        broken = policy_bytes.replace(b'["manifest_fingerprint", "parameter_hash", "scenario_id", "seed"]', bad)
+        with pytest.raises(PolicyError, match=message):
+            load_policy(broken)
+    run_scoped = policy_bytes.replace(b'"scenario_id", "seed"]', b'"run_id", "scenario_id", "seed"]')
+    assert "run_id" in load_policy(run_scoped).gates["gate_6B"].scope

@@ -240,3 +240,44 @@ def test_an_engine_request_that_is_not_its_ledger_entry_is_reported(tmp_path: Pa
     _resign(root)
     problems = _problems(verify_runpack(DirectorySource(root)))
     assert ("PUBLICATION_MISMATCH", "publications.json") in problems
+
+
+# ----------------------------------------------------------------------------- instance binding
+def test_a_runpack_of_a_scoped_run_verifies_and_a_misbound_view_is_reported(tmp_path: Path) -> None:
+    from typing import cast
+
+    from tests.harness.app_world import World
+    from worker.core.facts import facts_view_bytes, parse_facts_view
+    from worker.core.identity import run_id_of
+    from worker.core.plan import plan_hash
+    from worker.runpack.content import RunContent
+    from worker.runpack.ledger_checks import _check_view_against_plan
+
+    world = World()
+    intent = world.intent("scoped", seed=9)
+    world.write_complete(intent)
+    fv = world.handle(world.processor(), intent).detail
+    result = export_run(run_id_of(intent), DirectoryTarget(tmp_path / "scoped"), truth=world.truth,
+                        index=world.index)
+    report = verify_runpack(DirectorySource(Path(result.location)))
+    assert report.ok, report.problems
+
+    view = world.truth.read_facts_view(world.keys(intent), fv)
+    plan = world.truth.read_plan(world.keys(intent), view.plan_hash)
+
+    class Collected:
+        def __init__(self) -> None:
+            self.plan, self.plan_hash, self.problems = plan, plan_hash(plan), list[tuple[str, str]]()
+
+        def add(self, code: str, path: str, detail: str) -> None:
+            self.problems.append((code, detail))
+
+    good = Collected()
+    _check_view_against_plan(cast(RunContent, good), "facts/x.json", view, facts_view_bytes(view))
+    assert good.problems == []
+    receipts = [r.model_copy(update={"bound": {**r.bound, "seed": 10}}) if r.scope else r for r in view.receipts]
+    misbound = view.model_copy(update={"receipts": tuple(receipts)})
+    parse_facts_view(facts_view_bytes(misbound))  # a well-formed view, only bound to another seed
+    bad = Collected()
+    _check_view_against_plan(cast(RunContent, bad), "facts/x.json", misbound, facts_view_bytes(misbound))
+    assert [code for code, _ in bad.problems] == ["FACTS_PLAN_MISMATCH"]

@@ -22,6 +22,13 @@ Outcome rules:
   flag *before* any member is read (a mismatch there costs no member I/O). Then every member
   is hashed; precedence among member problems: MISMATCH > TOO_LARGE > MISSING.
 * An object that changes while being streamed → MISMATCH (evidence mutated after its flag).
+* A *scoped* gate (``scope`` in the policy; contract §4, instance binding) must also carry
+  ``_receipt.json`` as a member its flag covers: in the listing for ``sha256_bundle_digest``,
+  in ``index.json`` for ``sha256_member_digest_concat``. Its bytes are the ones hashed for the
+  digest (no extra request). Only once the digest matches is the receipt judged
+  (:func:`~worker.core.evidence.check_receipt`): none, unreadable or incomplete →
+  INSTANCE_PROOF_MISSING; another gate's or another run's values → INSTANCE_MISMATCH. A
+  receipt edited after its flag is a digest MISMATCH like any member.
 * Any S3 fault that is not "object absent"/"too large" propagates: transient faults as
   :class:`~worker.errors.S3UnavailableError` after bounded retries, permanent ones (access
   denied, missing bucket) as :class:`~worker.errors.S3AccessError`. Never PASS on doubt.
@@ -42,16 +49,19 @@ from worker.app.ports import ObjectMeta, ObjectStore
 from worker.core.evidence import (
     FLAG_NAME,
     INDEX_NAME,
+    MAX_RECEIPT_BYTES,
+    RECEIPT_NAME,
     GateOutcome,
     GateResult,
     IndexEntry,
     bundle_member_order,
+    check_receipt,
     member_concat_digest,
     parse_index_json,
     parse_passed_flag,
 )
 from worker.core.keys import S3Location, parse_s3_uri, validate_segment
-from worker.core.plan import Plan, PlanGate
+from worker.core.plan import Plan, PlanGate, instance_values
 from worker.core.policy import GateMethod
 from worker.errors import (
     BadFlagError,
@@ -108,6 +118,10 @@ class _Progress:
     computed: str | None = None
     member_count: int = 0
     byte_count: int = 0
+    #: Scoped gates: keep the receipt's bytes while hashing; ``receipt`` is None if not covered.
+    want_receipt: bool = False
+    receipt: bytes | None = None
+    receipt_problem: str | None = None  # the receipt is covered but cannot be judged (too large)
 
 
 class EvidenceVerifier:
@@ -229,7 +243,8 @@ class EvidenceVerifier:
             S3UnavailableError / S3AccessError / UnsafeKeyError: the first such fault of any
                 gate (remaining queued gates are cancelled): no partial verdict is returned.
         """
-        futures = [self._gate_pool.submit(self.verify_gate, gate) for gate in plan.gates]
+        instance = instance_values(plan)
+        futures = [self._gate_pool.submit(self.verify_gate, gate, instance) for gate in plan.gates]
         try:
             results = [future.result() for future in futures]
         except BaseException:
@@ -239,11 +254,13 @@ class EvidenceVerifier:
         return sorted(results, key=lambda r: r.gate_id)
 
     # ----------------------------------------------------------------- gate
-    def verify_gate(self, gate: PlanGate) -> GateResult:
-        """Verify one gate bundle by its method.
+    def verify_gate(self, gate: PlanGate, instance: Mapping[str, str | int] | None = None) -> GateResult:
+        """Verify one gate bundle by its method, and a scoped gate's receipt against ``instance``
+        (the run's values, :func:`~worker.core.plan.instance_values`).
 
         Returns:
-            A GateResult whose outcome is PASS only when the recomputed digest equals the flag.
+            A GateResult whose outcome is PASS only when the recomputed digest equals the flag
+            and, for a scoped gate, the receipt names exactly this run's values.
 
         Raises:
             S3UnavailableError: transient S3 faults persisted through the retry budget.
@@ -251,8 +268,9 @@ class EvidenceVerifier:
             UnsafeKeyError: the plan's bundle_uri is not a safe s3:// URI.
         """
         bundle = parse_s3_uri(gate.bundle_uri)
-        progress = _Progress()
+        progress = _Progress(want_receipt=bool(gate.scope))
         outcome, detail = GateOutcome.PASS, ""
+        bound: dict[str, str | int] = {}
         try:
             self._methods[gate.method](bundle, progress)
         except _GateFinding as finding:
@@ -261,7 +279,15 @@ class EvidenceVerifier:
             # Belt and braces: PASS only with both digests present and equal.
             if progress.expected is None or progress.computed != progress.expected:
                 outcome, detail = GateOutcome.MISMATCH, "verification ended without matching digests"
-            else:
+            elif gate.scope:
+                if instance is None:
+                    raise ConfigError(f"gate {gate.gate_id} is scoped: verify it with the run's instance values")
+                if progress.receipt_problem is not None:
+                    outcome, detail = GateOutcome.INSTANCE_PROOF_MISSING, progress.receipt_problem
+                else:
+                    outcome, detail, bound = check_receipt(progress.receipt, gate_id=gate.gate_id,
+                                                           scope=gate.scope, instance=instance)
+            if outcome is GateOutcome.PASS:
                 detail = f"{progress.member_count} member(s), {progress.byte_count} byte(s) verified"
         return GateResult(
             gate_id=gate.gate_id,
@@ -273,6 +299,8 @@ class EvidenceVerifier:
             member_count=progress.member_count,
             byte_count=progress.byte_count,
             detail=detail,
+            scope=gate.scope,
+            bound=bound,
         )
 
     def _read_flag(self, bundle: S3Location) -> str:
@@ -308,13 +336,18 @@ class EvidenceVerifier:
             raise _GateFinding(GateOutcome.BAD_INDEX, f"bundle listing is not a valid member set: {exc}") from exc
         progress.expected = expected = self._read_flag(bundle)
         members = [listing[rel] for rel in order]
+        receipt = listing.get(RECEIPT_NAME) if progress.want_receipt else None
+        if receipt is not None and receipt.size > MAX_RECEIPT_BYTES:
+            progress.receipt_problem = f"{RECEIPT_NAME} exceeds {MAX_RECEIPT_BYTES} bytes"
+            receipt = None  # hashed like any member; judged (refused) only after the digest
         oversized = [m.key for m in members if m.size > self.max_member_bytes]
         if oversized:
             raise _GateFinding(
                 GateOutcome.TOO_LARGE, f"member {oversized[0]} exceeds {self.max_member_bytes} bytes"
             )
         try:
-            digest, size = self._hash_in_order(bundle.bucket, members)
+            digest, size = self._hash_in_order(bundle.bucket, members, progress,
+                                               keep=receipt.key if receipt is not None else None)
         except ObjectNotFoundError as exc:
             # Listed a moment ago, gone now: the bundle is being rewritten under its flag.
             raise _GateFinding(GateOutcome.MISMATCH, f"a listed member disappeared: {exc}") from exc
@@ -330,8 +363,10 @@ class EvidenceVerifier:
     def _fetch(self, bucket: str, key: str) -> list[bytes | memoryview]:
         return [self.store.get(bucket, key, max_bytes=self.max_member_bytes)]
 
-    def _hash_in_order(self, bucket: str, members: Sequence[ObjectMeta]) -> tuple[str, int]:
-        """sha256 over the members' bytes in the given order, fetched concurrently.
+    def _hash_in_order(self, bucket: str, members: Sequence[ObjectMeta], progress: _Progress | None = None,
+                       *, keep: str | None = None) -> tuple[str, int]:
+        """sha256 over the members' bytes in the given order, fetched concurrently; the bytes
+        of member ``keep`` (a small one, fetched whole) are stored in ``progress.receipt``.
 
         Each member is one piece (a whole GET) up to :data:`PREFETCH_MAX_MEMBER_BYTES`, or
         consecutive ranged GETs of that size pinned to the listed ETag and size, so large
@@ -343,7 +378,7 @@ class EvidenceVerifier:
         """
         digest = hashlib.sha256()
         total = 0
-        pending: deque[tuple[int, Future[list[bytes | memoryview]]]] = deque()
+        pending: deque[tuple[int, str, Future[list[bytes | memoryview]]]] = deque()
         pieces = iter(_pieces(members))
         in_flight_bytes = 0
         upcoming: tuple[ObjectMeta, int, int] | None = next(pieces, None)
@@ -361,22 +396,24 @@ class EvidenceVerifier:
                 else:
                     future = self._member_pool.submit(self._fetch_range, bucket, meta, start, end)
                 in_flight_bytes += size
-                pending.append((size, future))
+                pending.append((size, meta.key, future))
                 upcoming = next(pieces, None)
 
         try:
             fill()
             while pending:
-                size, future = pending.popleft()
+                size, key, future = pending.popleft()
                 data = future.result()
                 in_flight_bytes -= size
+                if key == keep and progress is not None:
+                    progress.receipt = b"".join(bytes(chunk) for chunk in data)
                 for chunk in data:
                     digest.update(chunk)
                     total += len(chunk)
                     self._count(len(chunk))
                 fill()
         finally:
-            for _size, future in pending:
+            for _size, _key, future in pending:
                 future.cancel()
         return digest.hexdigest(), total
 
@@ -405,14 +442,26 @@ class EvidenceVerifier:
         actual = self._hash_members(bundle, index, progress)
         progress.computed = member_concat_digest(actual)
 
-    def _hash_member(self, bundle: S3Location, entry: IndexEntry) -> tuple[str, int]:
-        digest, size = self.store.sha256(bundle.bucket, _key(bundle, entry.path), max_bytes=self.max_member_bytes)
+    def _hash_member(self, bundle: S3Location, entry: IndexEntry, progress: _Progress) -> tuple[str, int]:
+        key = _key(bundle, entry.path)
+        if progress.want_receipt and entry.path == RECEIPT_NAME:
+            # The receipt is needed as bytes: one bounded GET instead of the streamed hash.
+            try:
+                data = self.store.get(bundle.bucket, key, max_bytes=MAX_RECEIPT_BYTES)
+            except MessageTooLargeError:
+                # Still hash it (the digest comes first); the receipt is refused afterwards.
+                progress.receipt_problem = f"{RECEIPT_NAME} exceeds {MAX_RECEIPT_BYTES} bytes"
+            else:
+                progress.receipt = bytes(data)
+                self._count(len(data))
+                return hashlib.sha256(data).hexdigest(), len(data)
+        digest, size = self.store.sha256(bundle.bucket, key, max_bytes=self.max_member_bytes)
         self._count(size)
         return digest, size
 
     def _hash_members(self, bundle: S3Location, index: Sequence[IndexEntry], progress: _Progress) -> list[str]:
         """Hash every indexed member (bounded concurrency); classify problems by precedence."""
-        futures = [self._member_pool.submit(self._hash_member, bundle, entry) for entry in index]
+        futures = [self._member_pool.submit(self._hash_member, bundle, entry, progress) for entry in index]
         missing: list[str] = []
         too_large: list[str] = []
         actual: list[str] = []

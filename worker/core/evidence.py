@@ -8,15 +8,16 @@ fails closed: anything unexpected is an error or a non-PASS outcome, never a PAS
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.core.canonical import parse_json_strict
+from worker.core.canonical import canonical_json, parse_json_strict
 from worker.core.keys import validate_relative_key
 from worker.core.models import Hex64, Identifier, to_utc
 from worker.core.policy import GateMethod
@@ -25,20 +26,27 @@ from worker.errors import BadFlagError, BadIndexError, InvalidJSONError, Message
 __all__ = [
     "FLAG_NAME",
     "INDEX_NAME",
+    "MAX_RECEIPT_BYTES",
+    "RECEIPT_NAME",
     "Classification",
     "ClassificationResult",
     "GateOutcome",
     "GateResult",
     "IndexEntry",
     "bundle_member_order",
+    "check_receipt",
     "classify",
     "member_concat_digest",
     "parse_index_json",
     "parse_passed_flag",
+    "receipt_document",
 ]
 
 FLAG_NAME: Final = "_passed.flag"
 INDEX_NAME: Final = "index.json"
+#: A scoped gate's instance proof, a member of its bundle (contract §4, instance binding).
+RECEIPT_NAME: Final = "_receipt.json"
+MAX_RECEIPT_BYTES: Final = 64 * 1024
 DEFAULT_INDEX_MAX_BYTES: Final = 16 * 1024 * 1024
 
 _FLAG_RE: Final = re.compile(rb"sha256_hex=([0-9a-f]{64})\n?")
@@ -160,10 +168,16 @@ class GateOutcome(StrEnum):
     BAD_FLAG = "BAD_FLAG"
     BAD_INDEX = "BAD_INDEX"
     TOO_LARGE = "TOO_LARGE"
+    INSTANCE_MISMATCH = "INSTANCE_MISMATCH"  # the receipt names another run's values
+    INSTANCE_PROOF_MISSING = "INSTANCE_PROOF_MISSING"  # a scoped gate without a usable receipt
 
 
 class GateResult(BaseModel):
-    """What verifying one gate found (the raw material of a facts-view receipt)."""
+    """What verifying one gate found (the raw material of a facts-view receipt).
+
+    ``scope`` is the gate's instance binding; ``bound`` the values its receipt proved (set on
+    PASS of a scoped gate: exactly the run's own values of ``scope``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -176,6 +190,52 @@ class GateResult(BaseModel):
     member_count: int = Field(default=0, ge=0)
     byte_count: int = Field(default=0, ge=0)
     detail: str = ""
+    scope: tuple[str, ...] = ()
+    bound: dict[str, str | int] = Field(default_factory=dict)
+
+
+def receipt_document(gate_id: str, scope: Iterable[str], instance: Mapping[str, str | int]) -> bytes:
+    """The ``_receipt.json`` a producer writes into a gate scoped to ``scope``: canonical JSON
+    of ``gate_id`` and ``instance``'s value of each scope field (what :func:`check_receipt`
+    accepts)."""
+    return canonical_json({"gate_id": gate_id, **{field: instance[field] for field in scope}})
+
+
+def check_receipt(  # noqa: PLR0911 - one return per verdict, in the order they are checked
+    data: bytes | None, *, gate_id: str, scope: Sequence[str], instance: Mapping[str, str | int],
+) -> tuple[GateOutcome, str, dict[str, str | int]]:
+    """Judge a scoped gate's ``_receipt.json`` (whose bytes the flag already covers).
+
+    The receipt must be a canonical-JSON object (at most :data:`MAX_RECEIPT_BYTES`) with
+    ``gate_id`` equal to the gate and, for every scope field, the run's own value (same JSON
+    type: ``seed`` an integer, the rest strings). Other keys are allowed and ignored.
+
+    Returns:
+        ``(PASS, "", bound values)``; ``(INSTANCE_PROOF_MISSING, detail, {})`` when there is
+        no receipt, it is not canonical JSON, not an object, or lacks a scope field;
+        ``(INSTANCE_MISMATCH, detail, {})`` when it names another gate or another value.
+    """
+    missing = GateOutcome.INSTANCE_PROOF_MISSING
+    if data is None:
+        return missing, f"{RECEIPT_NAME} not covered by the flag", {}
+    try:
+        doc = parse_json_strict(data, max_bytes=MAX_RECEIPT_BYTES, max_depth=2)
+    except (InvalidJSONError, MessageTooLargeError) as exc:
+        return missing, f"{RECEIPT_NAME}: {exc}", {}
+    if not isinstance(doc, dict):
+        return missing, f"{RECEIPT_NAME} is not a JSON object", {}
+    if canonical_json(doc) != bytes(data):
+        return missing, f"{RECEIPT_NAME} is not canonical JSON (sorted keys, no whitespace)", {}
+    if doc.get("gate_id") != gate_id:
+        return GateOutcome.INSTANCE_MISMATCH, f"{RECEIPT_NAME} is for gate {str(doc.get('gate_id'))[:80]!r}", {}
+    absent = sorted(f for f in scope if f not in doc)
+    if absent:
+        return missing, f"{RECEIPT_NAME} does not name {', '.join(absent)}", {}
+    wrong = sorted(f for f in scope if type(doc[f]) is not type(instance[f]) or doc[f] != instance[f])
+    if wrong:
+        shown = ", ".join(f"{f}={json.dumps(doc[f])[:80]}" for f in wrong)
+        return GateOutcome.INSTANCE_MISMATCH, f"{RECEIPT_NAME} is for another instance: {shown}", {}
+    return GateOutcome.PASS, "", {f: instance[f] for f in sorted(scope)}
 
 
 class Classification(StrEnum):
@@ -198,18 +258,23 @@ class ClassificationResult(BaseModel):
 
 
 # Deterministic precedence among the FAILED outcomes.
-_FAILED_ORDER: Final = (GateOutcome.BAD_FLAG, GateOutcome.BAD_INDEX, GateOutcome.TOO_LARGE)
+_FAILED_ORDER: Final = (GateOutcome.BAD_FLAG, GateOutcome.BAD_INDEX, GateOutcome.TOO_LARGE,
+                        GateOutcome.INSTANCE_PROOF_MISSING)
 
 
 def _gates_with(results: Sequence[GateResult], outcome: GateOutcome) -> list[str]:
     return sorted(r.gate_id for r in results if r.outcome is outcome)
 
 
-def classify(results: Sequence[GateResult], *, deadline: datetime | None, now: datetime) -> ClassificationResult:
+def classify(  # noqa: PLR0911 - one return per verdict, in precedence order
+    results: Sequence[GateResult], *, deadline: datetime | None, now: datetime,
+) -> ClassificationResult:
     """Classify a run from its gate results (fail closed).
 
-    Precedence: any MISMATCH → QUARANTINED/DIGEST_MISMATCH; else any BAD_FLAG, BAD_INDEX or
-    TOO_LARGE → FAILED with that reason (in that order); else any MISSING → WAITING/
+    Precedence: any MISMATCH → QUARANTINED/DIGEST_MISMATCH; else any INSTANCE_MISMATCH →
+    QUARANTINED/INSTANCE_MISMATCH (evidence of another run under this run's root); else any
+    BAD_FLAG, BAD_INDEX, TOO_LARGE or INSTANCE_PROOF_MISSING → FAILED with that reason (in
+    that order); else any MISSING → WAITING/
     EVIDENCE_MISSING before the deadline, FAILED/EVIDENCE_MISSING_DEADLINE at or after it;
     else COMPLETE/ALL_GATES_PASS. No results at all is FAILED/NO_GATES, never COMPLETE.
     A PASS without matching expected/computed digests is treated as a MISMATCH.
@@ -238,6 +303,13 @@ def classify(results: Sequence[GateResult], *, deadline: datetime | None, now: d
             classification=Classification.QUARANTINED,
             reason_code="DIGEST_MISMATCH",
             detail=f"digest mismatch in gate(s): {', '.join(mismatched)}",
+        )
+    foreign = [r for r in results if r.outcome is GateOutcome.INSTANCE_MISMATCH]
+    if foreign:
+        return ClassificationResult(
+            classification=Classification.QUARANTINED,
+            reason_code="INSTANCE_MISMATCH",
+            detail="; ".join(f"{r.gate_id}: {r.detail}" for r in sorted(foreign, key=lambda r: r.gate_id))[:2000],
         )
     for outcome in _FAILED_ORDER:
         failed = _gates_with(results, outcome)

@@ -3,25 +3,45 @@
 It carries no timestamps or worker ids, so two workers that verify the same evidence under
 the same plan produce byte-identical ``facts/<hash>.json``; the commit time lives in the
 ledger's READY entry instead.
+
+Two formats (contract §5):
+
+* **format 2** (plans that record each output's covering gates, i.e. every plan SR writes
+  now): each receipt also carries the gate's ``scope`` and the ``bound`` values its
+  ``_receipt.json`` proved (contract §4, instance binding), and ``outputs`` lists every
+  requested output with its ``locator`` (``<evidence_root>/outputs/<output_id>/``) and the
+  gates that cover it — the join surface downstream reads from.
+* **format 1** (plans written before that): receipts without scope, no ``outputs``. A run
+  planned before the upgrade keeps making format-1 views, so re-verifying it gives the same
+  facts view hash as before; format-1 views parse and verify as they always did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.evidence import GateOutcome, GateResult
 from worker.core.models import Hex64, Identifier, Pins, RunId
-from worker.core.plan import Plan
+from worker.core.plan import Plan, instance_values
 from worker.core.plan import plan_hash as compute_plan_hash
 from worker.core.policy import GateMethod
 from worker.errors import EvidenceError, IntegrityError, InvalidJSONError, MessageTooLargeError
 
 __all__ = [
     "FACTS_FORMAT_VERSION",
+    "FactOutput",
     "FactsView",
     "GateReceipt",
     "build_facts_view",
@@ -30,7 +50,7 @@ __all__ = [
     "parse_facts_view",
 ]
 
-FACTS_FORMAT_VERSION: Final = 1
+FACTS_FORMAT_VERSION: Final = 2
 MAX_FACTS_BYTES: Final = 4 * 1024 * 1024
 _FROZEN: Final = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,14 +66,26 @@ class GateReceipt(BaseModel):
     digest: Hex64
     member_count: int = Field(ge=0)
     byte_count: int = Field(ge=0)
+    scope: tuple[str, ...] = ()
+    bound: dict[str, str | int] = Field(default_factory=dict)
 
 
-class FactsView(BaseModel):
-    """The immutable facts view of a READY run."""
+class FactOutput(BaseModel):
+    """A requested output (format 2): where it lives and the gates whose PASS makes it readable."""
 
     model_config = _FROZEN
 
-    format_version: Literal[1] = FACTS_FORMAT_VERSION
+    output_id: Identifier
+    locator: str
+    gates: Annotated[tuple[Identifier, ...], Field(min_length=1)]
+
+
+class FactsView(BaseModel):
+    """The immutable facts view of a READY run (format 1 or 2, see the module docstring)."""
+
+    model_config = _FROZEN
+
+    format_version: Literal[1, 2] = FACTS_FORMAT_VERSION
     run_id: RunId
     plan_hash: Hex64
     policy_rev: Hex64
@@ -62,14 +94,38 @@ class FactsView(BaseModel):
     scenario_id: Identifier
     pins: Pins
     receipts: Annotated[tuple[GateReceipt, ...], Field(min_length=1)]
+    outputs: tuple[FactOutput, ...] = ()
     supersedes_facts_view_hash: Hex64 | None = None
 
     @model_validator(mode="after")
-    def _sorted_receipts(self) -> Self:
+    def _consistent(self) -> Self:
         ids = [r.gate_id for r in self.receipts]
         if ids != sorted(set(ids)):
             raise ValueError("receipts must be sorted by gate_id and unique")
+        if self.format_version == 1:
+            if self.outputs or any(r.scope or r.bound for r in self.receipts):
+                raise ValueError("a format-1 facts view has no outputs and no scopes")
+            return self
+        out_ids = [o.output_id for o in self.outputs]
+        if not out_ids or out_ids != sorted(set(out_ids)):
+            raise ValueError("a format-2 facts view lists its outputs, sorted by output_id and unique")
+        if not {g for o in self.outputs for g in o.gates} <= set(ids):
+            raise ValueError("an output names a gate that has no receipt")
+        for receipt in self.receipts:
+            if list(receipt.scope) != sorted(set(receipt.scope)) or set(receipt.bound) != set(receipt.scope):
+                raise ValueError(f"receipt {receipt.gate_id}: bound values must match its sorted scope")
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.format_version == 1:
+            # Format-1 bytes are exactly what SR wrote before format 2 existed.
+            data.pop("outputs", None)
+            for receipt in data["receipts"]:
+                receipt.pop("scope", None)
+                receipt.pop("bound", None)
+        return data
 
 
 def build_facts_view(
@@ -94,6 +150,8 @@ def build_facts_view(
         missing = sorted(set(planned) - set(by_id))
         extra = sorted(set(by_id) - set(planned))
         raise EvidenceError(f"results do not cover the plan (missing {missing}, unplanned {extra})")
+    instance = instance_values(plan)
+    format_2 = bool(plan.outputs) and all(o.gates for o in plan.outputs)
     receipts = []
     for gate_id in sorted(by_id):
         result, gate = by_id[gate_id], planned[gate_id]
@@ -103,6 +161,10 @@ def build_facts_view(
             raise EvidenceError(f"gate {gate_id!r} is PASS without a matching digest")
         if result.method is not gate.method or result.bundle_uri != gate.bundle_uri:
             raise EvidenceError(f"gate {gate_id!r} result does not match the planned method/bundle")
+        if result.scope != gate.scope or result.bound != {f: instance[f] for f in gate.scope}:
+            raise EvidenceError(f"gate {gate_id!r} is PASS without proof of this run's {list(gate.scope)}")
+        if gate.scope and not format_2:
+            raise EvidenceError(f"gate {gate_id!r} is scoped in a plan without output gates")
         receipts.append(
             GateReceipt(
                 gate_id=gate_id,
@@ -111,9 +173,14 @@ def build_facts_view(
                 digest=result.computed_digest,
                 member_count=result.member_count,
                 byte_count=result.byte_count,
+                scope=gate.scope if format_2 else (),
+                bound=dict(result.bound) if format_2 else {},
             )
         )
+    outputs = tuple(FactOutput(output_id=o.output_id, locator=o.uri, gates=o.gates)
+                    for o in plan.outputs) if format_2 else ()
     return FactsView(
+        format_version=2 if format_2 else 1,
         run_id=plan.run_id,
         plan_hash=plan_hash,
         policy_rev=plan.policy_rev,
@@ -122,6 +189,7 @@ def build_facts_view(
         scenario_id=plan.scenario_id,
         pins=plan.pins,
         receipts=tuple(receipts),
+        outputs=outputs,
         supersedes_facts_view_hash=supersedes,
     )
 

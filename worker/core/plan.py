@@ -7,15 +7,15 @@ worker id, no deadline — so two workers racing on the same run write byte-iden
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for
 from worker.core.keys import parse_s3_uri
 from worker.core.models import Hex64, Identifier, Pins, RunId, RunIntent, Strategy, millis
-from worker.core.policy import GateMethod, Policy
+from worker.core.policy import SCOPE_FIELDS, GateMethod, Policy
 from worker.errors import IntegrityError, IntentInvalidError, InvalidJSONError, MessageTooLargeError
 
 __all__ = [
@@ -24,19 +24,36 @@ __all__ = [
     "PlanGate",
     "PlanOutput",
     "build_plan",
+    "instance_values",
     "parse_plan",
     "plan_bytes",
     "plan_hash",
+    "scope_values",
 ]
 
 PLAN_FORMAT_VERSION: Final = 1
 MAX_PLAN_BYTES: Final = 4 * 1024 * 1024
 
 _FROZEN: Final = ConfigDict(frozen=True, extra="forbid")
+ScopeField = Literal["manifest_fingerprint", "parameter_hash", "run_id", "scenario_id", "seed"]
+
+
+def _without_empty(data: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``data`` without the fields ``names`` when they are empty: fields added after plans were
+    first written are left out when unused, so an older plan.json still round-trips
+    byte for byte (``parse_plan`` insists on canonical bytes)."""
+    for name in names:
+        if not data.get(name):
+            data.pop(name, None)
+    return data
 
 
 class PlanGate(BaseModel):
-    """A required gate, resolved against the intent's evidence_root."""
+    """A required gate, resolved against the intent's evidence_root.
+
+    ``scope`` (contract §4, instance binding): the run fields the gate's ``_receipt.json``
+    must name; empty for a global gate (and then not serialised).
+    """
 
     model_config = _FROZEN
 
@@ -44,15 +61,30 @@ class PlanGate(BaseModel):
     method: GateMethod
     bundle_uri: str
     depends_on: tuple[Identifier, ...]
+    scope: tuple[ScopeField, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "scope")
 
 
 class PlanOutput(BaseModel):
-    """An output and the prefix it lives under (``<evidence_root>/outputs/<id>/``)."""
+    """An output, the prefix it lives under (``<evidence_root>/outputs/<id>/``) and the gates
+    that cover it (its policy gates and everything they depend on, sorted).
+
+    ``gates`` is empty only in plans written before it existed (and then not serialised);
+    such plans make format-1 facts views (:mod:`worker.core.facts`).
+    """
 
     model_config = _FROZEN
 
     output_id: Identifier
     uri: str
+    gates: tuple[Identifier, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "gates")
 
 
 class Plan(BaseModel):
@@ -97,11 +129,13 @@ def build_plan(intent: RunIntent, policy: Policy, *, run_id: str) -> Plan:
             method=policy.gates[gate_id].method,
             bundle_uri=root.join(policy.gates[gate_id].bundle).uri,
             depends_on=policy.gates[gate_id].depends_on,
+            scope=policy.gates[gate_id].scope,
         )
         for gate_id in required
     )
     output_ids = tuple(sorted(intent.output_ids))
-    outputs = tuple(PlanOutput(output_id=oid, uri=root.join("outputs", oid).uri + "/") for oid in output_ids)
+    outputs = tuple(PlanOutput(output_id=oid, uri=root.join("outputs", oid).uri + "/",
+                               gates=policy.required_gates([oid])) for oid in output_ids)
     return Plan(
         run_id=run_id,
         run_equivalence_key=key,
@@ -119,6 +153,24 @@ def build_plan(intent: RunIntent, policy: Policy, *, run_id: str) -> Plan:
         gates=gates,
         outputs=outputs,
     )
+
+
+def scope_values(*, pins: Pins, scenario_id: str, run_id: str) -> dict[str, str | int]:
+    """A run's value of every scope field (:data:`~worker.core.policy.SCOPE_FIELDS`)."""
+    values: dict[str, str | int] = {
+        "manifest_fingerprint": pins.manifest_fingerprint,
+        "parameter_hash": pins.parameter_hash,
+        "run_id": run_id,
+        "scenario_id": scenario_id,
+        "seed": pins.seed,
+    }
+    return {name: values[name] for name in SCOPE_FIELDS}
+
+
+def instance_values(plan: Plan) -> dict[str, str | int]:
+    """The planned run's own value of every scope field: what a scoped gate's
+    ``_receipt.json`` must name (contract §4)."""
+    return scope_values(pins=plan.pins, scenario_id=plan.scenario_id, run_id=plan.run_id)
 
 
 def plan_bytes(plan: Plan) -> bytes:

@@ -9,9 +9,16 @@ A policy is TOML::
     method = "sha256_bundle_digest"      # or "sha256_member_digest_concat"
     bundle = "gates/6B"                  # relative to the intent's evidence_root
     depends_on = ["gate_3A"]             # optional; required gates close transitively
+    scope = ["seed", "scenario_id"]      # optional; instance binding (see below)
+
+``scope`` lists the run fields a gate's evidence is bound to (any of :data:`SCOPE_FIELDS`;
+default none = a global gate, e.g. reference data every run shares). A scoped gate's bundle
+must hold a ``_receipt.json`` naming the run's value of each field (contract §4).
 
 ``policy_rev`` is the sha256 of the canonical JSON of the *normalised* content (lists sorted,
-defaults filled in), so re-formatting or re-ordering the file does not change it.
+defaults filled in), so re-formatting or re-ordering the file does not change it. An empty
+``scope`` is left out of the normalised content, so a policy without scopes keeps the
+``policy_rev`` it had before scopes existed.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from worker.core.canonical import canonical_json, sha256_hex
 from worker.core.keys import validate_relative_key, validate_segment
 from worker.errors import PolicyError, UnknownOutputError, UnsafeKeyError
 
-__all__ = ["MAX_POLICY_BYTES", "GateMethod", "GateSpec", "Policy", "build_policy", "load_policy"]
+__all__ = ["MAX_POLICY_BYTES", "SCOPE_FIELDS", "GateMethod", "GateSpec", "Policy", "build_policy", "load_policy"]
 
 MAX_POLICY_BYTES: Final = 1024 * 1024
 POLICY_FORMAT: Final = 1
+#: The run fields a gate's evidence can be bound to (contract §4, instance binding).
+SCOPE_FIELDS: Final = ("manifest_fingerprint", "parameter_hash", "run_id", "scenario_id", "seed")
 
 
 class GateMethod(StrEnum):
@@ -52,6 +61,7 @@ class GateSpec(BaseModel):
     method: GateMethod
     bundle: str
     depends_on: tuple[str, ...] = ()
+    scope: tuple[str, ...] = ()
 
     @field_validator("gate_id")
     @classmethod
@@ -71,6 +81,16 @@ class GateSpec(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("depends_on has duplicate entries")
         # Order carries no meaning; sorting makes equal policies compare equal.
+        return tuple(sorted(value))
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(SCOPE_FIELDS))
+        if unknown:
+            raise ValueError(f"scope: unknown field(s) {unknown}; allowed: {list(SCOPE_FIELDS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("scope has duplicate entries")
         return tuple(sorted(value))
 
 
@@ -123,11 +143,15 @@ def _normalised(outputs: Mapping[str, tuple[str, ...]], gates: Mapping[str, Gate
     return {
         "format": POLICY_FORMAT,
         "outputs": {o: sorted(g) for o, g in outputs.items()},
-        "gates": {
-            gid: {"method": spec.method.value, "bundle": spec.bundle, "depends_on": list(spec.depends_on)}
-            for gid, spec in gates.items()
-        },
+        "gates": {gid: _normalised_gate(spec) for gid, spec in gates.items()},
     }
+
+
+def _normalised_gate(spec: GateSpec) -> dict[str, Any]:
+    gate: dict[str, Any] = {"method": spec.method.value, "bundle": spec.bundle, "depends_on": list(spec.depends_on)}
+    if spec.scope:
+        gate["scope"] = list(spec.scope)
+    return gate
 
 
 def _closures(gates: Mapping[str, GateSpec]) -> dict[str, frozenset[str]]:
@@ -247,7 +271,7 @@ def load_policy(data: bytes) -> Policy:
     specs: list[GateSpec] = []
     for gate_id, body in _table(doc.get("gates", {}), "[gates]").items():
         table = _table(body, f"[gates.{gate_id}]")
-        extra = sorted(set(table) - {"method", "bundle", "depends_on"})
+        extra = sorted(set(table) - {"method", "bundle", "depends_on", "scope"})
         if extra:
             raise PolicyError(f"[gates.{gate_id}] has unknown keys {extra}")
         method = table.get("method")
@@ -260,6 +284,7 @@ def load_policy(data: bytes) -> Policy:
                     method=GateMethod(method),
                     bundle=table.get("bundle"),
                     depends_on=tuple(_str_list(table.get("depends_on", []), f"gates.{gate_id}.depends_on")),
+                    scope=tuple(_str_list(table.get("scope", []), f"gates.{gate_id}.scope")),
                 )
             )
         except ValidationError as exc:

@@ -27,7 +27,12 @@ from rich.table import Table
 
 from worker.adapters.s3 import ObjectStore
 from worker.app.ports import Record
+from worker.core.evidence import RECEIPT_NAME, receipt_document
+from worker.core.identity import run_id_of
 from worker.core.keys import parse_s3_uri
+from worker.core.models import RunIntent
+from worker.core.plan import scope_values
+from worker.core.policy import load_policy
 from worker.embedded.stack import Endpoints
 from worker.engine.bundles import put_bundle_digest_gate, put_member_concat_gate
 
@@ -55,22 +60,31 @@ def load_sample(name: str) -> dict[str, Any]:
     return data
 
 
-def seed_example_evidence(store: ObjectStore, evidence_root: str, *, tamper: bool = False) -> None:
-    """Write evidence for the example policy's gates (gate_3A, gate_6B) under ``evidence_root``.
+def seed_example_evidence(store: ObjectStore, intent: RunIntent, *, tamper: bool = False) -> None:
+    """Write evidence for the example policy's gates (gate_3A, gate_6B) under the intent's
+    evidence root, with a ``_receipt.json`` naming the intent's run in each scoped gate
+    (contract §4: gate_6B is bound to the run's pins and scenario; gate_3A is global).
 
     With ``tamper`` a member of gate_6B is overwritten after its flag was computed.
     """
-    root = parse_s3_uri(evidence_root)
+    root = parse_s3_uri(intent.evidence_root)
     prefix = "/".join(root.segments)
-    put_member_concat_gate(store.put, root.bucket, f"{prefix}/gates/3A", {
+    policy = load_policy(example_policy_path().read_bytes())
+    instance = scope_values(pins=intent.pins, scenario_id=intent.scenario_id, run_id=run_id_of(intent))
+
+    def with_receipt(gate_id: str, members: dict[str, bytes]) -> dict[str, bytes]:
+        scope = policy.gates[gate_id].scope
+        return {**members, RECEIPT_NAME: receipt_document(gate_id, scope, instance)} if scope else members
+
+    put_member_concat_gate(store.put, root.bucket, f"{prefix}/gates/3A", with_receipt("gate_3A", {
         "accounts/part-0000.csv": b"account_id,balance\n1,100\n2,250\n",
         "accounts/part-0001.csv": b"account_id,balance\n3,75\n",
-    })
+    }))
     members = {
         "transactions/part-0000.csv": b"tx_id,account_id,amount\n1,1,10\n2,2,-5\n",
         "transactions/part-0001.csv": b"tx_id,account_id,amount\n3,3,42\n",
     }
-    put_bundle_digest_gate(store.put, root.bucket, f"{prefix}/gates/6B", members)
+    put_bundle_digest_gate(store.put, root.bucket, f"{prefix}/gates/6B", with_receipt("gate_6B", members))
     for output in ("transactions", "accounts"):
         store.put(root.bucket, f"{prefix}/outputs/{output}/part-0000.parquet", f"{output} data".encode())
     if tamper:
@@ -163,8 +177,8 @@ def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
     migrate(settings.pg_dsn.get_secret_value())
     intents = {name: parse_intent(load_sample(name)) for name in SAMPLES}
     with ObjectStore(s3_config(settings)) as store:
-        seed_example_evidence(store, intents["complete"].evidence_root)
-        seed_example_evidence(store, intents["tampered"].evidence_root, tamper=True)
+        seed_example_evidence(store, intents["complete"])
+        seed_example_evidence(store, intents["tampered"], tamper=True)
     console.print("seeded sample evidence (complete, tampered; none for waiting and invoke)", highlight=False)
     return settings, intents
 

@@ -6,6 +6,8 @@ every object below the request's ``evidence_root``:
 
 * ``outputs/<output_id>/part-0000.json`` for each requested output;
 * for each required gate, its bundle (the policy's ``bundle`` path) with two members, plus
+  ``_receipt.json`` when the gate is scoped (contract §4, instance binding: canonical JSON of
+  ``gate_id`` and the run's value of each scope field, a member like the others), plus
   ``index.json`` for ``sha256_member_digest_concat`` gates, and ``_passed.flag`` last;
 * gates in dependency order (a gate's ``depends_on`` before it), then by gate id.
 
@@ -15,8 +17,6 @@ to the same keys, so write-once PUTs make re-writing a no-op and never a DRIFT.
 
 :func:`write_evidence` writes that layout through ``put_write_once`` (idempotent for identical
 bytes; a *different* object already at a key raises :class:`~worker.errors.DriftError`).
-Scoped gates' ``_receipt.json`` (contract §4, instance binding) are not written: the policy has
-no ``scope`` yet, so no gate asks for one.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from typing import Protocol
 
 from worker.core.canonical import canonical_json
 from worker.core.engine import EngineRequest
+from worker.core.evidence import RECEIPT_NAME, receipt_document
 from worker.core.keys import S3Location, parse_s3_uri
 from worker.core.models import millis
+from worker.core.plan import scope_values
 from worker.core.policy import GateSpec, Policy
 from worker.engine.bundles import GateLayout, gate_layout
 
@@ -39,6 +41,7 @@ __all__ = [
     "RequestEvidence",
     "dependency_order",
     "evidence_for",
+    "receipt_for",
     "write_evidence",
 ]
 
@@ -110,16 +113,25 @@ def dependency_order(gates: Mapping[str, GateSpec], gate_ids: Sequence[str]) -> 
     return done
 
 
-def _members(request: EngineRequest, gate_id: str) -> dict[str, bytes]:
+def _members(request: EngineRequest, gate_id: str, spec: GateSpec) -> dict[str, bytes]:
     pins = request.pins
     header = "run_id,scenario_id,gate_id,part,manifest_fingerprint,parameter_hash,seed\n"
-    return {
+    members = {
         f"part-{part:04d}.csv": (
             header + f"{request.run_id},{request.scenario_id},{gate_id},{part},"
             f"{pins.manifest_fingerprint},{pins.parameter_hash},{pins.seed}\n"
         ).encode("utf-8")
         for part in range(2)
     }
+    if spec.scope:
+        members[RECEIPT_NAME] = receipt_for(request, gate_id, spec.scope)
+    return members
+
+
+def receipt_for(request: EngineRequest, gate_id: str, scope: Sequence[str]) -> bytes:
+    """The ``_receipt.json`` of a gate scoped to ``scope`` for ``request``'s run."""
+    return receipt_document(gate_id, scope, scope_values(pins=request.pins, scenario_id=request.scenario_id,
+                                                         run_id=request.run_id))
 
 
 def _output(request: EngineRequest, output_id: str) -> bytes:
@@ -148,7 +160,7 @@ def evidence_for(request: EngineRequest, policy: Policy) -> RequestEvidence:
                     for oid in sorted(request.output_ids))
     gates = tuple(
         GateWrite(gate_id, root.join(policy.gates[gate_id].bundle),
-                  gate_layout(policy.gates[gate_id].method, _members(request, gate_id)))
+                  gate_layout(policy.gates[gate_id].method, _members(request, gate_id, policy.gates[gate_id])))
         for gate_id in dependency_order(policy.gates, required)
     )
     return RequestEvidence(root=root, outputs=outputs, gates=gates)

@@ -168,7 +168,7 @@ def receipts_bytes(view: FactsView, facts_view_hash: str) -> bytes:
         "run_id": view.run_id,
         "plan_hash": view.plan_hash,
         "policy_rev": view.policy_rev,
-        "receipts": [r.model_dump(mode="json") for r in view.receipts],
+        "receipts": view.model_dump(mode="json")["receipts"],  # as the view's format writes them
     })
 
 

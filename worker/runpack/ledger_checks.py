@@ -21,13 +21,14 @@ from __future__ import annotations
 from typing import Final
 
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
-from worker.core.facts import parse_facts_view
+from worker.core.evidence import GateOutcome, GateResult
+from worker.core.facts import FactsView, build_facts_view, facts_view_bytes, parse_facts_view
 from worker.core.identity import intent_fingerprint, run_id_of
 from worker.core.ledger import derive_state, parse_entry
 from worker.core.ledger_bodies import parse_body
 from worker.core.models import parse_intent
 from worker.core.plan import parse_plan
-from worker.errors import IntegrityError, IntentInvalidError, InvalidJSONError, MessageTooLargeError
+from worker.errors import EvidenceError, IntegrityError, IntentInvalidError, InvalidJSONError, MessageTooLargeError
 from worker.runpack.artifacts import facts_references, intent_bytes, plan_references, receipts_bytes, run_summary
 from worker.runpack.content import RunContent, recorded_fact
 from worker.runpack.format import (
@@ -197,6 +198,8 @@ def _check_view(c: RunContent, fv: str, has_receipts: bool) -> None:
         c.add("FACTS_PLAN_MISMATCH", path, f"plan_hash {view.plan_hash} is not the run's {c.plan_hash}")
     if c.plan is not None and view.policy_rev != c.plan.policy_rev:
         c.add("FACTS_PLAN_MISMATCH", path, "policy_rev differs from the plan's")
+    elif c.plan is not None and c.plan_hash == view.plan_hash:
+        _check_view_against_plan(c, path, view, data)
     rpath = receipts_path(fv)
     if not has_receipts:
         c.add("RECEIPTS_MISSING", rpath, "every facts view needs its receipts file")
@@ -204,6 +207,25 @@ def _check_view(c: RunContent, fv: str, has_receipts: bool) -> None:
     receipts = c.contents.get(rpath)
     if receipts is not None and receipts != receipts_bytes(view, fv):
         c.add("RECEIPTS_MISMATCH", rpath, "the receipts differ from the facts view's gate receipts")
+
+
+def _check_view_against_plan(c: RunContent, path: str, view: FactsView, data: bytes) -> None:
+    """The facts view must be exactly what its plan and its own receipts make: the format the
+    plan implies, every gate's scope as planned and bound to this run's values (instance
+    binding), the outputs with their locators and covering gates (contract §4)."""
+    if c.plan is None or c.plan_hash is None:
+        return
+    results = [GateResult(gate_id=r.gate_id, method=r.method, bundle_uri=r.bundle_uri, outcome=GateOutcome.PASS,
+                          expected_digest=r.digest, computed_digest=r.digest, member_count=r.member_count,
+                          byte_count=r.byte_count, scope=r.scope, bound=r.bound) for r in view.receipts]
+    try:
+        rebuilt = build_facts_view(c.plan, c.plan_hash, results, supersedes=view.supersedes_facts_view_hash)
+    except (EvidenceError, IntegrityError) as exc:
+        c.add("FACTS_PLAN_MISMATCH", path, f"the facts view does not follow from its plan: {exc}")
+        return
+    if facts_view_bytes(rebuilt) != bytes(data):
+        c.add("FACTS_PLAN_MISMATCH", path, "the facts view is not what its plan and receipts make "
+                                           "(format, scopes, bound values or outputs differ)")
 
 
 # --------------------------------------------------------------------------- run.json
