@@ -28,6 +28,7 @@ from bench.common import (
     make_intent,
     make_world,
     percentile,
+    receipt_for,
     s3_client,
     start_worker,
     sum_stop_stats,
@@ -36,6 +37,7 @@ from bench.common import (
 from bench.cpu import CpuMeter, bottleneck, cpu_per_unit, server_groups
 from bench.limits import mean_rates, s3_rates, s3_ready_limit
 from tests.harness.evidence import synthetic_example_evidence, write_objects
+from tests.harness.paths import shared_evidence_policy
 from tests.harness.workers import WorkerProc, stop_all
 
 
@@ -46,16 +48,18 @@ def seed_shared_evidence(world: World, name: str = "shared") -> str:
     return world.evidence_root(name)
 
 
-def seed_per_intent_evidence(world: World, n: int) -> list[str]:
-    """One evidence root per intent (no cache can flatter the reads); returns the URIs."""
+def seed_per_intent_evidence(world: World, n: int, scenario: str = "b1", tag: str = "r") -> list[str]:
+    """One evidence root per intent (no cache can flatter the reads), each with the receipt of the
+    run ``make_intent(world, scenario, i, ...)`` (gate_6B is scoped); returns the URIs."""
     client = s3_client(world.servers)
     objects: list[tuple[str, bytes]] = []
     for i in range(n):
-        objects.extend(synthetic_example_evidence(world.evidence_prefix(f"r{i:05d}"), salt=f"r{i}"))
+        objects.extend(synthetic_example_evidence(world.evidence_prefix(f"{tag}{i:05d}"), salt=f"{tag}{i}",
+                                                  instance=receipt_for(scenario, i)))
     started = time.monotonic()
     write_objects(client, world.bucket, objects, concurrency=16)
     log(f"seeded {len(objects)} evidence objects for {n} roots in {time.monotonic() - started:.1f}s")
-    return [world.evidence_root(f"r{i:05d}") for i in range(n)]
+    return [world.evidence_root(f"{tag}{i:05d}") for i in range(n)]
 
 
 class Batch:
@@ -72,15 +76,23 @@ class Batch:
         self.procs: list[WorkerProc] = []
         self.shared = ""
         self.roots: list[str] | None = None
+        self.warm_roots: list[str] | None = None
+        self.warm = 0
 
     def prepare(self) -> None:
         """World and evidence (thread-safe; no process started)."""
         if self.world is not None:
             return
-        self.world = make_world(self.ctx.servers, self.tag.replace("-", ""), self.ctx.work_dir)
-        self.shared = seed_shared_evidence(self.world)
+        # Per-intent roots carry per-run receipts under the example policy (gate_6B scoped);
+        # the shared-root batch lets every run read one root, so its gate_6B is unscoped.
+        self.world = make_world(self.ctx.servers, self.tag.replace("-", ""), self.ctx.work_dir,
+                                policy=None if self.per_intent_roots else shared_evidence_policy())
+        self.warm = max(8 * self.workers, min(40, self.n // 10))
         if self.per_intent_roots:
             self.roots = seed_per_intent_evidence(self.world, self.n)
+            self.warm_roots = seed_per_intent_evidence(self.world, self.warm, scenario="warmup", tag="w")
+        else:
+            self.shared = seed_shared_evidence(self.world)
 
     def start(self) -> None:
         """Start the worker processes (main thread; not waited for)."""
@@ -104,14 +116,15 @@ class Batch:
             p.wait_started()
         if not wait_assigned(procs, world, timeout=60):
             log("warning: workers did not settle on a balanced assignment within 60s")
-        warm = max(8 * self.workers, min(40, n // 10))
+        warm = self.warm
         publisher = IntentPublisher(servers, world.topics["intents"])
         encoded = [publisher.encode(make_intent(world, "b1", i, self.roots[i] if self.roots else self.shared))
                    for i in range(n)]
         with TopicWatcher(servers, world.topics["ready"]) as ready:
             # Warm-up: group joined, connections open, code paths hot.
             for i in range(warm):
-                publisher.send(*publisher.encode(make_intent(world, "warmup", i, self.shared)))
+                root = self.warm_roots[i] if self.warm_roots else self.shared
+                publisher.send(*publisher.encode(make_intent(world, "warmup", i, root)))
             publisher.flush()
             if not ready.wait_distinct(warm, timeout=120, alive=lambda: all(p.alive() for p in procs)):
                 raise RuntimeError(f"warm-up READYs missing ({ready.distinct()}/{warm}): {procs[0].tail()}")
@@ -144,7 +157,8 @@ class Batch:
         return {
             "intents": n,
             "workers": self.workers,
-            "evidence": "per-intent roots" if self.per_intent_roots else "one shared root",
+            "evidence": ("per-intent roots, per-run receipts (gate_6B scoped)" if self.per_intent_roots
+                         else "one shared root (gate_6B unscoped)"),
             "warmup_runs": warm,
             "publish_s": round(t_published - t0, 2),
             "first_ready_after_s": round(arrivals[0] - t0, 3),

@@ -23,6 +23,7 @@ from bench.b1_throughput import seed_shared_evidence
 from bench.clients import IntentPublisher, TopicWatcher
 from bench.common import OneWorkerScenario, figure, log, make_intent, make_world, percentile, start_worker
 from bench.cpu import CpuMeter, bottleneck, server_groups
+from tests.harness.paths import shared_evidence_policy
 
 
 class PacedPublisher:
@@ -81,7 +82,8 @@ class Scenario(OneWorkerScenario):
     def prepare(self) -> None:
         if self.world is not None:
             return
-        self.world = make_world(self.ctx.servers, "b2", self.ctx.work_dir)
+        # Every run reads one shared evidence root: gate_6B unscoped (contract §4).
+        self.world = make_world(self.ctx.servers, "b2", self.ctx.work_dir, policy=shared_evidence_policy())
         self.shared = seed_shared_evidence(self.world)
 
     def run(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bench.common import (
     log,
     make_intent,
     make_world,
+    receipt_for,
     s3_client,
 )
 from tests.harness.evidence import synthetic_example_evidence, write_objects
@@ -72,11 +73,17 @@ def measure(ctx: Any) -> dict[str, Any]:
     world = make_world(ctx.servers, "b4", ctx.work_dir, partitions=1)
     try:
         client = s3_client(ctx.servers)
-        write_objects(client, world.bucket, synthetic_example_evidence(world.evidence_prefix("ok")), concurrency=16)
+        # READY runs each get their own root with their receipt (the example policy scopes gate_6B),
+        # so the figures include instance binding; WAITING runs share a root without a 6B flag.
+        ready_evidence = [synthetic_example_evidence(world.evidence_prefix(f"ok{i}"),
+                                                     instance=receipt_for("b4-ready", i)) for i in range(runs)]
+        ready_evidence.append(synthetic_example_evidence(world.evidence_prefix("warm"),
+                                                         instance=receipt_for("b4-warm", 0)))
+        write_objects(client, world.bucket, [o for objs in ready_evidence for o in objs], concurrency=16)
         partial = [(k, v) for k, v in synthetic_example_evidence(world.evidence_prefix("wait"))
                    if not k.endswith("6B/_passed.flag")]
         write_objects(client, world.bucket, partial, concurrency=16)
-        ok_root, wait_root = world.evidence_root("ok"), world.evidence_root("wait")
+        wait_root = world.evidence_root("wait")
         try:
             settings = world.settings(recheck_interval=0.0)
         except Exception:
@@ -118,8 +125,8 @@ def measure(ctx: Any) -> dict[str, Any]:
                 return Record(topic=world.topics["engine_results"], partition=0, offset=offset, key=run_id.encode(),
                               value=codec.encode_engine_result(result), headers=(), timestamp_ms=None)
 
-            handle(make_intent(world, "b4-warm", 0, ok_root), Action.READY, None)  # connections, caches
-            ready_intents = [make_intent(world, "b4-ready", i, ok_root) for i in range(runs)]
+            handle(make_intent(world, "b4-warm", 0, world.evidence_root("warm")), Action.READY, None)  # caches
+            ready_intents = [make_intent(world, "b4-ready", i, world.evidence_root(f"ok{i}")) for i in range(runs)]
             for intent in ready_intents:
                 handle(intent, Action.READY, costs["ready"])
             for i, intent in enumerate(ready_intents):
@@ -173,7 +180,8 @@ def _engine_round_trips(world: Any, client: Any, runs: int, *, handle: Any, resu
                for i in range(runs)]
     invoked_ids = [handle(intent, Action.ENGINE_REQUESTED, costs["engine_request"]) for intent in invoked]
     for i in range(runs):
-        write_objects(client, world.bucket, synthetic_example_evidence(world.evidence_prefix(f"inv{i}")),
+        write_objects(client, world.bucket, synthetic_example_evidence(world.evidence_prefix(f"inv{i}"),
+                                                                       instance=receipt_for("b4-invoke", i)),
                       concurrency=16)
     for run_id in invoked_ids:
         handle(None, Action.READY, costs["engine_result_ready"], record=result_record(run_id, 1, "SUCCEEDED"))

@@ -20,6 +20,7 @@ from bench.b1_throughput import seed_shared_evidence
 from bench.clients import IntentPublisher, TopicWatcher
 from bench.common import OneWorkerScenario, committed_total, figure, log, make_intent, make_world, wait_assigned
 from bench.cpu import CpuMeter, bottleneck, cpu_per_unit, server_groups
+from tests.harness.paths import shared_evidence_policy
 
 
 class Scenario(OneWorkerScenario):
@@ -43,7 +44,8 @@ class Scenario(OneWorkerScenario):
         from worker.runtime.dispatch import dispatch
 
         ctx = self.ctx
-        self.world = world = make_world(ctx.servers, "b5", ctx.work_dir)
+        # Every run reads one shared evidence root: gate_6B unscoped (contract §4).
+        self.world = world = make_world(ctx.servers, "b5", ctx.work_dir, policy=shared_evidence_policy())
         shared = seed_shared_evidence(world)
         self.base = [make_intent(world, "b5", i, shared) for i in range(ctx.sizes["b5_runs"])]
         with open_services(world.settings(), load_policy(world.policy_path.read_bytes())) as svc:

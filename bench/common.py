@@ -220,7 +220,8 @@ class World:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
 
-def make_world(servers: Servers, name: str, work_dir: Path, *, partitions: int = 4) -> World:
+def make_world(servers: Servers, name: str, work_dir: Path, *, partitions: int = 4,
+               policy: bytes | None = None) -> World:
     """Create unique topics, a fresh database (when allowed), prefix, tenant and group."""
     import psycopg
 
@@ -245,15 +246,22 @@ def make_world(servers: Servers, name: str, work_dir: Path, *, partitions: int =
 
     migrate(dsn)
     work_dir.mkdir(parents=True, exist_ok=True)
-    policy = work_dir / f"policy-{name}-{suffix}.toml"
-    policy.write_bytes(EXAMPLE_POLICY.read_bytes())
+    # The example policy scopes gate_6B to each run (contract §4); worlds whose runs share one
+    # evidence root pass shared_evidence_policy() (gate_6B unscoped) and say so in their results.
+    policy_path = work_dir / f"policy-{name}-{suffix}.toml"
+    policy_path.write_bytes(policy if policy is not None else EXAMPLE_POLICY.read_bytes())
     return World(servers=servers, name=name, suffix=suffix, topics=topics, pg_dsn=dsn, db_name=db_name,
-                 policy_path=policy, tenant=f"bench{suffix[:6]}", s3_prefix=f"bench-{name}-{suffix}",
+                 policy_path=policy_path, tenant=f"bench{suffix[:6]}", s3_prefix=f"bench-{name}-{suffix}",
                  group_id=f"sr-bench-{name}-{suffix}", partitions=partitions)
 
 
 # ----------------------------------------------------------------------------- intents
 _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def receipt_for(scenario: str, seed: int) -> dict[str, str | int]:
+    """gate_6B's scope values of ``make_intent(world, scenario, seed, ...)`` (for its receipt)."""
+    return {"manifest_fingerprint": "a" * 64, "parameter_hash": "b" * 64, "scenario_id": scenario, "seed": seed}
 
 
 def make_intent(world: World, scenario: str, seed: int, evidence_root: str, *,

@@ -33,6 +33,7 @@ from bench.common import (
     temp_state_dir,
 )
 from tests.harness.evidence import synthetic_example_evidence, write_objects
+from tests.harness.paths import shared_evidence_policy
 
 CATEGORIES = (
     ("/obstore/", "obstore"),
@@ -128,7 +129,8 @@ def _drive(servers: Any, state: Any, *, n: int, n_warm: int, title: str, top: in
     from worker.runtime.compose import open_services
     from worker.runtime.dispatch import dispatch
 
-    world = make_world(servers, "prof", state / "work", partitions=1)
+    # Every run reads one shared evidence root: gate_6B unscoped (contract §4).
+    world = make_world(servers, "prof", state / "work", partitions=1, policy=shared_evidence_policy())
     write_objects(s3_client(servers), world.bucket, synthetic_example_evidence(world.evidence_prefix("ok")),
                   concurrency=16)
     root = world.evidence_root("ok")

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from tests.harness.evidence import Boto3Sink, EvidenceWriter, ExampleEvidence
+from tests.harness.paths import shared_evidence_policy
 from tests.harness.servers import Servers, ServerUnavailable, ensure_bucket, resolve_servers, unavailable, unique
 from tests.harness.sr_env import SREnv, build_env, dsn_for_db, make_topics
 from worker.adapters.kafka import TopicSpec
@@ -138,9 +139,15 @@ def s3_client(servers: Servers) -> S3Client:
 
 
 @pytest.fixture
-def sr_env(servers: Servers, pg_dsn: str, s3_client: S3Client, kafka_bootstrap: str, tmp_path: Path) -> SREnv:
-    """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers."""
-    return build_env(servers, pg_dsn, tmp_path)
+def sr_env(request: pytest.FixtureRequest, servers: Servers, pg_dsn: str, s3_client: S3Client,  # noqa: PLR0917
+           kafka_bootstrap: str, tmp_path: Path) -> SREnv:
+    """An isolated SR world (topics, database, S3 prefix, tenant) on the session's servers.
+
+    Its policy is the example policy; a test marked ``shared_evidence`` (many runs on one
+    evidence root on purpose) gets it with gate_6B unscoped.
+    """
+    shared = request.node.get_closest_marker("shared_evidence") is not None
+    return build_env(servers, pg_dsn, tmp_path, policy=shared_evidence_policy() if shared else None)
 
 
 @pytest.fixture

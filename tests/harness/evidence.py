@@ -65,6 +65,7 @@ __all__ = [
     "bundle_digest",
     "bundle_gate",
     "bundle_uri",
+    "default_instance",
     "evidence_root_uri",
     "flag_bytes",
     "index_bytes",

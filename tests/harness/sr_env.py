@@ -106,8 +106,12 @@ class SREnv:
         return env
 
 
-def build_env(servers: Servers, pg_dsn: str, tmp_path: Path, *, partitions: int = 4, **overrides: Any) -> SREnv:
+def build_env(servers: Servers, pg_dsn: str, tmp_path: Path, *, partitions: int = 4, policy: bytes | None = None,
+              **overrides: Any) -> SREnv:
     """Create unique topics and settings for one test (``overrides`` go to the settings).
+
+    ``policy`` is the gate policy's TOML (default: the example policy, whose gate_6B is scoped;
+    :func:`~tests.harness.paths.shared_evidence_policy` for runs that share one evidence root).
 
     Raises:
         ServerUnavailable: Kafka or S3 is missing.
@@ -117,7 +121,7 @@ def build_env(servers: Servers, pg_dsn: str, tmp_path: Path, *, partitions: int 
     mapping = make_topics(bootstrap, partitions=partitions)
     suffix = uuid.uuid4().hex[:10]
     policy_path = tmp_path / "policy.toml"
-    policy_path.write_bytes(EXAMPLE_POLICY.read_bytes())
+    policy_path.write_bytes(policy if policy is not None else EXAMPLE_POLICY.read_bytes())
     settings = load_settings(
         None,
         {"SR_KAFKA_BOOTSTRAP": bootstrap},

@@ -17,10 +17,13 @@ from tests.harness.evidence import (
     GATE_3A_MEMBERS,
     GATE_6B_MEMBERS,
     EvidenceWriter,
+    instance_of,
+    receipt_bytes,
     upload_bundle_gate,
     upload_member_concat_gate,
 )
 from tests.harness.kafka import read_topic, submit
+from tests.harness.paths import shared_evidence_policy
 from tests.harness.probes import wait_for
 from tests.harness.servers import Servers
 from tests.harness.sr_env import SREnv, build_env, make_intent
@@ -131,7 +134,8 @@ def test_supersede_emits_supersede_then_ready_and_never_mutates(sr_env: SREnv, w
         fixed_3a = {**GATE_3A_MEMBERS, "accounts/part-0001.csv": b"account_id,balance\n3,76\n"}
         fixed_6b = {**GATE_6B_MEMBERS, "transactions/part-0002.csv": b"tx_id,account_id,amount\n3,3,43\n"}
         upload_member_concat_gate(s3_client, sr_env.bucket, root, "gates/3A", fixed_3a)
-        upload_bundle_gate(s3_client, sr_env.bucket, root, "gates/6B", fixed_6b)
+        upload_bundle_gate(s3_client, sr_env.bucket, root, "gates/6B", fixed_6b,
+                           receipt=receipt_bytes("gate_6B", instance_of(intent)))
         assert sr_cli(sr_env, "trigger", run_id, "--kind", "SUPERSEDE", "--reason", "restated").returncode == 0
         records = ready_records(sr_env, 3, settle=1.5)
     finally:
@@ -172,7 +176,8 @@ def test_supersede_emits_supersede_then_ready_and_never_mutates(sr_env: SREnv, w
 @pytest.fixture
 def single_partition_env(servers: Servers, pg_dsn: str, s3_client: Any, kafka_bootstrap: str,
                          tmp_path: Path) -> SREnv:
-    return build_env(servers, pg_dsn, tmp_path, partitions=1, operators=["ops-alice"])
+    # The replay and rebuild tests put many runs on one evidence root: gate_6B unscoped (contract §4).
+    return build_env(servers, pg_dsn, tmp_path, partitions=1, operators=["ops-alice"], policy=shared_evidence_policy())
 
 
 #: Runs the replay test re-emits (enough for a partition of many records; the bench measures scale).

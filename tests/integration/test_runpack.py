@@ -37,7 +37,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    default_instance,
+    receipt_bytes,
+    upload_bundle_gate,
+    upload_member_concat_gate,
+)
 from tests.harness.kafka import produce_raw, read_topic, submit
 from tests.harness.servers import Servers, unavailable, unique
 from tests.harness.sr_env import SREnv, build_env, make_intent
@@ -135,10 +142,12 @@ def _boto_client(servers: Servers) -> Any:
 
 def _seed(env: SREnv, s3: Any, name: str, *, with_6b: bool = True, flag_6b: Any = "auto",
           members_6b: dict[str, bytes] | None = None) -> None:
+    """Evidence of the run ``make_intent(env, name)`` (gate_6B with that run's receipt)."""
     root = env.evidence_prefix(name)
     upload_member_concat_gate(s3, env.bucket, root, "gates/3A", GATE_3A_MEMBERS)
     if with_6b:
-        upload_bundle_gate(s3, env.bucket, root, "gates/6B", members_6b or GATE_6B_MEMBERS, flag=flag_6b)
+        upload_bundle_gate(s3, env.bucket, root, "gates/6B", members_6b or GATE_6B_MEMBERS, flag=flag_6b,
+                           receipt=receipt_bytes("gate_6B", default_instance(name)))
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,8 @@ def _committed_all(env: SREnv, total: int) -> bool:
         consumer.close()
 
 
+# 150 runs share one evidence root to save writes: gate_6B unscoped (contract §4).
+@pytest.mark.shared_evidence
 def test_kill_9_mid_stream_loses_and_duplicates_nothing(sr_env: SREnv, write_evidence: EvidenceWriter,
                                                         tmp_path: Path) -> None:
     write_evidence("shared-complete")

@@ -42,6 +42,7 @@ from tests.harness.evidence import (
 )
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.kafka import committed_total, group_by_idempotency_key, read_topic, submit
+from tests.harness.paths import shared_evidence_policy
 from tests.harness.probes import lock_holder, status_counts
 from tests.harness.probes import wait_for as poll
 from tests.harness.servers import Servers, unavailable
@@ -293,7 +294,8 @@ def test_kafka_latency_resets_and_blackhole_are_retried_and_recovered(
         proxied = Servers(kafka_bootstrap=proxy.address, pg_dsn=servers.pg_dsn, s3_endpoint=servers.s3_endpoint,
                           s3_bucket=servers.s3_bucket, s3_access_key=servers.s3_access_key,
                           s3_secret_key=servers.s3_secret_key, s3_region=servers.s3_region)
-        env = build_env(proxied, pg_dsn, tmp_path)
+        # Phases share one evidence root per kind: gate_6B unscoped (contract §4).
+        env = build_env(proxied, pg_dsn, tmp_path, policy=shared_evidence_policy())
         _seed(env, s3_client, "complete")
         worker = WorkerThread(env).start()
         try:
@@ -356,7 +358,7 @@ def test_postgres_restart_under_a_held_lease_is_noticed_and_nothing_is_lost(
     started = time.monotonic()
     with _private_postgres(tmp_path) as stack, _captured() as log:
         dsn = stack.endpoints.pg_dsn
-        env = build_env(servers, dsn, tmp_path)
+        env = build_env(servers, dsn, tmp_path, policy=shared_evidence_policy())  # shared roots, as above
         _seed(env, s3_client, "slow", extra_6b=1600)
         _seed(env, s3_client, "complete")
         slow = make_intent(env, "slow")

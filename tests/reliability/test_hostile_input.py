@@ -586,7 +586,14 @@ def test_hostile_messages_never_crash_the_worker_and_are_dead_lettered_typed(
 @pytest.mark.integration
 def test_hostile_evidence_fails_closed_with_typed_reasons(sr_env: SREnv, s3_client: Any) -> None:
     """Flags and indexes from the corpus (plus oversized ones) in real S3: FAILED, never READY."""
-    from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
+    from tests.harness.evidence import (
+        GATE_3A_MEMBERS,
+        GATE_6B_MEMBERS,
+        instance_of,
+        receipt_bytes,
+        upload_bundle_gate,
+        upload_member_concat_gate,
+    )
     from tests.harness.kafka import submit
 
     cases: dict[str, tuple[bytes | None, bytes | None, str]] = {
@@ -605,8 +612,9 @@ def test_hostile_evidence_fails_closed_with_typed_reasons(sr_env: SREnv, s3_clie
         root = sr_env.evidence_prefix(name)
         upload_member_concat_gate(s3_client, sr_env.bucket, root, "gates/3A", GATE_3A_MEMBERS, index=index,
                                   flag=flag if flag is not None else "auto")
-        upload_bundle_gate(s3_client, sr_env.bucket, root, "gates/6B", GATE_6B_MEMBERS)
         intents.append(make_intent(sr_env, name))
+        upload_bundle_gate(s3_client, sr_env.bucket, root, "gates/6B", GATE_6B_MEMBERS,
+                           receipt=receipt_bytes("gate_6B", instance_of(intents[-1])))
     worker = WorkerThread(sr_env).start()
     try:
         submit(sr_env, intents)

@@ -84,6 +84,8 @@ def _workload(env: SREnv, rng: random.Random) -> tuple[list[RunIntent], dict[str
     return messages, {run_id_of(i): k for k, i in originals}
 
 
+# 250 runs on three evidence roots (one per kind) to save writes: gate_6B unscoped (contract §4).
+@pytest.mark.shared_evidence
 @pytest.mark.parametrize("round_no", range(1, ROUNDS + 1), ids=lambda r: f"round{r}")
 @pytest.mark.parametrize("point", list(CRASH_AFTER), ids=lambda p: p.value)
 def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(

@@ -73,11 +73,19 @@ def test_evidence_roots_outside_the_tenants_allowed_prefixes_are_rejected_before
     prefixes = {alice: [f"s3://{bucket}/shared/{alice}/"], bob: [f"s3://{bucket}/shared/{bob}/", f"s3://{bucket}/x/"]}
     settings = sr_env.settings.model_copy(update={"tenant_evidence_prefixes": prefixes})
     # Alice's real evidence lives in her configured prefix.
-    from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, upload_bundle_gate, upload_member_concat_gate
+    from tests.harness.evidence import (
+        GATE_3A_MEMBERS,
+        GATE_6B_MEMBERS,
+        instance_of,
+        receipt_bytes,
+        upload_bundle_gate,
+        upload_member_concat_gate,
+    )
 
-    upload_member_concat_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/3A", GATE_3A_MEMBERS)
-    upload_bundle_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/6B", GATE_6B_MEMBERS)
     allowed = make_intent(sr_env, "ok", tenant=alice, evidence_root=f"s3://{bucket}/shared/{alice}/ok")
+    upload_member_concat_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/3A", GATE_3A_MEMBERS)
+    upload_bundle_gate(s3_client, bucket, f"shared/{alice}/ok", "gates/6B", GATE_6B_MEMBERS,
+                       receipt=receipt_bytes("gate_6B", instance_of(allowed)))
     forbidden = {
         "bob-reads-alice": make_intent(sr_env, "r1", tenant=bob, evidence_root=f"s3://{bucket}/shared/{alice}/ok"),
         "alice-reads-bob": make_intent(sr_env, "r2", tenant=alice, evidence_root=f"s3://{bucket}/shared/{bob}/ok"),
