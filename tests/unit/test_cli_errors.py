@@ -57,3 +57,16 @@ def test_a_closed_stdout_is_a_quiet_exit(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr("sys.stdout", Stdout())
     assert main(["schemas"]) == 141
     assert [b for _, b in dup2] == [99] and "Traceback" not in capsys.readouterr().err
+
+
+def test_sr_submit_reads_json_json_arrays_and_json_lines() -> None:
+    from worker.cli.submit import parse_documents
+    from worker.errors import InputError
+
+    assert parse_documents('{"a": 1}') == [{"a": 1}]
+    assert parse_documents('[{"a": 1}, {"a": 2}]') == [{"a": 1}, {"a": 2}]
+    assert parse_documents('{"a": 1}\n\n{"a": 2}\n') == [{"a": 1}, {"a": 2}]
+    with pytest.raises(InputError, match="line 2"):
+        parse_documents('{"a": 1}\n{"a": \n')
+    with pytest.raises(InputError, match="not JSON"):
+        parse_documents("{nope")

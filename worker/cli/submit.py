@@ -15,8 +15,31 @@ from worker.settings import Settings
 def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
     p = sub.add_parser("submit", help="publish a JSON intent (file or - for stdin) as Avro to the intents topic")
-    p.add_argument("file", help="JSON file with one intent object or an array of intents; - reads stdin")
+    p.add_argument("file", help="JSON file with one intent object, an array of intents, or JSON Lines "
+                                "(one intent per line); - reads stdin. Every intent is validated before any is sent")
     p.set_defaults(handler=cmd_submit)
+
+
+def parse_documents(raw: str) -> list[Any]:
+    """The intents in ``raw``: one JSON value (an object, or an array of them), else JSON Lines.
+
+    Raises:
+        InputError: neither form parses; for JSON Lines the message names the bad line.
+    """
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as whole:
+        lines = [(n, line) for n, line in enumerate(raw.splitlines(), start=1) if line.strip()]
+        if len(lines) < 2:
+            raise InputError(f"intent file is not JSON: {whole}") from whole
+        items = []
+        for number, line in lines:
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"intent file is neither JSON nor JSON Lines: line {number}: {exc}") from exc
+        return items
+    return doc if isinstance(doc, list) else [doc]
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -31,11 +54,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read intent file {args.file}: {exc}") from exc
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"intent file is not JSON: {exc}") from exc
-    items = doc if isinstance(doc, list) else [doc]
+    items = parse_documents(raw)
     codec = make_codec(settings)
     subject = value_subject(settings.topics.intents)
     intents = [parse_intent(item) for item in items]
