@@ -154,7 +154,9 @@ def test_request_cost_of_a_ready_run_and_a_duplicate(sr_env: SREnv, write_eviden
     # READY run (2 gates x 4 members): plan + facts view + one ledger entry are the only writes.
     assert ready_s3["PUT"] == 3
     assert ready_s3["HEAD"] == 0 and ready_s3["DELETE"] == 0
-    assert ready_s3["GET"] == 11 and ready_s3["LIST"] == 1
+    # 3A: flag, index.json, 4 members; 6B (scoped): flag, 4 members and its _receipt.json, read
+    # for the digest like any member and judged from those bytes (no request of its own).
+    assert ready_s3["GET"] == 12 and ready_s3["LIST"] == 1
     # admit, acquire (returns the row), advance (+publication), mark published, release.
     assert ready_pg <= 5
     # A duplicate costs no S3 request at all and one Postgres round trip.
