@@ -15,9 +15,12 @@ from confluent_kafka import Consumer, TopicPartition
 from tests.harness.evidence import (
     GATE_3A_MEMBERS,
     GATE_6B_MEMBERS,
+    RECEIPT_NAME,
     EvidenceWriter,
     bundle_digest,
+    instance_of,
     member_concat_digest_of,
+    receipt_bytes,
 )
 from tests.harness.kafka import produce_raw, read_topic, submit
 from tests.harness.sr_env import SREnv, make_intent, replace_intent
@@ -76,8 +79,11 @@ def test_complete_evidence_gives_exactly_one_verifiable_ready(sr_env: SREnv, wri
     assert receipts["gate_3A"]["digest"] == member_concat_digest_of(GATE_3A_MEMBERS)
     assert receipts["gate_3A"]["member_count"] == 4
     assert receipts["gate_6B"]["method"] == "sha256_bundle_digest"
-    assert receipts["gate_6B"]["digest"] == bundle_digest(GATE_6B_MEMBERS)
-    assert receipts["gate_6B"]["member_count"] == 4
+    # gate_6B is scoped: its receipt is a fifth member, covered by the digest, and what it proved is on record.
+    proof = receipt_bytes("gate_6B", instance_of(intent))
+    assert receipts["gate_6B"]["digest"] == bundle_digest({**GATE_6B_MEMBERS, RECEIPT_NAME: proof})
+    assert receipts["gate_6B"]["member_count"] == 5
+    assert receipts["gate_6B"]["bound"] == instance_of(intent) and receipts["gate_3A"]["bound"] == {}
     assert view["plan_hash"] == event.plan_hash
 
 
