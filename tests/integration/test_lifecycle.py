@@ -235,6 +235,7 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
     assert ("mallory", "replay", False) in audit and ("ops-alice", "replay", True) in audit
 
 
+@pytest.mark.shared_evidence  # the complete runs share one evidence root: gate_6B unscoped
 def test_index_rebuild_after_database_loss(pg_server_dsn: str, write_evidence: EvidenceWriter,
                                            sr_env: SREnv) -> None:
     env = sr_env

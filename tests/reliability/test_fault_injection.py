@@ -219,6 +219,7 @@ def _check_output(env: SREnv, expected: dict[str, str], s3_client: Any) -> str:
 # ----------------------------------------------------------------------------- S3
 
 
+@pytest.mark.shared_evidence  # phases share one evidence root per kind: gate_6B unscoped
 def test_s3_latency_resets_and_blackhole_are_retried_and_recovered(
     sr_env: SREnv, write_evidence: EvidenceWriter, s3_client: Any,
 ) -> None:
@@ -239,6 +240,7 @@ def test_s3_latency_resets_and_blackhole_are_retried_and_recovered(
 # ----------------------------------------------------------------------------- Postgres (proxy)
 
 
+@pytest.mark.shared_evidence  # phases share one evidence root per kind: gate_6B unscoped
 def test_postgres_latency_resets_and_blackhole_are_retried_and_recovered(
     sr_env: SREnv, write_evidence: EvidenceWriter, s3_client: Any,
 ) -> None:
