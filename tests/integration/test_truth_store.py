@@ -48,9 +48,10 @@ def make_plan(run_id: str, tenant: str = "t1", namespace: str = "ns", scenario: 
 
 
 def make_view(plan: Plan, digest: str = "f" * 64) -> FactsView:
+    # The plan has no output gates (as before instance binding), so its facts view is format 1.
     return FactsView(
-        run_id=plan.run_id, plan_hash=plan_hash(plan), policy_rev=plan.policy_rev, tenant_id=plan.tenant_id,
-        namespace=plan.namespace, scenario_id=plan.scenario_id, pins=plan.pins,
+        format_version=1, run_id=plan.run_id, plan_hash=plan_hash(plan), policy_rev=plan.policy_rev,
+        tenant_id=plan.tenant_id, namespace=plan.namespace, scenario_id=plan.scenario_id, pins=plan.pins,
         receipts=(GateReceipt(gate_id="gate_6B", method=GateMethod.SHA256_BUNDLE_DIGEST,
                               bundle_uri=plan.gates[0].bundle_uri, digest=digest, member_count=2,
                               byte_count=10),),

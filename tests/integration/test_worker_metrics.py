@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.evidence import GATE_3A_MEMBERS, GATE_6B_MEMBERS, EvidenceWriter
+from tests.harness.evidence import (
+    GATE_3A_MEMBERS,
+    GATE_6B_MEMBERS,
+    EvidenceWriter,
+    default_instance,
+    receipt_bytes,
+)
 from tests.harness.kafka import produce_raw, read_topic, submit
 from tests.harness.probes import wait_for
 from tests.harness.sr_env import SREnv, make_intent
@@ -69,8 +75,10 @@ def test_worker_exposes_health_and_correct_metrics(sr_env: SREnv, write_evidence
     assert metrics[("sr_ready_published_total", ())] == 1
     assert metrics[("sr_dlq_total", (("error_class", "DECODE_ERROR"),))] == 1
     assert metrics[("sr_runs_by_status", (("status", "READY"),))] == 1
-    # Exactly the bytes of the verified members (both gates of the READY run).
-    member_bytes = sum(len(v) for v in GATE_3A_MEMBERS.values()) + sum(len(v) for v in GATE_6B_MEMBERS.values())
+    # Exactly the bytes of the verified members (both gates of the READY run; gate_6B's receipt is one).
+    receipt = receipt_bytes("gate_6B", default_instance("metrics-ok"))
+    member_bytes = (sum(len(v) for v in GATE_3A_MEMBERS.values()) + sum(len(v) for v in GATE_6B_MEMBERS.values())
+                    + len(receipt))
     assert metrics[("sr_evidence_bytes_verified_total", ())] == member_bytes
     s3_requests = sum(v for (name, _labels), v in metrics.items() if name == "sr_s3_request_seconds_count")
     pg_queries = metrics[("sr_pg_query_seconds_count", ())]

@@ -24,8 +24,11 @@ import pytest
 from tests.harness.evidence import (
     GATE_3A_MEMBERS,
     GATE_6B_MEMBERS,
+    RECEIPT_NAME,
     bundle_digest,
+    default_instance,
     flag_bytes,
+    receipt_bytes,
     upload_member_concat_gate,
 )
 from tests.harness.kafka import read_topic, submit
@@ -59,7 +62,8 @@ def _seed_slow_evidence(env: SREnv, s3_client: Any, name: str) -> None:
     root = env.evidence_prefix(name)
     upload_member_concat_gate(s3_client, env.bucket, root, "gates/3A", GATE_3A_MEMBERS)
     members = {**GATE_6B_MEMBERS, **{f"transactions/extra-{i:05d}.csv": f"tx,{i}\n".encode()
-                                     for i in range(SLOW_MEMBERS)}}
+                                     for i in range(SLOW_MEMBERS)},
+               RECEIPT_NAME: receipt_bytes("gate_6B", default_instance(name))}  # gate_6B is scoped
     prefix = f"{root}/gates/6B"
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda item: s3_client.put_object(Bucket=env.bucket, Key=f"{prefix}/{item[0]}",

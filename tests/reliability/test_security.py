@@ -194,6 +194,7 @@ def _leaks(blob: bytes, needles: dict[str, bytes]) -> list[str]:
     return [name for name, needle in needles.items() if needle in blob]
 
 
+@pytest.mark.shared_evidence  # the fault episodes add runs of other seeds on the "complete" root
 def test_secrets_never_reach_logs_dlq_events_artifacts_or_metrics(
     sr_env: SREnv, write_evidence: EvidenceWriter, s3_client: Any, tmp_path: Path,
 ) -> None:
