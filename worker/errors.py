@@ -206,6 +206,13 @@ class IntegrityError(S3Error, PermanentError):
     code = "INTEGRITY"
 
 
+class FactsViewMismatchError(IntegrityError):
+    """A READY names a facts view that is missing, or whose bytes do not hash to its
+    ``facts_view_hash`` or describe another run (what a downstream reader must refuse)."""
+
+    code = "FACTS_VIEW_MISMATCH"
+
+
 class S3AccessError(S3Error, PermanentError):
     """Access denied, bad bucket, or another non-transient client error."""
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from worker.adapters.kafka.config import KafkaConfig
 from worker.adapters.kafka.errors import translate_exception
@@ -126,18 +126,24 @@ class KafkaPartitionReader:
 
 
 class TopicReader:
-    """Reads whole topics from the beginning of every partition, outside any group.
+    """Reads whole topics, every partition, outside any group.
 
-    For demos and tests that watch what SR published: :meth:`poll` returns what arrived since
-    the last call. Use as a context manager; no I/O in ``__init__``.
+    For ``sr follow``, the READY follower, demos and tests: :meth:`poll` returns what arrived
+    since the last call. ``start`` is ``"beginning"`` (default), ``"end"`` (only what arrives
+    from now on) or epoch milliseconds (the first record at or after that time in each
+    partition). Use as a context manager; no I/O in ``__init__``.
     """
 
     def __init__(self, config: KafkaConfig, topics: Sequence[str], *,
-                 consumer_factory: ConsumerFactory = Consumer, metadata_timeout: float = 10.0) -> None:
+                 consumer_factory: ConsumerFactory = Consumer, metadata_timeout: float = 10.0,
+                 start: str | int = "beginning") -> None:
+        if not (start in ("beginning", "end") or (isinstance(start, int) and not isinstance(start, bool))):
+            raise InputError(f"start must be 'beginning', 'end' or epoch milliseconds, not {start!r}")
         self._config = config
         self._topics = list(topics)
         self._factory = consumer_factory
         self._metadata_timeout = metadata_timeout
+        self._start = start
         self._consumer: Consumer | None = None
 
     def __enter__(self) -> TopicReader:
@@ -180,6 +186,17 @@ class TopicReader:
             if meta is None:
                 raise InputError(f"topic {topic} does not exist")
             assignment.extend(TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions))
+        if self._start == "end":
+            return [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in assignment]
+        if isinstance(self._start, int):
+            wanted = [TopicPartition(tp.topic, tp.partition, self._start) for tp in assignment]
+            try:
+                found = consumer.offsets_for_times(wanted, timeout=self._metadata_timeout)
+            except KafkaException as exc:
+                raise translate_exception(exc, "cannot find offsets for the start time") from exc
+            # No record at or after the time: start at the end of that partition.
+            return [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                    for tp in found]
         return assignment
 
     def __exit__(
@@ -200,6 +217,28 @@ class TopicReader:
         except KafkaException as exc:
             raise translate_exception(exc, "reading topics failed") from exc
         return [record_from_message(m) for m in msgs if m.error() is None]
+
+    def at_end(self) -> bool:
+        """Whether every assigned partition's position has reached its high watermark.
+
+        On Tansu the watermark can lag (contract §1): call it only after a poll returned
+        nothing for a while, as ``--until-end`` does.
+
+        Raises:
+            KafkaUnavailableError / KafkaFatalError: the client reported a fault.
+        """
+        if self._consumer is None:
+            raise KafkaFatalError("topic reader is not open (use it as a context manager)")
+        try:
+            assignment = self._consumer.assignment()
+            for tp in self._consumer.position(assignment):
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                                  timeout=5, cached=False)
+                if high > 0 and (tp.offset < 0 or tp.offset < high):
+                    return False
+        except KafkaException as exc:
+            raise translate_exception(exc, "watermark query failed") from exc
+        return True
 
     def close(self) -> None:
         """Release the client (nothing to commit: the reader is in no group)."""
