@@ -96,6 +96,10 @@ def test_demo_shows_every_outcome_and_exits_cleanly(tmp_path: Path) -> None:
     assert "DIGEST_MISMATCH" in out and "EQUIV_KEY_COLLISION" in out and "EVIDENCE_MISSING" in out
     # The INVOKE sample: SR asks the reference engine, which writes the evidence and reports.
     assert "ENGINE_RUNNING" in out and "ENGINE ->" in out and "ENGINE <-" in out and "SUCCEEDED" in out
+    # READY lines come through the client's follower: facts view checked, what gate_6B's receipt bound.
+    ready_lines = [line for line in out.splitlines() if line.startswith("READY")]
+    assert len(ready_lines) == 2 and all("verified (sha256)" in line and "bound gate_6B:" in line
+                                         for line in ready_lines), ready_lines
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
 

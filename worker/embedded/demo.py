@@ -18,6 +18,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,7 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
     engine_thread.start()
     seen: Counter[str] = Counter()
     topics = settings.topics
+    watch, stack = _open_watch(settings, codec)
     reader = TopicReader(kafka_config(settings), (topics.ready, topics.status, topics.dlq, topics.engine_requests,
                                                   topics.engine_results))
     try:
@@ -137,9 +140,9 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
                 console.print(f"submitted [cyan]{name:<9}[/] run_id={run_id_of(intent)}", highlight=False)
                 if name == "tampered":
                     # Let the original run commit before its duplicate and collision arrive.
-                    _drain(reader, codec, console, seen, stop, until=lambda: seen["READY"] >= 1, timeout=30)
+                    _drain(reader, watch, console, seen, stop, until=lambda: seen["READY"] >= 1, timeout=30)
         deadline = time.monotonic() + timeout
-        done = _drain(reader, codec, console, seen, stop,
+        done = _drain(reader, watch, console, seen, stop,
                       until=lambda: all(seen[k] >= v for k, v in EXPECTED.items()),
                       timeout=max(0.0, deadline - time.monotonic()))
         table = Table("outcome", "expected", "seen", title="demo summary")
@@ -149,14 +152,24 @@ def run_demo(eps: Endpoints, console: Console, stop: threading.Event, *, exit_wh
         if not exit_when_done and not stop.is_set():
             console.print("worker keeps running; submit more with `sr submit` (Ctrl-C to stop)", highlight=False)
             while not stop.wait(0.3):
-                _drain(reader, codec, console, seen, stop, until=lambda: False, timeout=0.3)
+                _drain(reader, watch, console, seen, stop, until=lambda: False, timeout=0.3)
         return done
     finally:
         reader.close()
+        stack.close()
         worker.stop()
         engine.stop()
         thread.join(60)
         engine_thread.join(60)
+
+
+def _open_watch(settings: Any, codec: Any) -> tuple[_Watch, ExitStack]:
+    """The demo's watch and the stack that closes its object store."""
+    from worker.client import FactTracker
+    from worker.runtime.compose import object_store
+
+    stack = ExitStack()
+    return _Watch(codec, FactTracker(), stack.enter_context(object_store(settings))), stack
 
 
 def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
@@ -183,25 +196,61 @@ def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
     return settings, intents
 
 
-def _drain(reader: Any, codec: Any, console: Console, seen: Counter[str], stop: threading.Event, *,
+def _drain(reader: Any, watch: _Watch, console: Console, seen: Counter[str], stop: threading.Event, *,
            until: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not until():
         if stop.is_set() or time.monotonic() > deadline:
             return bool(until())
         for record in reader.poll(100, 0.2):
-            _print_event(record, codec, console, seen)
+            _print_event(record, watch, console, seen)
     return True
 
 
-def _print_event(record: Record, codec: Any, console: Console, seen: Counter[str]) -> None:
+@dataclass
+class _Watch:
+    """How the demo reads events: the codec, and for READY lines the client's follower
+    bookkeeping and check (worker.client: re-sends dropped, facts view fetched and its sha256
+    compared with facts_view_hash before the line is printed)."""
+
+    codec: Any
+    tracker: Any
+    store: Any
+
+
+def _print_fact(watch: _Watch, event: Any, console: Console, seen: Counter[str]) -> None:
+    from worker.client import Decision, FactsViewMismatchError, verify_facts_view
+
+    if event.event_type.value == "SUPERSEDE":
+        watch.tracker.offer(event)
+        seen["SUPERSEDE"] += 1
+        console.print(f"[bold green]{'SUPERSEDE':<10}[/] run_id={event.run_id}", highlight=False)
+        return
+    if watch.tracker.offer(event) is not Decision.HAND:
+        return  # a re-send of a fact already shown
+    try:
+        view = verify_facts_view(watch.store, event)
+    except FactsViewMismatchError as exc:
+        watch.tracker.reject(event)
+        console.print(f"[red]{'UNVERIFIED':<10}[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    seen[event.event_type.value] += 1
+    outputs = ", ".join(f"{o.output_id} ({'+'.join(o.gates)})" for o in view.outputs) or "-"
+    bound = "; ".join(f"{r.gate_id}: {', '.join(f'{k}={v}' for k, v in r.bound.items())}"
+                      for r in view.receipts if r.scope)
+    console.print(f"[bold green]{event.event_type.value:<10}[/] run_id={event.run_id} facts view "
+                  f"{event.facts_view_hash[:16]}… verified (sha256); outputs {outputs}"
+                  + (f"; bound {bound}" if bound else ""), highlight=False, soft_wrap=True)
+
+
+def _print_event(record: Record, watch: _Watch, console: Console, seen: Counter[str]) -> None:
     if record.topic.endswith("dlq"):
         headers = {k: v.decode(errors="replace") for k, v in record.headers}
         seen["DLQ"] += 1
         console.print(f"[magenta]DLQ[/]        class={headers.get('sr-error-class')} "
                       f"msg={headers.get('sr-error-message', '')[:80]}", highlight=False, soft_wrap=True)
         return
-    record_name, datum = codec.decode(record.value)
+    record_name, datum = watch.codec.decode(record.value)
     if record_name.endswith("EngineRequest"):
         seen["ENGINE_REQUEST"] += 1
         console.print(f"[blue]{'ENGINE ->':<10}[/] run_id={datum['run_id']} attempt {datum['attempt_no']} "
@@ -213,10 +262,7 @@ def _print_event(record: Record, codec: Any, console: Console, seen: Counter[str
                       f"by {datum['reported_by']}", highlight=False, soft_wrap=True)
         return
     if record_name.endswith("ReadyEvent"):
-        seen[datum["event_type"]] += 1
-        console.print(f"[bold green]{datum['event_type']:<10}[/] run_id={datum['run_id']} "
-                      f"facts_view_hash={datum['facts_view_hash'][:16]}… uri={datum['facts_view_uri']}",
-                      highlight=False, soft_wrap=True)
+        _print_fact(watch, watch.codec.decode_ready(record.value), console, seen)
     else:
         seen[datum["status"]] += 1
         console.print(f"[yellow]{datum['status']:<10}[/] run_id={datum['run_id']} reason={datum['reason_code']}",
