@@ -39,9 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
-from worker.core.canonical import canonical_json
+from worker.core.evidence import receipt_document
 from worker.core.identity import run_id_of
 from worker.core.models import RunIntent
+from worker.core.plan import scope_values
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -202,15 +203,13 @@ def index_bytes(members: Mapping[str, bytes], order: Sequence[str] | None = None
 
 def instance_of(intent: RunIntent, scope: Collection[str] = SCOPE_6B) -> dict[str, str | int]:
     """The values a receipt of a gate scoped to ``scope`` must name for ``intent``'s run."""
-    values: dict[str, str | int] = {
-        "manifest_fingerprint": intent.pins.manifest_fingerprint, "parameter_hash": intent.pins.parameter_hash,
-        "run_id": run_id_of(intent), "scenario_id": intent.scenario_id, "seed": intent.pins.seed}
+    values = scope_values(pins=intent.pins, scenario_id=intent.scenario_id, run_id=run_id_of(intent))
     return {k: values[k] for k in sorted(scope)}
 
 
 def receipt_bytes(gate_id: str, instance: Instance) -> bytes:
-    """A valid ``_receipt.json``: canonical JSON of ``{"gate_id": ..., <scope field>: <value>}``."""
-    return canonical_json({"gate_id": gate_id, **instance})
+    """A valid ``_receipt.json`` naming exactly ``instance`` (SR's own receipt writer)."""
+    return receipt_document(gate_id, instance, instance)
 
 
 # ----------------------------------------------------------------------------- bundles

@@ -117,7 +117,7 @@ def _follow_verified(settings: Settings, *, start: str | int, args: argparse.Nam
     def show(fact: VerifiedFact) -> None:
         printer.emit(fact_row(fact))
 
-    with ReadyFollower(settings, start=start if not args.group else "beginning", group=args.group,
+    with ReadyFollower(settings, start=start, group=args.group,
                        until_end=args.until_end, on_mismatch=mismatch) as follower:
         if args.group:
             follower.run(show, stop=stop)

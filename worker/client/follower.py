@@ -42,7 +42,6 @@ from worker.errors import (
     InputError,
     IntegrityError,
     ObjectNotFoundError,
-    UnknownSchemaError,
     UnsafeKeyError,
 )
 from worker.settings import Settings
@@ -225,7 +224,7 @@ class ReadyFollower:
             raise ConfigError("the follower is not open")
         try:
             event = self._codec.decode_ready(record.value or b"")
-        except (DecodeError, UnknownSchemaError, InputError) as exc:
+        except InputError as exc:  # DecodeError, UnknownSchemaError, MessageTooLargeError...
             # Not a ReadyEvent SR could have written: fail closed, say where.
             raise DecodeError(f"{record.topic}[{record.partition}]@{record.offset} is not a ReadyEvent: {exc}") from exc
         decision = self.tracker.offer(event)

@@ -120,12 +120,10 @@ def _fullname(schema: Mapping[str, Any]) -> str:
     return f"{namespace}.{name}"
 
 
-def _compile(schema_doc: Any) -> tuple[Any, str, bytes]:
-    """Parse a schema document; return (parsed, parsing canonical form, fingerprint)."""
+def _compile(schema_doc: Any) -> tuple[Any, str]:
+    """Parse a schema document; return (parsed, parsing canonical form)."""
     parsed = fastavro.parse_schema(_strip_logical_types(schema_doc))
-    pcf = fastavro.schema.to_parsing_canonical_form(schema_doc)
-    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(pcf, "CRC-64-AVRO"))
-    return parsed, pcf, fingerprint
+    return parsed, fastavro.schema.to_parsing_canonical_form(schema_doc)
 
 
 def _variants(doc: Any) -> tuple[tuple[str, bytes], ...]:
@@ -138,13 +136,16 @@ def _load_schema(path: Path, name: str, version: int) -> _Schema:
     try:
         text = path.read_text(encoding="utf-8")
         doc = json.loads(text)
-        parsed, pcf, fingerprint = _compile(doc)
+        parsed, pcf = _compile(doc)
         variants = _variants(doc)
     except (OSError, ValueError, fastavro.schema.SchemaParseException, fastavro.schema.UnknownType) as exc:
         raise ConfigError(f"cannot load Avro schema {path}: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("type") != "record" or doc.get("name") != name:
         raise ConfigError(f"Avro schema {path} must define record {name!r}")
     compact = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # The fingerprint SR writes is the spec variant's: one source for writing and for the
+    # decode index (tests check it equals fastavro's for every schema file).
+    fingerprint = dict(variants)["spec"]
     return _Schema(name, _fullname(doc), version, compact, parsed, pcf, fingerprint, variants)
 
 
@@ -180,7 +181,7 @@ def _index_fingerprints(versions: list[_Schema]) -> dict[bytes, _Schema]:
     schemas share would make decoding ambiguous, so it is refused at start-up."""
     index: dict[bytes, _Schema] = {}
     for schema in versions:
-        for variant, fingerprint in schema.variants:  # the spec's fingerprint is the first
+        for variant, fingerprint in schema.variants:  # includes "spec", the one SR writes
             other = index.setdefault(fingerprint, schema)
             if other is not schema and other.pcf != schema.pcf:
                 raise ConfigError(f"fingerprint {fingerprint.hex()} ({variant}) of {schema.name} v{schema.version} "
@@ -368,7 +369,7 @@ class AvroCodec:
         if local is None:
             raise UnknownSchemaError(f"registry schema id {schema_id} is not an SR record")
         try:
-            parsed, pcf, _ = _compile(doc)
+            parsed, pcf = _compile(doc)
         except Exception as exc:  # any fastavro failure: a broken registry schema must not crash the worker
             raise UnknownSchemaError(f"registry schema id {schema_id} is not a usable Avro schema") from exc
         entry = (parsed, pcf, local)
