@@ -79,7 +79,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if args.verify:
         return _follow_verified(settings, start=start, args=args, printer=printer, stop=stop)
     from worker.adapters.kafka import TopicReader
-    from worker.client.follower import drain
+    from worker.client.follower import consume_committing, drain
     from worker.runtime.compose import group_consumer, kafka_config, make_codec
 
     codec = make_codec(settings)
@@ -87,13 +87,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
               "engine": [settings.topics.engine_requests, settings.topics.engine_results]}[args.kind]
     if args.group:
         with group_consumer(settings, group_id=args.group, topics=topics) as consumer:
-            while not stop():
-                records = consumer.poll_batch(500, 0.5)
-                for record in records:
-                    printer.emit(describe(codec, settings, record))
-                    consumer.store(record.topic, record.partition, record.offset + 1)
-                if records:
-                    consumer.commit()
+            consume_committing(consumer, lambda record: printer.emit(describe(codec, settings, record)), stop=stop)
         return 0
     with TopicReader(kafka_config(settings), topics, start=start) as reader:
         for record in drain(reader, until_end=args.until_end, stop=stop):

@@ -46,7 +46,7 @@ from worker.errors import (
 )
 from worker.settings import Settings
 
-__all__ = ["Mismatch", "ReadyFollower", "VerifiedFact", "drain", "verify_facts_view"]
+__all__ = ["Mismatch", "ReadyFollower", "VerifiedFact", "consume_committing", "drain", "verify_facts_view"]
 
 #: Called with each READY whose facts view failed verification, and why.
 Mismatch = Callable[[ReadyEvent, FactsViewMismatchError], None]
@@ -95,6 +95,25 @@ def drain(reader: TopicReader, *, until_end: bool, idle_timeout: float = 2.0, ma
             if reader.at_end() or idle_rounds >= 3:
                 return
             idle_since = now
+
+
+def consume_committing(consumer: IntakeConsumer, handle: Callable[[Record], None], *,
+                       stop: Callable[[], bool] = lambda: False, poll_timeout: float = 0.5,
+                       max_records: int = 500) -> None:
+    """Group mode: ``handle`` each record, then store its offset; commit after each batch. A
+    record's offset is committed only after ``handle`` returned for it. Returns when ``stop()``
+    is true between polls.
+
+    Raises:
+        whatever ``handle`` raises (nothing past the failing record is stored); KafkaUnavailableError.
+    """
+    while not stop():
+        records = consumer.poll_batch(max_records, poll_timeout)
+        for record in records:
+            handle(record)
+            consumer.store(record.topic, record.partition, record.offset + 1)
+        if records:
+            consumer.commit()
 
 
 def verify_facts_view(store: ObjectStore, event: ReadyEvent) -> FactsView:
@@ -208,15 +227,13 @@ class ReadyFollower:
         """
         if self._consumer is None:
             raise ConfigError("run() is the group mode: open the follower with 'with' and a group")
-        while not stop():
-            records = self._consumer.poll_batch(self._max, poll_timeout)
-            for record in records:
-                fact = self._judge(record)
-                if fact is not None:
-                    handler(fact)
-                self._consumer.store(record.topic, record.partition, record.offset + 1)
-            if records:
-                self._consumer.commit()
+
+        def handle(record: Record) -> None:
+            fact = self._judge(record)
+            if fact is not None:
+                handler(fact)
+
+        consume_committing(self._consumer, handle, stop=stop, poll_timeout=poll_timeout, max_records=self._max)
 
     # ------------------------------------------------------------------ one record
     def _judge(self, record: Record) -> VerifiedFact | None:
