@@ -94,6 +94,13 @@ class ConfigError(PermanentError):
     code = "CONFIG_INVALID"
 
 
+class UnauthenticatedError(InputError):
+    """A message that must be signed (contract §10) is unsigned, malformed, signed by a key
+    that may not sign it, or its signature does not match its bytes: REJECTED + DLQ copy."""
+
+    code = "UNAUTHENTICATED"
+
+
 class AuthorizationError(PermanentError):
     """An operator or tenant is not allowed to do what it asked."""
 

@@ -8,7 +8,7 @@ one on the same state, exactly like a restart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -16,6 +16,7 @@ from typing import Any, Literal
 from tests.harness.evidence import instance_of, receipt_bytes, upload_bundle_gate, upload_member_concat_gate
 from tests.harness.paths import EXAMPLE_POLICY
 from worker.adapters.avro import AvroCodec
+from worker.app.authentication import InputAuthority
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ports import Record
 from worker.app.processor import Outcome, OutputTopics, RunProcessor
@@ -37,6 +38,7 @@ from worker.core.keys import RunKeys, run_keys
 from worker.core.ledger import LedgerEntry
 from worker.core.models import Pins, RunIntent, RunTrigger, Strategy, TriggerKind
 from worker.core.policy import Policy, load_policy
+from worker.signing import Signer
 
 BUCKET = "sr-unit"
 PREFIX = "sr"
@@ -83,7 +85,7 @@ class World:
 
     def processor(self, *, policy: Policy | None = None, crash: CrashPoints = INERT,
                   leases: InMemoryLeases | None = None, recheck_interval: float = 30.0,
-                  engine: EngineBudget = BUDGET) -> RunProcessor:
+                  engine: EngineBudget = BUDGET, authority: InputAuthority | None = None) -> RunProcessor:
         """One worker "process" on this world's state."""
         return RunProcessor(
             policy=policy or self.policy,
@@ -99,6 +101,7 @@ class World:
             clock=self.clock,
             crash_points=crash,
             engine=engine,
+            authority=authority,
         )
 
     # ---------------------------------------------------------------- inputs
@@ -129,19 +132,22 @@ class World:
         """A trigger requested now."""
         return RunTrigger(run_id=run_id, kind=kind, reason=reason, requested_by=by, requested_at=self.clock())
 
-    def record(self, topic: str, value: bytes, key: bytes | None = None) -> Record:
-        """A consumed record of ``value`` at the next offset of ``topic``[0]."""
+    def record(self, topic: str, value: bytes, key: bytes | None = None, *, signer: Signer | None = None,
+               headers: Sequence[tuple[str, bytes]] = ()) -> Record:
+        """A consumed record of ``value`` at the next offset of ``topic``[0], with ``headers``
+        and, with ``signer``, an ``sr-signature`` header over ``value``."""
         offset = self._offsets.get(topic, 0)
         self._offsets[topic] = offset + 1
-        return Record(topic, 0, offset, key, value, (), None)
+        signed = tuple(signer.headers_for(value).items()) if signer is not None else ()
+        return Record(topic, 0, offset, key, value, (*signed, *headers), None)
 
-    def intent_record(self, intent: RunIntent) -> Record:
-        """``intent`` as a consumed, Avro-encoded record."""
-        return self.record(INTENTS, self.codec.encode_intent(intent))
+    def intent_record(self, intent: RunIntent, **signing: Any) -> Record:
+        """``intent`` as a consumed, Avro-encoded record (``signer=`` / ``headers=`` as :meth:`record`)."""
+        return self.record(INTENTS, self.codec.encode_intent(intent), **signing)
 
-    def trigger_record(self, trigger: RunTrigger) -> Record:
-        """``trigger`` as a consumed, Avro-encoded record."""
-        return self.record(TRIGGERS, self.codec.encode_trigger(trigger), key=trigger.run_id.encode())
+    def trigger_record(self, trigger: RunTrigger, **signing: Any) -> Record:
+        """``trigger`` as a consumed, Avro-encoded record (``signer=`` / ``headers=`` as :meth:`record`)."""
+        return self.record(TRIGGERS, self.codec.encode_trigger(trigger), key=trigger.run_id.encode(), **signing)
 
     # ---------------------------------------------------------------- evidence
     def root_prefix(self, intent: RunIntent) -> str:
@@ -192,17 +198,18 @@ class World:
         """Everything dead-lettered."""
         return self.sink.messages(DLQ)
 
-    def handle(self, processor: RunProcessor, intent: RunIntent) -> Outcome:
+    def handle(self, processor: RunProcessor, intent: RunIntent, **signing: Any) -> Outcome:
         """Hand ``intent`` to ``processor`` as the worker loop would."""
-        record = self.intent_record(intent)
+        record = self.intent_record(intent, **signing)
         outcome = processor.handle_intent(intent, record)
         if outcome.dead_letter is not None:  # as the worker loop does, before storing the offset
             processor.dead_letter(record, outcome.dead_letter)
         return outcome
 
-    def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger) -> Outcome:
-        """Hand ``trigger`` to ``processor`` as the worker loop would."""
-        return processor.handle_trigger(trigger, self.trigger_record(trigger))
+    def handle_trigger(self, processor: RunProcessor, trigger: RunTrigger, **signing: Any) -> Outcome:
+        """Hand ``trigger`` to ``processor`` as the worker loop would (a permanent error is
+        raised, as the loop would dead-letter it)."""
+        return processor.handle_trigger(trigger, self.trigger_record(trigger, **signing))
 
     # ---------------------------------------------------------------- the engine
     def engine_requests(self) -> list[EngineRequest]:
@@ -215,7 +222,7 @@ class World:
         return EngineResult(attempt_id=attempt_id or request.attempt_id, run_id=request.run_id, status=status,
                             detail=detail, reported_by="unit-engine", finished_at=self.clock())
 
-    def handle_result(self, processor: RunProcessor, result: EngineResult) -> Outcome:
+    def handle_result(self, processor: RunProcessor, result: EngineResult, **signing: Any) -> Outcome:
         """Hand ``result`` to ``processor`` as the worker loop would."""
-        record = self.record(RESULTS, self.codec.encode_engine_result(result), key=result.run_id.encode())
+        record = self.record(RESULTS, self.codec.encode_engine_result(result), key=result.run_id.encode(), **signing)
         return processor.handle_engine_result(result, record)

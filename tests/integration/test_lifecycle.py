@@ -233,6 +233,8 @@ def test_replay_reemits_byte_identical_records_with_authorization(single_partiti
         actions = index.operator_actions(limit=10)
     audit = {(a["operator"], a["action"], a["allowed"]) for a in actions}
     assert ("mallory", "replay", False) in audit and ("ops-alice", "replay", True) in audit
+    # Beside the self-declared name, each row records the role the database authenticated.
+    assert {a["db_role"] for a in actions} == {"postgres"}, actions
 
 
 @pytest.mark.shared_evidence  # the complete runs share one evidence root: gate_6B unscoped

@@ -62,15 +62,6 @@ def test_supersede_with_unchanged_evidence_changes_nothing(world: World) -> None
     assert len(world.sink.sent) == sent
 
 
-def test_supersede_that_does_not_verify_leaves_the_current_ready_in_force(world: World) -> None:
-    intent, old = _ready(world)
-    world.write_gate_6b(intent, CORRECTED_6B, tamper={"part-1": b"evil"})  # type: ignore[arg-type]
-    outcome = world.handle_trigger(world.processor(), world.trigger(run_id_of(intent), TriggerKind.SUPERSEDE))  # type: ignore[arg-type]
-    assert outcome.action is Action.UNCHANGED and outcome.detail.startswith("SUPERSEDE_NOT_VERIFIED")
-    assert world.index.get(run_id_of(intent)).facts_view_hash == old  # type: ignore[arg-type, union-attr]
-    assert [e.event_type for e in world.ready_events()] == [EventType.READY]
-
-
 def test_supersede_of_a_run_that_is_not_ready_is_ignored(world: World) -> None:
     processor = world.processor()
     intent = world.intent()

@@ -47,7 +47,7 @@ from .conftest import H1, H2, SCHEMAS, FakeRegistry, engine_request_dict, engine
 RUN = "0123456789abcdef0123456789abcdef"
 FINGERPRINTS = {
     "RunIntent": "aac02643562afb30",
-    "RunTrigger": "d291691704416d0e",
+    "RunTrigger": "b0a97431ec61f1a1",  # v2 (RETRY); v1 was d291691704416d0e
     "ReadyEvent": "8871b575c801e7ec",
     "RunStatusEvent": "b11a32c6edbcf532",
     "EngineRequest": "4f65df2d56240ead",

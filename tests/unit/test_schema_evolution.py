@@ -66,7 +66,7 @@ def ready_datum(event_type: str = "READY") -> dict[str, Any]:
 def test_the_history_holds_the_evolutions_so_far() -> None:
     codec = AvroCodec()
     current = {r.record: r.version for r in codec.fingerprints() if r.current}
-    assert current == {"RunIntent": 2, "RunTrigger": 1, "ReadyEvent": 2, "RunStatusEvent": 1,
+    assert current == {"RunIntent": 2, "RunTrigger": 2, "ReadyEvent": 2, "RunStatusEvent": 1,
                        "EngineRequest": 1, "EngineResult": 1}
     for record in RECORD_NAMES:
         assert len(versions(record)) == current[record]
@@ -173,3 +173,20 @@ def test_a_history_the_codec_cannot_use_is_a_config_error(tmp_path: Path, damage
     AvroCodec(default_schema_dir())  # the shipped history is fine
     with pytest.raises(ConfigError):
         AvroCodec(directory)
+
+
+def test_a_retry_trigger_is_run_trigger_version_2_and_a_version_1_frame_still_decodes() -> None:
+    from datetime import UTC, datetime
+
+    from worker.core.models import RunTrigger, TriggerKind
+
+    codec = AvroCodec()
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    retry = RunTrigger(run_id="0" * 32, kind=TriggerKind.RETRY, reason="fixed", requested_by="ops", requested_at=at)
+    assert codec.decode_trigger(codec.encode_trigger(retry)) == retry
+    # A producer still on version 1 (no RETRY symbol) is read into the current schema.
+    v1 = next(r for r in codec.fingerprints() if r.record == "RunTrigger" and r.version == 1 and r.variant == "spec")
+    datum = {"run_id": "0" * 32, "kind": "REEMIT", "reason": "r", "requested_by": "ops",
+             "requested_at": 1_796_169_600_000}
+    frame = b"\xc3\x01" + bytes.fromhex(v1.hex) + v1_body("RunTrigger", datum)
+    assert codec.decode_trigger(frame).kind is TriggerKind.REEMIT

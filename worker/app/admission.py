@@ -20,7 +20,7 @@ from worker.app.verifier import EvidenceVerifier
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for
 from worker.core.index import Admission, AdmissionOutcome, NewRun
 from worker.core.models import RunIntent, RunStatus, RunStatusEvent, StatusEventStatus
-from worker.errors import EvidenceRootForbiddenError, PermanentError, SRError
+from worker.errors import EvidenceRootForbiddenError, PermanentError, SRError, UnauthenticatedError
 from worker.logs import RunLogger, run_logger
 
 __all__ = ["IntentAdmission", "RejectionError"]
@@ -78,6 +78,16 @@ class IntentAdmission:
             return self._on_duplicate(admission, log)
         log.info("run admitted")
         return self._step.drive(run_id, fresh=True, log=log, intent=intent)
+
+    def reject_unauthenticated(self, intent: RunIntent, error: UnauthenticatedError) -> Outcome:
+        """REJECTED ``UNAUTHENTICATED`` (contract §10): announced and dead-lettered like every
+        rejection, before any evidence read or index write.
+
+        Raises:
+            KafkaUnavailableError: the status event was not acknowledged.
+        """
+        run_id = run_id_for(run_equivalence_key(intent))
+        return self.reject(intent, run_id, error, log=run_logger("sr.run", run_id=run_id, tenant_id=intent.tenant_id))
 
     def _on_duplicate(self, admission: Admission, log: RunLogger) -> Outcome:
         row = admission.row

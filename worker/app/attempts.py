@@ -136,7 +136,8 @@ class EngineAttempts:
             step.log.info("engine result recorded", extra={
                 "attempt_no": attempt.attempt_no, "attempt_id": attempt.attempt_id,
                 "engine_status": result.status.value, "reported_by": result.reported_by})
-        if attempt.attempt_no != len(state.attempts):
+        if attempt.attempt_no != len(state.attempts) or attempt.attempt_no <= state.attempts_before_retry:
+            # Superseded by a later attempt, or made before a RETRY reopened the run.
             step.log.info("engine result for a superseded attempt: recorded, ignored",
                           extra={"attempt_no": attempt.attempt_no, "latest_attempt_no": len(state.attempts)})
             return Outcome(Action.UNCHANGED, step.run_id, f"STALE_ATTEMPT:{attempt.attempt_no}")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from worker.app.authentication import InputAuthority
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ports import EventCodec, Leases, RunIndex, RunObserver, SilentObserver
 from worker.app.publisher import Publisher
@@ -63,3 +64,5 @@ class RunContext:
     observer: RunObserver = field(default_factory=SilentObserver)
     #: Engine attempts: timeout, retry backoff and attempt budget (contract §8).
     engine: EngineBudget = field(default_factory=EngineBudget)
+    #: Who may send what: signature key sets and the RETRY allowlist (contract §10).
+    authority: InputAuthority = field(default_factory=InputAuthority)

@@ -25,6 +25,8 @@ class CrashPoint(enum.StrEnum):
     # The engine path (contract §8).
     AFTER_ENGINE_REQUESTED = "after_engine_requested"  # ENGINE_REQUESTED in the ledger, index not advanced
     AFTER_ENGINE_RESULT = "after_engine_result"  # ENGINE_RESULT in the ledger, nothing decided on it yet
+    # Revocation (contract §11).
+    AFTER_LEDGER_REVOKED = "after_ledger_revoked"  # REVOKED in the ledger, index not advanced
 
 
 class CrashPoints:

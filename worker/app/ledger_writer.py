@@ -75,14 +75,16 @@ class LedgerWriter:
         )
 
     def record_trigger(self, lease: Lease, keys: RunKeys, entries: tuple[LedgerEntry, ...],
-                       trigger: RunTrigger, intent: RunIntent) -> tuple[LedgerEntry, ...]:
-        """Record ``trigger`` (with ``requested_by``) once; a re-delivered trigger is on record already.
+                       trigger: RunTrigger, intent: RunIntent, *,
+                       key_id: str | None = None) -> tuple[LedgerEntry, ...]:
+        """Record ``trigger`` (with ``requested_by``, and ``key_id`` when it was signed) once; a
+        re-delivered trigger is on record already.
 
         Raises:
             LedgerRaceError / StaleEpochError / LeaseLostError: as :meth:`append` and the lease.
         """
         body = TriggerBody(kind=trigger.kind.value, reason=trigger.reason, requested_by=trigger.requested_by,
-                           requested_at=millis(trigger.requested_at))
+                           requested_at=millis(trigger.requested_at), key_id=key_id)
         if any(e.kind is LedgerKind.TRIGGER and same_decision(e.body, body.to_dict()) for e in entries):
             return entries
         entry = self.append(lease, keys, entries, LedgerKind.TRIGGER, body, intent=intent)

@@ -1,10 +1,16 @@
 """Operator tooling: authorization, replay of a partition slice, re-emit, index rebuild.
 
 Every operator action is authorized against the configured allowlist (``SR_OPERATORS``;
-empty means nobody — fail closed) and recorded in ``sr_operator_actions``, allowed or not.
+empty means nobody — fail closed) and recorded in ``sr_operator_actions``, allowed or not,
+with the database role of the session beside the self-declared operator name.
 Re-emission never recomputes anything: control facts are rebuilt from the verified S3 ledger
 with the same pure function that built them at commit time (:mod:`worker.core.events`), and
 checked against the bytes stored in the outbox, so every re-emission is byte-identical.
+
+Re-emission is ordered (contract §11): it reads the ledger and sends while holding the run's
+lease — the lease every commit holds — and sends only the run's last word
+(:func:`~worker.core.events.current_facts`), so a re-emit racing a SUPERSEDE can never put
+READY(old) after READY(new), and a revoked READY is never re-sent as current.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from typing import Any
 from worker.app.ports import OperatorAudit, Record, RunIndex
 from worker.app.processor import RunProcessor
 from worker.app.truth import TruthStore
-from worker.core.events import admitted_intent, control_facts, current_ready
+from worker.core.events import admitted_intent, control_facts, current_facts, current_ready
 from worker.core.identity import intent_fingerprint, run_equivalence_key, run_id_for, run_id_of
-from worker.core.index import NewPublication
-from worker.core.ledger import LedgerKind, derive_state, entry_hash
+from worker.core.index import NewPublication, RunRow
+from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
 from worker.core.ledger_bodies import recorded_plan_hash
-from worker.core.models import RunStatus
-from worker.errors import AuthorizationError, InputError, IntegrityError, SRError
+from worker.core.models import ReadyEvent, RunStatus
+from worker.errors import AuthorizationError, InputError, IntegrityError, LeaseBusyError, SRError
 
 log = logging.getLogger("sr.operators")
+
+#: Seconds a re-emission waits for a run's lease (a worker holds it for one step at a time).
+REEMIT_LEASE_WAIT = 10.0
 
 
 def operator_name(explicit: str | None, environ: dict[str, str] | None = None) -> str:
@@ -125,36 +134,66 @@ def replay(
         if row is None:
             summary.skipped["run not in the index"] += 1
             continue
-        entries = truth.read_ledger(truth.keys_for(row.tenant_id, row.namespace, run_id)) if row.ledger_seq >= 0 \
-            else ()
-        facts = control_facts(entries)
+        try:
+            facts = reemit_under_lease(row, processor=processor, truth=truth, dry_run=dry_run, select=current_facts)
+        except LeaseBusyError:
+            summary.skipped["run stayed leased by a worker (replay it again)"] += 1
+            continue
         if not facts:
             summary.skipped[f"no READY fact (status {row.status.value})"] += 1
             continue
+        summary.reemitted += len(facts)
+    return summary
+
+
+def reemit_under_lease(row: RunRow, *, processor: RunProcessor, truth: TruthStore, dry_run: bool,
+                       select: Callable[[Sequence[LedgerEntry]], list[ReadyEvent]],
+                       wait: float = REEMIT_LEASE_WAIT) -> list[ReadyEvent]:
+    """Read the run's ledger and send the facts ``select`` picks from it, all while holding
+    the run's lease, so no commit can come between the read and the send. A dry run takes no
+    lease (it sends nothing). Returns the facts sent (or, dry, that would be).
+
+    Raises:
+        LeaseBusyError: a worker held the lease for all of ``wait`` seconds.
+        IntegrityError: the ledger and the outbox disagree (nothing more is sent).
+        RetryableError: a server is unavailable.
+    """
+    def send() -> list[ReadyEvent]:
+        entries = truth.read_ledger(truth.keys_for(row.tenant_id, row.namespace, row.run_id)) \
+            if row.ledger_seq >= 0 else ()
+        facts = select(entries)
         for event in facts:
             processor.send_fact(event, dry_run=dry_run)
-            summary.reemitted += 1
-    return summary
+        return facts
+
+    if dry_run:
+        return send()
+    with processor.context.leases.acquire(row.run_id, wait=wait):
+        return send()
 
 
 def reemit_run(run_id: str, *, processor: RunProcessor, index: RunIndex, truth: TruthStore,
                dry_run: bool = False) -> str:
-    """Re-emit the run's current READY, rebuilt from the ledger; returns its facts_view_hash.
+    """Re-emit the run's current READY, rebuilt from the ledger under the run's lease (see
+    :func:`reemit_under_lease`); returns its facts_view_hash.
 
     Raises:
-        InputError: unknown run, or the run is not READY.
+        InputError: unknown run, or the run is not READY (a revoked READY is not re-sent).
+        LeaseBusyError: a worker kept the run leased for :data:`REEMIT_LEASE_WAIT` seconds.
         IntegrityError: the ledger and the outbox disagree.
     """
     row = index.get(run_id)
     if row is None:
         raise InputError(f"run {run_id} not found")
-    entries = truth.read_ledger(truth.keys_for(row.tenant_id, row.namespace, run_id)) if row.ledger_seq >= 0 \
-        else ()
-    event = current_ready(entries)
-    if event is None:
+
+    def ready(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
+        event = current_ready(entries)
+        return [] if event is None else [event]
+
+    sent = reemit_under_lease(row, processor=processor, truth=truth, dry_run=dry_run, select=ready)
+    if not sent:
         raise InputError(f"run {run_id} is {row.status.value}, not READY: nothing to re-emit")
-    processor.send_fact(event, dry_run=dry_run)
-    return event.facts_view_hash
+    return sent[0].facts_view_hash
 
 
 # ----------------------------------------------------------------------------- rebuild

@@ -24,6 +24,8 @@ class Action(enum.StrEnum):
     REEMITTED = "REEMITTED"
     SUPERSEDED = "SUPERSEDED"
     ENGINE_REQUESTED = "ENGINE_REQUESTED"
+    REVOKED = "REVOKED"  # a READY was withdrawn (contract §11)
+    REFUSED = "REFUSED"  # a trigger on record that asked for something not allowed (a RETRY)
 
 
 @dataclass(frozen=True)

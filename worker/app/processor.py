@@ -18,6 +18,7 @@ from typing import Any
 
 from worker.app.admission import IntentAdmission
 from worker.app.attempts import EngineAttempts
+from worker.app.authentication import InputAuthority
 from worker.app.context import OutputTopics, RunContext, utcnow
 from worker.app.crashpoints import INERT, CrashPoints
 from worker.app.ledger_writer import LedgerWriter
@@ -35,7 +36,8 @@ from worker.core.engine import EngineResult
 from worker.core.index import NewPublication
 from worker.core.models import ReadyEvent, RunIntent, RunTrigger
 from worker.core.policy import Policy
-from worker.errors import RunBusyError, SRError
+from worker.core.signatures import SIGNATURE_HEADER
+from worker.errors import RunBusyError, SRError, UnauthenticatedError
 from worker.logs import RunLogger, run_logger
 
 __all__ = ["Action", "Outcome", "OutputTopics", "RunProcessor", "utcnow"]
@@ -63,6 +65,7 @@ class RunProcessor:
         crash_points: CrashPoints = INERT,
         observer: RunObserver | None = None,
         engine: EngineBudget | None = None,
+        authority: InputAuthority | None = None,
     ) -> None:
         self._wire(RunContext(
             codec=codec, index=index, leases=leases, truth=truth, verifier=verifier, publisher=publisher,
@@ -71,6 +74,7 @@ class RunProcessor:
             trigger_lease_wait=max(lease_wait, 5.0), clock=clock, crash=crash_points,
             observer=observer if observer is not None else SilentObserver(),
             engine=engine if engine is not None else EngineBudget(),
+            authority=authority if authority is not None else InputAuthority(),
         ))
 
     @classmethod
@@ -103,16 +107,25 @@ class RunProcessor:
     def handle_intent(self, intent: RunIntent, source: Record) -> Outcome:
         """Admit one decoded intent (consumed as ``source``) and drive its run as far as the
         evidence allows. A REJECTED outcome's ``dead_letter`` asks the caller for a DLQ copy.
+        With tenant keys configured, an intent not signed by its own tenant is REJECTED
+        ``UNAUTHENTICATED`` before any evidence read or index write (contract §10).
 
         Raises:
             RetryableError: a server is unavailable (the caller retries; offset not stored).
         """
+        try:
+            self.context.authority.check_intent(intent, source.header(SIGNATURE_HEADER), source.value or b"")
+        except UnauthenticatedError as exc:
+            return self.admission.reject_unauthenticated(intent, exc)
         return self.admission.handle(intent)
 
     def handle_trigger(self, trigger: RunTrigger, source: Record) -> Outcome:
         """Apply one decoded trigger under the run's lease (recorded in the ledger first).
 
         Raises:
+            UnauthenticatedError: operator keys are configured and the trigger is not signed
+                by a key allowed for its kind (checked before any lease, ledger or S3 access;
+                the caller dead-letters it).
             RunNotFoundError: the trigger names an unknown run (the caller dead-letters it).
             RunBusyError: the lease stayed held by another worker (retried: a trigger is a
                 deliberate request and is never dropped).
@@ -120,12 +133,17 @@ class RunProcessor:
         """
         log = run_logger("sr.run", run_id=trigger.run_id, trigger=trigger.kind.value,
                          requested_by=trigger.requested_by)
-        return self._drive_never_dropped(trigger.run_id, f"{trigger.kind.value} trigger", log, trigger=trigger)
+        key_id = self.context.authority.check_trigger(trigger, source.header(SIGNATURE_HEADER), source.value or b"",
+                                                      run_tenant=lambda: self._tenant_of(trigger.run_id))
+        return self._drive_never_dropped(trigger.run_id, f"{trigger.kind.value} trigger", log, trigger=trigger,
+                                         signed_by=key_id)
 
     def handle_engine_result(self, result: EngineResult, source: Record) -> Outcome:
         """Record one decoded engine result under the run's lease and act on it (contract §8).
 
         Raises:
+            UnauthenticatedError: engine keys are configured and the result is not signed by
+                the engine named in ``reported_by`` (the caller dead-letters it).
             RunNotFoundError: the result names an unknown run (the caller dead-letters it).
             UnknownAttemptError / EngineResultConflictError: likewise.
             RunBusyError: the lease stayed busy (retried: a result is never dropped).
@@ -133,14 +151,20 @@ class RunProcessor:
         """
         log = run_logger("sr.run", run_id=result.run_id, attempt_id=result.attempt_id,
                          engine_status=result.status.value)
+        self.context.authority.check_result(result, source.header(SIGNATURE_HEADER), source.value or b"")
         return self._drive_never_dropped(result.run_id, "engine result", log, result=result)
 
+    def _tenant_of(self, run_id: str) -> str | None:
+        """The run's tenant from the index (for tenant-signed triggers), None if unknown."""
+        row = self.context.index.get(run_id)
+        return None if row is None else row.tenant_id
+
     def _drive_never_dropped(self, run_id: str, what: str, log: RunLogger, *, trigger: RunTrigger | None = None,
-                             result: EngineResult | None = None) -> Outcome:
+                             result: EngineResult | None = None, signed_by: str | None = None) -> Outcome:
         """Drive the run for a message that must not be dropped: wait for a busy lease up to
         ``trigger_lease_wait``, then raise RunBusyError so the worker handles it again."""
         outcome = self.step.drive(run_id, fresh=False, wait=self.context.trigger_lease_wait, trigger=trigger,
-                                  result=result, log=log)
+                                  result=result, log=log, signed_by=signed_by)
         if outcome.action is Action.BUSY:
             raise RunBusyError(f"run {run_id} stayed leased; its {what} is handled again")
         return outcome

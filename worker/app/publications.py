@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from worker.app.context import RunContext
 from worker.core.engine import EngineRequest
-from worker.core.events import STATUS_KINDS, control_fact, engine_request, status_event
+from worker.core.events import FACT_KINDS, STATUS_KINDS, control_fact, engine_request, status_event
 from worker.core.index import NewPublication, Publication
 from worker.core.ledger import LedgerEntry, LedgerKind
 from worker.core.models import ReadyEvent, RunIntent, RunStatusEvent
@@ -81,7 +81,8 @@ class Publications:
     def implied(self, entries: Sequence[LedgerEntry], intent: RunIntent, *,
                 fenced: frozenset[int] = frozenset()) -> list[NewPublication]:
         """The outbox rows ``entries`` imply (a fact per READY / SUPERSEDED, an event per status
-        transition, a request per ENGINE_REQUESTED), skipping the seqs of fenced writers.
+        transition, both for REVOKED, a request per ENGINE_REQUESTED), skipping the seqs of
+        fenced writers.
 
         Raises:
             IntegrityError: an entry's body does not fit its kind.
@@ -90,15 +91,15 @@ class Publications:
         for entry in entries:
             if entry.seq in fenced:
                 continue
-            if entry.kind in (LedgerKind.READY, LedgerKind.SUPERSEDED):
-                row = self.fact(control_fact(entry, intent))
-            elif entry.kind in STATUS_KINDS:
-                row = self.status_of(entry, intent)
-            elif entry.kind is LedgerKind.ENGINE_REQUESTED:
-                row = self.request_of(entry, intent)
-            else:
-                continue
-            rows.setdefault(row.pub_key, row)  # a repeated record of one message is one row (the first)
+            implied: list[NewPublication] = []
+            if entry.kind in FACT_KINDS:
+                implied.append(self.fact(control_fact(entry, intent)))
+            if entry.kind in STATUS_KINDS:  # REVOKED is both: its fact, then its QUARANTINED status
+                implied.append(self.status_of(entry, intent))
+            if entry.kind is LedgerKind.ENGINE_REQUESTED:
+                implied.append(self.request_of(entry, intent))
+            for row in implied:
+                rows.setdefault(row.pub_key, row)  # a repeated record of one message is one row (the first)
         return list(rows.values())
 
     def encode_status(self, event: RunStatusEvent) -> bytes:

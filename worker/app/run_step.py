@@ -98,13 +98,14 @@ class RunStep:
     # ------------------------------------------------------------------ entry
     def drive(self, run_id: str, *, fresh: bool, wait: float | None = None, trigger: RunTrigger | None = None,
               log: RunLogger | None = None, intent: RunIntent | None = None,
-              result: EngineResult | None = None) -> Outcome:
+              result: EngineResult | None = None, signed_by: str | None = None) -> Outcome:
         """Take the lease and advance the run one step.
 
         ``fresh`` means this process just inserted the index row, so no S3 state can exist
         yet and the ledger need not be listed. ``intent`` is the decoded intent when the
         caller has it (admission), so the row's copy need not be parsed again. ``result`` is
-        an engine result to record first (contract §8).
+        an engine result to record first (contract §8). ``signed_by`` is the id of the key
+        that signed ``trigger`` (recorded with it, contract §10).
 
         Raises:
             RunNotFoundError: ``run_id`` is not in the index.
@@ -123,10 +124,12 @@ class RunStep:
                 raise RunNotFoundError(f"run {run_id} is not in the index")
             # Every line about this step carries the run, its tenant and the fencing epoch.
             log = run_logger("sr.run", **{**(log.extra or {}), "tenant_id": row.tenant_id, "epoch": lease.epoch})
-            return self._step(lease, row, fresh=fresh, trigger=trigger, result=result, log=log, intent=intent)
+            return self._step(lease, row, fresh=fresh, trigger=trigger, result=result, log=log, intent=intent,
+                              signed_by=signed_by)
 
     def _step(self, lease: Lease, row: RunRow, *, fresh: bool, trigger: RunTrigger | None,
-              result: EngineResult | None, log: RunLogger, intent: RunIntent | None) -> Outcome:
+              result: EngineResult | None, log: RunLogger, intent: RunIntent | None,
+              signed_by: str | None = None) -> Outcome:
         if intent is None:
             intent = RunIntent.from_avro(row.intent)
         keys = self._ctx.truth.keys_for(intent.tenant_id, intent.namespace, row.run_id)
@@ -140,7 +143,7 @@ class RunStep:
         if entries and entries[-1].seq > row.ledger_seq:
             self._catch_up(step)
         if trigger is not None:
-            step.entries = self.ledger.record_trigger(lease, keys, step.entries, trigger, intent)
+            step.entries = self.ledger.record_trigger(lease, keys, step.entries, trigger, intent, key_id=signed_by)
             handler = self.control.get(trigger.kind.value)
             if handler is not None:
                 return handler(trigger, step)
@@ -148,9 +151,9 @@ class RunStep:
             ended = self.record_result(result, step)
             if ended is not None:
                 return ended
-        return self._decide(step, asked=trigger is not None)
+        return self.decide(step, asked=trigger is not None)
 
-    def _decide(self, step: StepState, *, asked: bool = False) -> Outcome:
+    def decide(self, step: StepState, *, asked: bool = False) -> Outcome:
         """Plan, then verify (or not: the engine path may wait or request first), then commit.
 
         ``asked``: a trigger (EVIDENCE_ARRIVED, REEVALUATE) asked for this step, so the
@@ -171,8 +174,10 @@ class RunStep:
             return self.commit_status(step, p_hash=None, verdict=failed)
         now = self._ctx.clock()
         attempts = state.attempts if state is not None else ()
+        counted_from = state.attempts_before_retry if state is not None else 0
         run_deadline_ms = None if intent.deadline is None else millis(intent.deadline)
-        first = before_verify(plan.strategy, attempts, now_ms=millis(now), run_deadline_ms=run_deadline_ms)
+        first = before_verify(plan.strategy, attempts, now_ms=millis(now), run_deadline_ms=run_deadline_ms,
+                              counted_from=counted_from)
         if first.move is Move.REQUEST or (first.move is Move.WAIT and not asked):
             return self._engine_move(step, plan, p_hash, first)
         results = self.verify(plan)
@@ -182,7 +187,8 @@ class RunStep:
         if verdict.classification is Classification.WAITING:
             # Evidence missing before the deadline: on the engine path that means an attempt
             # to request, a backoff to wait out, or a spent budget (REUSE: None, just wait).
-            then = after_missing(plan.strategy, attempts, now_ms=millis(now), budget=self._ctx.engine)
+            then = after_missing(plan.strategy, attempts, now_ms=millis(now), budget=self._ctx.engine,
+                                 counted_from=counted_from)
             if then is not None:
                 return self._engine_move(step, plan, p_hash, then)
         return self.commit_status(step, p_hash=p_hash, verdict=verdict)
@@ -268,14 +274,20 @@ class RunStep:
         return f"s3://{self._ctx.s3_bucket}/{keys.facts(fv_hash)}"
 
     def commit_ready(self, step: StepState, *, plan: Plan, p_hash: str, results: Sequence[GateResult]) -> Outcome:
-        """Facts view → READY entry → index row + publication → produce."""
-        ctx = self._ctx
-        view_bytes = facts_view_bytes(build_facts_view(plan, p_hash, results))
+        """Facts view → READY entry → index row + publication → produce.
+
+        A run whose last READY was revoked (and then retried) gets a facts view that names the
+        revoked one in ``supersedes``: its hash differs from the revoked fact's even for the
+        same evidence, so the new READY is a new fact (contract §6, §11).
+        """
+        ctx, state = self._ctx, step.state
+        revoked = state.revoked[-1] if state is not None and state.revoked else None
+        view_bytes = facts_view_bytes(build_facts_view(plan, p_hash, results, supersedes=revoked))
         fv_hash = sha256_hex(view_bytes)
         ctx.truth.write_facts_view(step.keys, view_bytes)
         ctx.crash.hit(CrashPoint.AFTER_FACTS_WRITE)
         body = ReadyBody(plan_hash=p_hash, facts_view_hash=fv_hash, facts_view_uri=self.facts_uri(step.keys, fv_hash),
-                         policy_rev=plan.policy_rev)
+                         policy_rev=plan.policy_rev, supersedes_facts_view_hash=revoked)
         entry = self.ledger.append(step.lease, step.keys, step.entries, LedgerKind.READY, body, intent=step.intent)
         ctx.crash.hit(CrashPoint.AFTER_LEDGER_READY)
         event = control_fact(entry, step.intent)

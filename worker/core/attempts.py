@@ -107,24 +107,29 @@ def _iso(ms: int) -> str:
 
 
 def before_verify(strategy: Strategy, attempts: Sequence[EngineAttempt], *, now_ms: int,
-                  run_deadline_ms: int | None) -> EngineMove:
+                  run_deadline_ms: int | None, counted_from: int = 0) -> EngineMove:
     """Whether this step verifies the evidence (VERIFY), waits for an open attempt (WAIT,
     ``ENGINE_RUNNING``, until its deadline or the run's, whichever is first) or requests
-    attempt 1 without verifying (REQUEST: INVOKE's first step).
+    the first attempt without verifying (REQUEST: INVOKE's first step).
+
+    ``counted_from``: attempts before this index were made before a RETRY (contract §11;
+    :attr:`~worker.core.ledger.RunState.attempts_before_retry`) and are left out of every
+    decision; numbering goes on after them.
 
     Past the run's deadline the answer is always VERIFY: the classification then fails the run
     unless the evidence is complete.
     """
     if strategy is Strategy.REUSE or (run_deadline_ms is not None and now_ms >= run_deadline_ms):
         return _VERIFY
-    last = attempts[-1] if attempts else None
+    recent = attempts[counted_from:]
+    last = recent[-1] if recent else None
     if last is not None and last.status is None and now_ms < last.deadline_ms:
         until = last.deadline_ms if run_deadline_ms is None else min(last.deadline_ms, run_deadline_ms)
         return EngineMove(Move.WAIT, ENGINE_RUNNING,
                           f"engine attempt {last.attempt_no} ({last.attempt_id}) is running; "
                           f"no result expected after {_iso(last.deadline_ms)}", until_ms=until)
     if last is None and strategy is Strategy.INVOKE:
-        return EngineMove(Move.REQUEST, attempt_no=1)
+        return EngineMove(Move.REQUEST, attempt_no=len(attempts) + 1)
     return _VERIFY
 
 
@@ -141,30 +146,33 @@ def failure_of(attempt: EngineAttempt) -> tuple[str, int, str]:
 
 
 def after_missing(strategy: Strategy, attempts: Sequence[EngineAttempt], *, now_ms: int,
-                  budget: EngineBudget) -> EngineMove | None:
+                  budget: EngineBudget, counted_from: int = 0) -> EngineMove | None:
     """What missing evidence (before the run's deadline) means on the engine path.
 
     Returns None for REUSE (the run simply waits for evidence, as without an engine);
     otherwise REQUEST the first or next attempt, WAIT out the backoff (reason: why the last
-    attempt failed), or FAIL when ``budget.max_attempts`` attempts failed.
+    attempt failed), or FAIL when ``budget.max_attempts`` attempts failed. Attempts before
+    ``counted_from`` (made before a RETRY) do not count; see :func:`before_verify`.
     """
     if strategy is Strategy.REUSE:
         return None
-    if not attempts:
-        return EngineMove(Move.REQUEST, attempt_no=1)
-    last = attempts[-1]
+    number = len(attempts) + 1  # the next attempt's number: numbering never restarts
+    recent = attempts[counted_from:]
+    if not recent:
+        return EngineMove(Move.REQUEST, attempt_no=number)
+    last = recent[-1]
     if last.status is None and now_ms < last.deadline_ms:
         # Open and not overdue (a caller that verified anyway, e.g. past the run deadline).
         return EngineMove(Move.WAIT, ENGINE_RUNNING, f"engine attempt {last.attempt_no} is running",
                           until_ms=last.deadline_ms)
     reason, ended_ms, what = failure_of(last)
-    done, allowed = len(attempts), budget.max_attempts
+    done, allowed = len(recent), budget.max_attempts
     if done >= allowed:
         final = ENGINE_TIMEOUT if reason == ENGINE_TIMEOUT else ENGINE_FAILED
         return EngineMove(Move.FAIL, final, f"engine attempt {done} of {allowed} {what}; no attempts left")
     retry_at = ended_ms + budget.backoff_ms(done)
     if now_ms >= retry_at:
-        return EngineMove(Move.REQUEST, attempt_no=done + 1)
+        return EngineMove(Move.REQUEST, attempt_no=number)
     return EngineMove(Move.WAIT, reason,
                       f"engine attempt {done} of {allowed} {what}; attempt {done + 1} at {_iso(retry_at)}",
                       until_ms=retry_at)

@@ -1,4 +1,4 @@
-"""The messages a verified ledger implies — control facts (READY / SUPERSEDE), status events
+"""The messages a verified ledger implies — control facts (READY / SUPERSEDE / REVOKED), status events
 and engine requests — pure, no I/O.
 
 The same function builds a message when it is committed and when it is sent again (``sr
@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from worker.core.engine import EngineRequest
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state
-from worker.core.ledger_bodies import EngineRequestedBody, ReadyBody, StatusBody, SupersededBody, parse_body
+from worker.core.ledger_bodies import (
+    EngineRequestedBody,
+    ReadyBody,
+    RevokedBody,
+    StatusBody,
+    SupersededBody,
+    parse_body,
+)
 from worker.core.models import (
     EventType,
     ReadyEvent,
@@ -27,8 +34,11 @@ from worker.core.models import (
 )
 from worker.errors import IntegrityError
 
-#: Ledger kinds that record a status transition announced on the status topic.
-STATUS_KINDS = frozenset({LedgerKind.WAITING, LedgerKind.FAILED, LedgerKind.QUARANTINED})
+#: Ledger kinds that record a status transition announced on the status topic (REVOKED
+#: announces QUARANTINED ``EVIDENCE_CONTRADICTS_READY`` beside its REVOKED fact, contract §11).
+STATUS_KINDS = frozenset({LedgerKind.WAITING, LedgerKind.FAILED, LedgerKind.QUARANTINED, LedgerKind.REVOKED})
+#: Ledger kinds that record a control fact on ``sr.ready``.
+FACT_KINDS = frozenset({LedgerKind.READY, LedgerKind.SUPERSEDED, LedgerKind.REVOKED})
 
 
 def admitted_intent(entries: Sequence[LedgerEntry]) -> RunIntent:
@@ -49,20 +59,23 @@ def admitted_intent(entries: Sequence[LedgerEntry]) -> RunIntent:
 
 
 def control_fact(entry: LedgerEntry, intent: RunIntent) -> ReadyEvent:
-    """The READY or SUPERSEDE event recorded by one ledger entry.
+    """The READY, SUPERSEDE or REVOKED event recorded by one ledger entry.
 
     Raises:
-        IntegrityError: the entry is not a READY/SUPERSEDED entry or lacks required fields.
+        IntegrityError: the entry is not a READY/SUPERSEDED/REVOKED entry or lacks required fields.
     """
-    if entry.kind not in (LedgerKind.READY, LedgerKind.SUPERSEDED):
+    if entry.kind not in FACT_KINDS:
         raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
     body = parse_body(entry)
-    # READY records the fact it commits; SUPERSEDED records the old→new pair it announces.
+    # READY records the fact it commits; SUPERSEDED records the old→new pair it announces;
+    # REVOKED names the fact it withdraws.
     if isinstance(body, ReadyBody):
         event_type, fact, supersedes = EventType.READY, body.facts_view_hash, body.supersedes_facts_view_hash
     elif isinstance(body, SupersededBody):
         event_type, fact, supersedes = EventType.SUPERSEDE, body.new_facts_view_hash, body.old_facts_view_hash
-    else:  # parse_body maps READY/SUPERSEDED to exactly these two
+    elif isinstance(body, RevokedBody):
+        event_type, fact, supersedes = EventType.REVOKED, body.facts_view_hash, None
+    else:  # parse_body maps the fact kinds to exactly these three
         raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a control fact")
     try:
         return ReadyEvent(
@@ -94,7 +107,7 @@ def control_facts(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
     seen: set[str] = set()
     facts: list[ReadyEvent] = []
     for entry in entries:
-        if entry.seq in fenced or entry.kind not in (LedgerKind.READY, LedgerKind.SUPERSEDED):
+        if entry.seq in fenced or entry.kind not in FACT_KINDS:
             continue
         event = control_fact(entry, intent)
         if event.idempotency_key in seen:
@@ -115,18 +128,42 @@ def current_ready(entries: Sequence[LedgerEntry]) -> ReadyEvent | None:
     return None
 
 
+def current_facts(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
+    """What a re-emission sends for a run: its last word on ``sr.ready``, never an older fact.
+
+    A READY run: its current READY, preceded by the SUPERSEDE that announced it when it came
+    from a supersede. A run whose last facts view was revoked: that REVOKED fact (downstream
+    must stop reading it). Any other run: nothing. Re-sending only these (in this order) is
+    what keeps a re-emission from putting READY(old) after READY(new) (contract §11).
+    """
+    state = derive_state(entries) if entries else None
+    if state is None or state.facts_view_hash is None:
+        return []
+    fv, facts = state.facts_view_hash, control_facts(entries)
+    if state.status is RunStatus.READY:
+        wanted = [EventType.SUPERSEDE, EventType.READY]
+    elif state.revoked and state.revoked[-1] == fv:
+        wanted = [EventType.REVOKED]
+    else:
+        return []
+    # The first record of each fact (control_facts keeps one per idempotency key), in order.
+    return [event for kind in wanted for event in facts if event.event_type is kind and event.facts_view_hash == fv]
+
+
 def status_event(entry: LedgerEntry, intent: RunIntent) -> RunStatusEvent:
-    """The status event announcing the WAITING / FAILED / QUARANTINED transition ``entry`` records.
+    """The status event announcing the WAITING / FAILED / QUARANTINED transition ``entry``
+    records (a REVOKED entry announces QUARANTINED with its reason code).
 
     Raises:
         IntegrityError: the entry is not a status transition or its body does not fit.
     """
     body = parse_body(entry) if entry.kind in STATUS_KINDS else None
-    if not isinstance(body, StatusBody):
+    if not isinstance(body, StatusBody | RevokedBody):
         raise IntegrityError(f"ledger seq {entry.seq} ({entry.kind.value}) is not a status transition")
+    status = StatusEventStatus.QUARANTINED if isinstance(body, RevokedBody) else StatusEventStatus(entry.kind.value)
     return RunStatusEvent(
         run_id=entry.run_id,
-        status=StatusEventStatus(entry.kind.value),
+        status=status,
         reason_code=body.reason_code,
         detail=body.detail,
         tenant_id=intent.tenant_id,

@@ -41,6 +41,7 @@ class PublicationKind(StrEnum):
 
     READY = "READY"
     SUPERSEDE = "SUPERSEDE"
+    REVOKED = "REVOKED"  # contract §11
     STATUS = "STATUS"
     ENGINE_REQUEST = "ENGINE_REQUEST"
 
@@ -177,7 +178,7 @@ class NewPublication:
     @classmethod
     def ready(cls, run_id: str, facts_view_hash: str, event_type: str, *, topic: str, payload: bytes,
               msg_key: bytes | None = None, headers: Mapping[str, str] | None = None) -> NewPublication:
-        """A READY or SUPERSEDE publication with its derived ``pub_key``."""
+        """A READY, SUPERSEDE or REVOKED publication with its derived ``pub_key``."""
         kind = PublicationKind(event_type)
         return cls(pub_key=fact_key(run_id, facts_view_hash, kind.value), kind=kind.value, topic=topic,
                    payload=payload, msg_key=msg_key, headers=dict(headers or {}),

@@ -6,7 +6,8 @@ or re-formatted entry is detected by :func:`parse_ledger`. Status is *derived* f
 ledger by :func:`derive_state`; nothing else is authoritative.
 
 Bodies are canonical-JSON data. The kinds SR writes (READY, WAITING, FAILED, QUARANTINED,
-SUPERSEDED, TRIGGER, and for engine attempts ENGINE_REQUESTED and ENGINE_RESULT, contract §8)
+SUPERSEDED, TRIGGER, for engine attempts ENGINE_REQUESTED and ENGINE_RESULT (contract §8), and
+for recovery and revocation RETRIED and REVOKED (contract §11))
 have typed bodies in :mod:`worker.core.ledger_bodies`; a run's first entry also carries the
 admitted ``intent``. ADMITTED, REJECTED and PUBLISHED are never
 written; :func:`derive_state` still folds them (ADMITTED/REJECTED as statuses, PUBLISHED as
@@ -71,6 +72,8 @@ class LedgerKind(StrEnum):
     PUBLISHED = "PUBLISHED"
     ENGINE_REQUESTED = "ENGINE_REQUESTED"
     ENGINE_RESULT = "ENGINE_RESULT"
+    REVOKED = "REVOKED"  # contract §11: a READY whose evidence no longer verifies is withdrawn
+    RETRIED = "RETRIED"  # contract §11: an authorized RETRY reopened a FAILED / QUARANTINED run
 
 
 class LedgerEntry(BaseModel):
@@ -221,6 +224,13 @@ class RunState(BaseModel):
     fenced_seqs: tuple[int, ...] = ()
     attempts: tuple[EngineAttempt, ...] = ()
     open_attempt: EngineAttempt | None = None
+    #: Facts views withdrawn by REVOKED entries, oldest first (contract §11).
+    revoked: tuple[str, ...] = ()
+    #: Attempts recorded before the latest RETRIED entry: they no longer count against the
+    #: engine budget (numbering goes on after them).
+    attempts_before_retry: int = 0
+    #: How many RETRIED entries the ledger holds.
+    retries: int = 0
 
 
 _TERMINAL: Final = TERMINAL_STATUSES
@@ -252,6 +262,9 @@ class _Deriver:
         self.pending: tuple[str | None, str] | None = None
         self.published: set[tuple[str, str]] = set()
         self.attempts: list[EngineAttempt] = []
+        self.revoked: list[str] = []
+        self.attempts_before_retry = 0
+        self.retries = 0
 
     def apply(self, entry: LedgerEntry) -> None:
         kind = entry.kind
@@ -266,7 +279,7 @@ class _Deriver:
         elif kind is LedgerKind.PUBLISHED:
             fv = _required_hash(entry, "facts_view_hash")
             event_type = entry.body.get("event_type")
-            if event_type not in ("READY", "SUPERSEDE"):
+            if event_type not in ("READY", "SUPERSEDE", "REVOKED"):
                 raise IntegrityError(f"ledger seq {entry.seq}: PUBLISHED lacks facts_view_hash/event_type")
             self.published.add((fv, str(event_type)))
         elif kind is LedgerKind.TRIGGER:
@@ -275,6 +288,10 @@ class _Deriver:
             self._engine_requested(entry)
         elif kind is LedgerKind.ENGINE_RESULT:
             self._engine_result(entry)
+        elif kind is LedgerKind.REVOKED:
+            self._revoked(entry)
+        elif kind is LedgerKind.RETRIED:
+            self._retried(entry)
         else:
             self._status_entry(entry, RunStatus(kind.value))  # status kinds share the status's name
 
@@ -292,6 +309,27 @@ class _Deriver:
         reason = entry.body.get("reason_code")
         if isinstance(reason, str):
             self.reason = reason
+
+    def _revoked(self, entry: LedgerEntry) -> None:
+        fv = _required_hash(entry, "facts_view_hash")
+        if self.status is not RunStatus.READY or fv != self.facts or self.pending is not None:
+            raise IntegrityError(f"ledger seq {entry.seq}: REVOKED {fv} does not fit a "
+                                 f"{self.status.value if self.status else 'new'} run with facts {self.facts}")
+        reason = entry.body.get("reason_code")
+        # ``facts`` keeps naming the last facts view (now revoked, see ``revoked``), as the
+        # index row does: the status says it is no longer in force.
+        self.status = RunStatus.QUARANTINED
+        self.reason = reason if isinstance(reason, str) else None
+        self.revoked.append(fv)
+
+    def _retried(self, entry: LedgerEntry) -> None:
+        if self.status not in (RunStatus.FAILED, RunStatus.QUARANTINED):
+            raise IntegrityError(f"ledger seq {entry.seq}: RETRIED on a "
+                                 f"{self.status.value if self.status else 'new'} run (only FAILED / QUARANTINED)")
+        self.status = RunStatus.ADMITTED
+        self.reason = None
+        self.attempts_before_retry = len(self.attempts)
+        self.retries += 1
 
     def _engine_requested(self, entry: LedgerEntry) -> None:
         attempt_no = entry.body.get("attempt_no")
@@ -359,7 +397,11 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
     Rules: ADMITTED→ADMITTED; WAITING→WAITING; READY(facts, plan)→READY; SUPERSEDED(old→new)
     then READY(new)→READY with the new hash; FAILED/QUARANTINED/REJECTED are terminal unless
     a later READY follows a SUPERSEDED; a READY run only leaves READY for QUARANTINED;
-    TRIGGER, PUBLISHED, ENGINE_REQUESTED and ENGINE_RESULT never change status. Engine
+    TRIGGER, PUBLISHED, ENGINE_REQUESTED and ENGINE_RESULT never change status;
+    REVOKED(facts) takes a READY run with exactly those facts to QUARANTINED (``facts_view_hash``
+    still names them, and they join :attr:`RunState.revoked`); RETRIED takes a FAILED / QUARANTINED run
+    back to ADMITTED, so the next decision is made afresh (attempts before it no longer count
+    against the engine budget). Engine
     entries build the attempt view: ENGINE_REQUESTED(attempt_id, attempt_no) adds attempt
     ``attempt_no`` (numbered 1, 2, ... without gaps; a repeat is a no-op), ENGINE_RESULT
     (attempt_id, status) sets a requested attempt's status once (a later result for it is a
@@ -374,7 +416,8 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
             (READY on a READY/terminal run without SUPERSEDED, SUPERSEDED from a hash that
             is not current, missing body fields, an attempt_id that is not
             ``attempt_id_for(run_id, attempt_no)``, an attempt number out of sequence, a result
-            for an attempt never requested).
+            for an attempt never requested, REVOKED of facts that are not current, RETRIED of
+            a run that is not FAILED / QUARANTINED).
     """
     if not entries:
         raise IntegrityError("cannot derive state from an empty ledger")
@@ -413,4 +456,7 @@ def derive_state(entries: Sequence[LedgerEntry]) -> RunState:
         fenced_seqs=tuple(fenced),
         attempts=tuple(deriver.attempts),
         open_attempt=deriver.attempts[-1] if deriver.attempts and deriver.attempts[-1].status is None else None,
+        revoked=tuple(deriver.revoked),
+        attempts_before_retry=deriver.attempts_before_retry,
+        retries=deriver.retries,
     )

@@ -16,6 +16,8 @@ SUPERSEDED                      :class:`SupersededBody`
 TRIGGER                         :class:`TriggerBody`
 ENGINE_REQUESTED                :class:`EngineRequestedBody` (contract §8)
 ENGINE_RESULT                   :class:`EngineResultBody` (contract §8)
+REVOKED                         :class:`RevokedBody` (contract §11)
+RETRIED                         :class:`RetriedBody` (contract §11)
 ==============================  ================================================================
 
 Any entry may carry ``intent`` (the admitted intent, Avro-shaped): SR writes it into the
@@ -40,6 +42,8 @@ __all__ = [
     "EngineResultBody",
     "LedgerBody",
     "ReadyBody",
+    "RetriedBody",
+    "RevokedBody",
     "StatusBody",
     "SupersededBody",
     "TriggerBody",
@@ -95,12 +99,48 @@ class SupersededBody(_Body):
 
 
 class TriggerBody(_Body):
-    """A trigger on record: who asked for what, when (``requested_at`` in epoch ms)."""
+    """A trigger on record: who asked for what, when (``requested_at`` in epoch ms), and the
+    id of the key that signed it when triggers must be signed (contract §10; left out when
+    unsigned, so unsigned triggers keep their bytes)."""
 
     kind: str
     reason: str
     requested_by: str
     requested_at: int
+    key_id: str | None = None
+
+
+class RevokedBody(_Body):
+    """The READY of ``facts_view_hash`` is withdrawn: a re-verification (``reason_code``
+    EVIDENCE_CONTRADICTS_READY, ``detail`` says which check failed) no longer supports it.
+    The fields of the revoked fact are repeated so the REVOKED event is rebuilt from this
+    entry alone."""
+
+    facts_view_hash: Hex64
+    facts_view_uri: str
+    plan_hash: Hex64
+    policy_rev: str
+    reason_code: str
+    detail: str
+
+
+class RetriedBody(_Body):
+    """An authorized RETRY reopened the run, which was ``previous_status`` with
+    ``previous_reason_code``; ``requested_by`` / ``requested_at`` (epoch ms) name the
+    trigger, so a re-delivered RETRY is applied once."""
+
+    previous_status: str
+    previous_reason_code: str | None
+    requested_by: str
+    requested_at: int
+    reason: str
+
+    _always = frozenset({"previous_reason_code"})
+
+    @property
+    def plan_hash(self) -> None:
+        """A retry records no plan (readers collecting plan hashes skip it)."""
+        return None
 
 
 class EngineRequestedBody(_Body):
@@ -132,7 +172,8 @@ class EngineResultBody(_Body):
         return None
 
 
-LedgerBody = ReadyBody | StatusBody | SupersededBody | TriggerBody | EngineRequestedBody | EngineResultBody
+LedgerBody = (ReadyBody | StatusBody | SupersededBody | TriggerBody | EngineRequestedBody | EngineResultBody
+              | RevokedBody | RetriedBody)
 
 _MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
     LedgerKind.READY: ReadyBody,
@@ -143,6 +184,8 @@ _MODEL_OF: Final[dict[LedgerKind, type[_Body]]] = {
     LedgerKind.TRIGGER: TriggerBody,
     LedgerKind.ENGINE_REQUESTED: EngineRequestedBody,
     LedgerKind.ENGINE_RESULT: EngineResultBody,
+    LedgerKind.REVOKED: RevokedBody,
+    LedgerKind.RETRIED: RetriedBody,
 }
 
 

@@ -90,6 +90,8 @@ class TriggerKind(StrEnum):
     REEVALUATE = "REEVALUATE"
     REEMIT = "REEMIT"
     SUPERSEDE = "SUPERSEDE"
+    #: Verify a FAILED / QUARANTINED run again (contract §11; RunTrigger version 2).
+    RETRY = "RETRY"
 
 
 class EventType(StrEnum):

@@ -30,6 +30,7 @@ __all__ = [
     "ERROR_CLASS_HEADER",
     "ERROR_HEADER_PREFIX",
     "ERROR_MESSAGE_HEADER",
+    "EVIDENCE_CONTRADICTS_READY",
     "IDEMPOTENCY_HEADER",
     "MAX_ERROR_MESSAGE_CHARS",
     "SOURCE_OFFSET_HEADER",
@@ -66,6 +67,10 @@ ENGINE_TIMEOUT: Final = "ENGINE_TIMEOUT"
 ENGINE_EVIDENCE_INCOMPLETE: Final = "ENGINE_EVIDENCE_INCOMPLETE"
 #: Every reason code of the engine path.
 ENGINE_REASON_CODES: Final = frozenset({ENGINE_RUNNING, ENGINE_FAILED, ENGINE_TIMEOUT, ENGINE_EVIDENCE_INCOMPLETE})
+
+# --------------------------------------------------------------------------- recovery reason codes (contract §11)
+#: QUARANTINED: a READY run's evidence no longer verifies; its READY was revoked.
+EVIDENCE_CONTRADICTS_READY: Final = "EVIDENCE_CONTRADICTS_READY"
 
 # --------------------------------------------------------------------------- keys
 def fact_key(run_id: str, facts_view_hash: str, event_type: str) -> str:

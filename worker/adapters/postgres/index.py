@@ -275,6 +275,8 @@ class RunIndex:
     def record_operator_action(self, operator: str, action: str, *, allowed: bool,
                                detail: Mapping[str, Any] | None = None) -> None:
         """Append one operator action (allowed or refused) to the audit table; one round trip.
+        The row records the Postgres role of this session (``session_user``, the column's
+        default) beside the self-declared ``operator`` (contract §10).
 
         Raises:
             PostgresUnavailableError: Postgres stayed unavailable for every attempt.
@@ -284,7 +286,8 @@ class RunIndex:
                                              "detail": Jsonb(dict(detail or {}))})
 
     def operator_actions(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest operator actions, newest first; one round trip.
+        """The newest operator actions (``operator``, ``db_role``, ``action``, ``allowed``,
+        ``detail``, ``at``), newest first; one round trip.
 
         Raises:
             PostgresUnavailableError / PostgresError: as for every query.

@@ -205,8 +205,10 @@ class InMemoryRunIndex:
         """Append an audit row."""
         with self.db.lock:
             self.db.statement()
-            self.db.operator_actions.append({"operator": operator, "action": action, "allowed": allowed,
-                                             "detail": dict(detail or {}), "at": self.db.clock()})
+            # The in-memory database has one role, like a local superuser session.
+            self.db.operator_actions.append({"operator": operator, "db_role": "postgres", "action": action,
+                                             "allowed": allowed, "detail": dict(detail or {}),
+                                             "at": self.db.clock()})
 
     def operator_actions(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest audit rows first."""

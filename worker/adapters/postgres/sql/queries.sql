@@ -232,7 +232,7 @@ INSERT INTO sr_operator_actions (operator, action, allowed, detail)
 VALUES (%(operator)s, %(action)s, %(allowed)s, %(detail)s);
 
 -- name: operator_actions
-SELECT id, operator, action, allowed, detail, at
+SELECT id, operator, db_role, action, allowed, detail, at
   FROM sr_operator_actions
  ORDER BY id DESC
  LIMIT %(limit)s;
@@ -289,7 +289,7 @@ SELECT now() - make_interval(secs => %(older_than_s)s::double precision) AS cuto
 
 -- name: prune_count
 -- `sr index prune --dry-run`: what prune_delete would delete, by kind. Outbox rows no code
--- path needs again: published READY/SUPERSEDE rows of a facts view that is no longer the
+-- path needs again: published READY/SUPERSEDE/REVOKED rows of a facts view that is no longer the
 -- run's current one, and published STATUS rows of runs in a final status. The FROM/WHERE
 -- part must stay the same as prune_delete's (a unit test compares them).
 SELECT p.kind, count(*)::bigint AS n,
@@ -299,7 +299,7 @@ SELECT p.kind, count(*)::bigint AS n,
  WHERE p.published_at IS NOT NULL
    AND p.published_at < now() - make_interval(secs => %(older_than_s)s::double precision)
    AND (
-         (p.kind IN ('READY', 'SUPERSEDE') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
+         (p.kind IN ('READY', 'SUPERSEDE', 'REVOKED') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
       OR (p.kind = 'STATUS' AND r.status IN ('READY', 'FAILED', 'QUARANTINED', 'REJECTED'))
    )
  GROUP BY p.kind;
@@ -314,7 +314,7 @@ WITH doomed AS (
      WHERE p.published_at IS NOT NULL
        AND p.published_at < now() - make_interval(secs => %(older_than_s)s::double precision)
        AND (
-             (p.kind IN ('READY', 'SUPERSEDE') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
+             (p.kind IN ('READY', 'SUPERSEDE', 'REVOKED') AND p.facts_view_hash IS DISTINCT FROM r.facts_view_hash)
           OR (p.kind = 'STATUS' AND r.status IN ('READY', 'FAILED', 'QUARANTINED', 'REJECTED'))
        )
      ORDER BY p.id
