@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     )
     s3_max_pool_connections: int = 32
     s3_client_library: Literal["obstore", "boto3"] = "obstore"
+    s3_sse: Literal["AES256", "aws:kms"] | None = None  # server-side encryption asked for on every PUT
+    s3_sse_kms_key_id: str | None = Field(default=None, min_length=1)  # KMS key of aws:kms; unset = default key
+
+    @model_validator(mode="after")
+    def _s3_kms_key_needs_kms(self) -> Settings:
+        # A KMS key without SR_S3_SSE=aws:kms means SSE-KMS was meant and would not happen.
+        # The message names the settings only: the key id is not repeated.
+        if self.s3_sse_kms_key_id is not None and self.s3_sse != "aws:kms":
+            raise ValueError("SR_S3_SSE_KMS_KEY_ID is set but SR_S3_SSE is not aws:kms")
+        return self
 
     # policy and evidence
     policy_file: Path | None = None
@@ -99,8 +109,14 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
 
-    # operators allowed to replay / re-emit / rebuild (fail closed: empty means nobody)
+    # operators allowed to replay / re-emit / rebuild, and to RETRY over the triggers topic
+    # when no operator keys are set (fail closed: empty means nobody)
     operators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # signed input (contract §10): key sets as JSON or "@path"; unset = not required
+    signing_keys: str | None = None  # tenant -> keys; every intent must be signed by its tenant
+    operator_keys: str | None = None  # operator -> keys; every trigger must be signed
+    engine_keys: str | None = None  # engine name -> keys; every engine result must be signed
 
     # test-only fault injection (the reliability kill matrix); never set in production
     test_crash_point: str | None = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -73,7 +74,7 @@ def test_a_ready_whose_evidence_no_longer_verifies_is_revoked(world: World, kind
 
 
 def test_reevaluate_of_a_ready_run_with_intact_evidence_keeps_it(world: World) -> None:
-    intent, old = _ready(world)
+    intent, _ = _ready(world)
     sent = len(world.sink.sent)
     outcome = world.handle_trigger(world.processor(), world.trigger(run_id_of(intent), TriggerKind.REEVALUATE))
     assert (outcome.action, outcome.detail) == (Action.UNCHANGED, "facts still verify")
@@ -82,7 +83,7 @@ def test_reevaluate_of_a_ready_run_with_intact_evidence_keeps_it(world: World) -
 
 
 def test_reevaluate_with_other_complete_evidence_revokes_and_points_at_supersede(world: World) -> None:
-    intent, old = _ready(world)
+    intent, _ = _ready(world)
     world.write_gate_6b(intent, CORRECTED_6B)
     outcome = world.handle_trigger(world.processor(), world.trigger(run_id_of(intent), TriggerKind.REEVALUATE))
     assert outcome.action is Action.REVOKED
@@ -90,7 +91,7 @@ def test_reevaluate_with_other_complete_evidence_revokes_and_points_at_supersede
 
 
 def test_after_a_revocation_reemit_and_replay_never_send_the_revoked_ready_as_current(world: World) -> None:
-    intent, old = _ready(world)
+    intent, _ = _ready(world)
     world.write_gate_6b(intent, tamper={"part-1": b"evil"})
     processor = world.processor()
     world.handle_trigger(processor, world.trigger(run_id_of(intent), TriggerKind.REEVALUATE))
@@ -111,7 +112,7 @@ def test_after_a_revocation_reemit_and_replay_never_send_the_revoked_ready_as_cu
 
 
 def test_catch_up_after_a_crash_between_revoked_entry_and_index_sends_both_messages(world: World) -> None:
-    intent, old = _ready(world)
+    intent, _ = _ready(world)
     world.write_gate_6b(intent, tamper={"part-1": b"evil"})
     trigger = world.trigger(run_id_of(intent), TriggerKind.REEVALUATE)
     crashing = world.processor(crash=RaisingCrashPoints(CrashPoint.AFTER_LEDGER_REVOKED))
@@ -129,7 +130,8 @@ def test_catch_up_after_a_crash_between_revoked_entry_and_index_sends_both_messa
 def test_retry_of_a_quarantined_run_after_the_evidence_is_fixed_goes_ready(world: World) -> None:
     intent = _quarantined(world)
     world.write_gate_6b(intent)  # the evidence is fixed
-    outcome = world.handle_trigger(world.processor(authority=_ops()), world.trigger(run_id_of(intent), TriggerKind.RETRY))
+    retry = world.trigger(run_id_of(intent), TriggerKind.RETRY)
+    outcome = world.handle_trigger(world.processor(authority=_ops()), retry)
     assert outcome.action is Action.READY
     # The quarantine stays on record; the retry is recorded (trigger, then the reopening).
     assert world.kinds(intent) == ["QUARANTINED", "TRIGGER", "RETRIED", "READY"]
@@ -144,7 +146,8 @@ def test_retry_after_a_revocation_publishes_a_new_fact_that_names_the_revoked_on
     world.write_gate_6b(intent, tamper={"part-1": b"evil"})
     world.handle_trigger(world.processor(), world.trigger(run_id_of(intent), TriggerKind.REEVALUATE))
     world.write_gate_6b(intent)  # the same evidence as the revoked READY's, restored
-    outcome = world.handle_trigger(world.processor(authority=_ops()), world.trigger(run_id_of(intent), TriggerKind.RETRY))
+    retry = world.trigger(run_id_of(intent), TriggerKind.RETRY)
+    outcome = world.handle_trigger(world.processor(authority=_ops()), retry)
     assert outcome.action is Action.READY and outcome.detail != old
     events = [(e.event_type, e.facts_view_hash, e.supersedes_facts_view_hash) for e in world.ready_events()]
     assert events == [(EventType.READY, old, None), (EventType.REVOKED, old, None),
@@ -160,7 +163,8 @@ def test_retry_of_a_run_that_is_not_failed_or_quarantined_is_refused_and_recorde
         intent = world.intent("w1")
         world.handle(world.processor(), intent)
     sent = len(world.sink.sent)
-    outcome = world.handle_trigger(world.processor(authority=_ops()), world.trigger(run_id_of(intent), TriggerKind.RETRY))
+    retry = world.trigger(run_id_of(intent), TriggerKind.RETRY)
+    outcome = world.handle_trigger(world.processor(authority=_ops()), retry)
     assert outcome.action is Action.REFUSED and outcome.detail.startswith("RETRY_REFUSED:")
     assert world.kinds(intent)[-1] == "TRIGGER" and "RETRIED" not in world.kinds(intent)
     assert len(world.sink.sent) == sent
@@ -285,7 +289,7 @@ def test_signed_triggers_matrix(world: World) -> None:
                                tenants=key_ring(tenant, name="SR_SIGNING_KEYS"))
     processor = world.processor(authority=authority)
     run_id = run_id_of(intent)
-    refused = [
+    refused: list[tuple[str, TriggerKind, str, dict[str, Any]]] = [
         ("unsigned", TriggerKind.REEMIT, "ops", {}),
         ("another operator's key", TriggerKind.REEMIT, "ops", {"signer": eve}),
         ("unknown key", TriggerKind.SUPERSEDE, "ops", {"signer": Signer.generate("ops")}),
@@ -331,3 +335,51 @@ def test_without_key_sets_nothing_is_required(world: World) -> None:
     world.write_complete(intent)
     assert world.handle(processor, intent).action is Action.READY  # unsigned, as before
     assert not InputAuthority().requires_signatures
+
+
+# --------------------------------------------------------------------------- ordered re-emission
+class _SlowLedgerReads:
+    """A TruthStore whose ledger reads pause, so a commit can try to come between a
+    re-emission's read and its send (the interleaving the run's lease must prevent)."""
+
+    def __init__(self, truth: Any, pause: float) -> None:
+        self._truth, self._pause = truth, pause
+
+    def read_ledger(self, keys: Any) -> Any:
+        entries = self._truth.read_ledger(keys)
+        time.sleep(self._pause)
+        return entries
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._truth, name)
+
+
+def _never_old_after_new(world: World, run_id: str, old: str, new: str) -> None:
+    ready = [world.codec.decode_ready(m.value) for m in world.sink.messages(TOPICS.ready)
+             if m.key == run_id.encode()]
+    facts = [(e.event_type, e.facts_view_hash) for e in ready]
+    first_new = facts.index((EventType.READY, new))
+    assert (EventType.READY, old) not in facts[first_new:], facts
+
+
+@pytest.mark.parametrize("round_no", range(40))
+def test_a_reemit_racing_a_supersede_never_puts_ready_old_after_ready_new(world: World, round_no: int) -> None:
+    intent, old = _ready(world)
+    run_id = run_id_of(intent)
+    world.write_gate_6b(intent, CORRECTED_6B)
+    operator = world.processor()
+    slow = _SlowLedgerReads(world.truth, pause=0.002 * (round_no % 5))
+    results: list[str] = []
+
+    def reemit() -> None:
+        for _ in range(3):
+            results.append(reemit_run(run_id, processor=operator, index=world.index, truth=slow))  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=reemit)
+    thread.start()
+    time.sleep(0.001 * (round_no % 7))
+    outcome = world.handle_trigger(world.processor(), world.trigger(run_id, TriggerKind.SUPERSEDE))
+    thread.join(10)
+    assert outcome.action is Action.SUPERSEDED and not thread.is_alive()
+    _never_old_after_new(world, run_id, old, outcome.detail)
+    assert set(results) <= {old, outcome.detail}

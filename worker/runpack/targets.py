@@ -7,20 +7,24 @@ directory is :class:`~worker.runpack.directory_target.DirectoryTarget`.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 from worker.adapters.s3 import ObjectStore
 from worker.core.keys import S3Location, parse_s3_uri
-from worker.errors import DriftError, RunpackConflictError, RunpackError, RunpackTargetError, UnsafeKeyError
+from worker.errors import (
+    DriftError,
+    MessageTooLargeError,
+    ObjectNotFoundError,
+    RunpackConflictError,
+    RunpackError,
+    RunpackTargetError,
+    UnsafeKeyError,
+)
 from worker.runpack.directory_target import DirectoryTarget
 from worker.runpack.retention import Retention, apply_retention, require_object_lock
 
 __all__ = ["DirectoryTarget", "ExportTarget", "S3Target", "open_target"]
-
-_MD5_RE: Final = re.compile(r"[0-9a-f]{32}")
 
 
 class ExportTarget(Protocol):
@@ -68,11 +72,19 @@ class S3Target:
         return self._root(rel_root).uri
 
     def preflight(self, rel_root: str, files: Sequence[tuple[str, bytes]]) -> None:
-        """Object Lock check (if asked) and one LIST for conflicting existing objects.
+        """Object Lock check (if asked), one LIST for existing objects, and one GET per file
+        that already exists with the right size, to compare its bytes.
+
+        An ETag is never taken for an MD5 of the bytes: under SSE-KMS or after a multipart
+        upload it is not one, and S3-compatible servers choose their own. So an existing
+        object of the same size is read back (capped at the file's size) and compared byte
+        for byte. Cost: nothing extra on a first export (the LIST finds nothing); one GET per
+        file on a re-export onto an existing runpack, whose write-once PUTs then answer 412
+        and read each file once more (:meth:`~worker.adapters.s3.ObjectStore.put_write_once`).
 
         Raises:
             ObjectLockUnsupportedError: retention asked for, bucket has no Object Lock.
-            RunpackConflictError: an existing object has a different size (or MD5 ETag).
+            RunpackConflictError: an existing object has a different size or different bytes.
             RunpackTargetError: an unsafe key.
             S3UnavailableError / S3AccessError.
         """
@@ -84,10 +96,21 @@ class S3Target:
             data = wanted.get(meta.key)
             if data is None:
                 continue
-            # A single-part PUT's ETag is the MD5 of its bytes: compare it when it looks like one.
-            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            if meta.size != len(data) or (_MD5_RE.fullmatch(meta.etag) is not None and meta.etag != md5):
+            if meta.size != len(data) or not self._holds(meta.key, data):
                 raise RunpackConflictError(f"s3://{self.base.bucket}/{meta.key} already exists with different content")
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether ``key`` holds exactly ``data`` (one GET capped at ``len(data)`` bytes).
+
+        An object deleted since the LIST conflicts with nothing (the write creates it); one
+        grown past ``len(data)`` differs.
+        """
+        try:
+            return self.store.get(self.base.bucket, key, max_bytes=len(data)) == data
+        except ObjectNotFoundError:
+            return True
+        except MessageTooLargeError:
+            return False
 
     def write(self, rel_root: str, path: str, data: bytes) -> None:
         """Write-once PUT (then retention, if configured).

@@ -39,6 +39,7 @@ from worker.adapters.kafka import (
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex, migrate
 from worker.adapters.postgres.leases import LeaseManager
 from worker.adapters.s3 import ObjectStore, S3Config
+from worker.app.authentication import InputAuthority
 from worker.app.crashpoints import CrashPoints
 from worker.app.ports import PartitionReader
 from worker.app.processor import OutputTopics, RunProcessor
@@ -47,15 +48,18 @@ from worker.app.truth import TruthStore
 from worker.app.verifier import EvidenceVerifier
 from worker.core.attempts import EngineBudget
 from worker.core.policy import Policy, load_policy
+from worker.core.signatures import KeyRing
 from worker.errors import ConfigError
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
+from worker.signing import load_key_ring
 
 __all__ = [
     "Services",
     "build_processor",
     "event_producer",
     "group_consumer",
+    "input_authority",
     "kafka_config",
     "load_policy_file",
     "make_codec",
@@ -108,6 +112,8 @@ def s3_config(settings: Settings) -> S3Config:
         secret_access_key=settings.aws_secret_access_key,
         max_pool_connections=settings.s3_max_pool_connections,
         client_library=settings.s3_client_library,
+        sse=settings.s3_sse,
+        sse_kms_key_id=settings.s3_sse_kms_key_id,
     )
 
 
@@ -222,6 +228,24 @@ def build_processor(settings: Settings, *, policy: Policy | None, codec: AvroCod
         lease_wait=settings.lease_wait,
         crash_points=crash,
         observer=metrics,
+        authority=input_authority(settings),
+    )
+
+
+def input_authority(settings: Settings) -> InputAuthority:
+    """The key sets and RETRY allowlist of the settings (contract §10), parsed once.
+
+    Raises:
+        ConfigError: a key set is unreadable or invalid (named by its variable).
+    """
+    def ring(spec: str | None, name: str) -> KeyRing | None:
+        return None if spec is None or not spec.strip() else load_key_ring(spec, name=name)
+
+    return InputAuthority(
+        tenants=ring(settings.signing_keys, "SR_SIGNING_KEYS"),
+        operators=ring(settings.operator_keys, "SR_OPERATOR_KEYS"),
+        engines=ring(settings.engine_keys, "SR_ENGINE_KEYS"),
+        operator_allowlist=frozenset(settings.operators),
     )
 
 

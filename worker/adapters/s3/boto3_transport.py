@@ -7,7 +7,8 @@ attempt per call; tenacity in the store owns retries, so they are bounded, count
 limited to transient faults), and CRC checksum trailers are off (SR verifies sha256 itself;
 they only cost client CPU and trip some S3-compatible servers). Write-once PUTs carry
 ``Content-MD5`` instead: the server then refuses a body that never fully arrived
-(``tests/reliability``, torn PUT).
+(``tests/reliability``, torn PUT). Every PUT of an object carries ``S3Config.sse``
+(``x-amz-server-side-encryption``, and the KMS key id with ``aws:kms``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from worker.adapters.s3.config import S3Config
-from worker.adapters.s3.errors import client_error_answer, translate_boto3_error
+from worker.adapters.s3.errors import client_error_answer, translate_boto3_error, with_sse_hint
 from worker.adapters.s3.transport import DEFAULT_CHUNK_SIZE, ListPage
 from worker.app.ports import ObjectMeta
 from worker.errors import ObjectNotFoundError, S3AccessError
@@ -155,16 +156,22 @@ class Boto3Transport:
 
     # ----------------------------------------------------------------- object requests
     def put(self, bucket: str, key: str, data: bytes, *, create: bool) -> None:
-        """One PUT (``If-None-Match: *`` and ``Content-MD5`` with ``create``)."""
+        """One PUT (``If-None-Match: *`` and ``Content-MD5`` with ``create``), carrying the
+        configured server-side encryption (``ServerSideEncryption`` / ``SSEKMSKeyId``)."""
         client = self._s3()
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data}
+        if create:
+            kwargs["IfNoneMatch"] = "*"
+            kwargs["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        if self._config.sse is not None:
+            kwargs["ServerSideEncryption"] = self._config.sse
+        if self._config.sse_kms_key_id is not None:
+            kwargs["SSEKMSKeyId"] = self._config.sse_kms_key_id
         try:
-            if create:
-                md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
-                client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", ContentMD5=md5)
-            else:
-                client.put_object(Bucket=bucket, Key=key, Body=data)
+            client.put_object(**kwargs)
         except Exception as exc:
-            raise translate_boto3_error(exc, f"PUT s3://{bucket}/{key}") from exc
+            error = translate_boto3_error(exc, f"PUT s3://{bucket}/{key}")
+            raise with_sse_hint(error, status=client_error_answer(exc)[0], sse=self._config.sse) from exc
 
     def open_get(self, bucket: str, key: str, *, start: int = 0, end: int | None = None,
                  etag: str | None = None) -> _Boto3Get:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["ClientLibrary", "S3Config"]
+__all__ = ["ClientLibrary", "S3Config", "ServerSideEncryption"]
 
 #: The client libraries the adapter can send requests with.
 ClientLibrary = Literal["obstore", "boto3"]
+
+#: Server-side encryption a PUT can ask for: SSE-S3 (``AES256``) or SSE-KMS (``aws:kms``).
+ServerSideEncryption = Literal["AES256", "aws:kms"]
 
 
 class S3Config(BaseModel):
@@ -30,6 +33,15 @@ class S3Config(BaseModel):
         client_library: ``"obstore"`` (default) serves PUT, GET and HEAD with obstore and the
             rest with boto3; ``"boto3"`` serves everything with boto3
             (:func:`~worker.adapters.s3.transport.routes_for` is the table).
+        sse: server-side encryption every PUT asks for (``x-amz-server-side-encryption``),
+            with both libraries; ``None`` sends no header (the bucket's default applies).
+        sse_kms_key_id: the KMS key of ``sse="aws:kms"``
+            (``x-amz-server-side-encryption-aws-kms-key-id``); ``None`` = the account's
+            default key. Only valid with ``aws:kms``.
+
+    Raises:
+        pydantic.ValidationError: a field is out of range, or ``sse_kms_key_id`` is set
+            without ``sse="aws:kms"`` (the message never repeats a value).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,6 +58,16 @@ class S3Config(BaseModel):
     backoff_max: float = Field(default=5.0, ge=0)
     path_style: bool | None = None
     client_library: ClientLibrary = "obstore"
+    sse: ServerSideEncryption | None = None
+    sse_kms_key_id: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> Self:
+        # A key id without aws:kms means SSE-KMS was meant and would not happen: refuse the
+        # configuration rather than write objects encrypted otherwise than asked.
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError("sse_kms_key_id is set but sse is not 'aws:kms'")
+        return self
 
     def uses_path_style(self) -> bool:
         """Whether requests address buckets path-style (``http://host/bucket/key``).

@@ -9,6 +9,8 @@ closed as :class:`~worker.errors.S3AccessError`.
 
 Retryability follows from the class: only :class:`~worker.errors.S3UnavailableError` is a
 :class:`~worker.errors.RetryableError`, and only it is retried by the adapter.
+:func:`with_sse_hint` names the server-side encryption a refused PUT asked for (the class
+stays what the answer says).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "obstore_answer",
     "translate_boto3_error",
     "translate_obstore_error",
+    "with_sse_hint",
 ]
 
 # Error codes that mean "transient, try again" even though the HTTP status is 4xx.
@@ -107,6 +110,22 @@ def classify_answer(status: int, code: str, *, object_lock: ObjectLockCall | Non
     return S3AccessError
 
 
+def with_sse_hint(error: S3Error, *, status: int, sse: str | None) -> S3Error:
+    """``error`` of a PUT that asked for server-side encryption ``sse``, with a message saying so.
+
+    Endpoints without SSE support refuse every such PUT with an answer that does not say why
+    (SeaweedFS 4.48 without an SSE-S3 KEK or a KMS: ``500 InternalError``), so the message
+    names the cause. The class is kept: a 500 from AWS is still transient and retried. Only an
+    answered PUT (``status`` > 0) gets the hint, and never a 404 / 412 (a missing bucket, an
+    existing key: not about encryption).
+    """
+    if sse is None or status == 0 or status in {404, 412} or isinstance(
+            error, (ObjectNotFoundError, PreconditionFailedError)):
+        return error
+    return type(error)(f"{error}: the endpoint refused a PUT with server-side encryption {sse} (SR_S3_SSE); "
+                       "SeaweedFS does unless an SSE-S3 KEK (and, for aws:kms, a KMS) is configured")
+
+
 # --------------------------------------------------------------------------- boto3
 def client_error_answer(exc: BaseException) -> tuple[int, str]:
     """``(HTTP status, S3 error code)`` of a botocore ``ClientError`` (``(0, "")`` if absent)."""
@@ -170,7 +189,9 @@ def translate_obstore_error(exc: BaseException, what: str) -> S3Error:
     kind = _obstore_kind(exc, status, code)
     if kind in {PreconditionFailedError, ObjectNotFoundError}:
         return kind(f"{what}: {code or type(exc).__name__} {status or ''}".rstrip())
-    return kind(f"{what}: {code or type(exc).__name__} {status or ''}: {text[:300]}")
+    # One line: object_store's text carries the answer's XML body, newlines included.
+    excerpt = " ".join(text[:300].split())
+    return kind(f"{what}: {code or type(exc).__name__} {status or ''}: {excerpt}")
 
 
 def _obstore_kind(exc: BaseException, status: int, code: str) -> type[S3Error]:

@@ -16,6 +16,8 @@ The contract is the boto3 transport's:
 * write-once PUTs carry a body checksum (``x-amz-checksum-sha256``), so a PUT whose body never
   fully arrived is refused by the server instead of committing a short object
   (``tests/reliability``, torn PUT).
+* every PUT carries ``S3Config.sse`` (``x-amz-server-side-encryption``, and the KMS key id with
+  ``aws:kms``): it is part of the store's configuration, so no PUT can go without it.
 
 No I/O happens in ``__init__``; credentials are resolved in :meth:`ObstoreTransport.open` and
 one store per bucket is built on first use.
@@ -30,7 +32,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from worker.adapters.s3.config import S3Config
-from worker.adapters.s3.errors import translate_obstore_error
+from worker.adapters.s3.errors import obstore_answer, translate_obstore_error, with_sse_hint
 from worker.app.ports import ObjectMeta
 from worker.errors import S3AccessError
 
@@ -94,6 +96,12 @@ def _build_store(config: S3Config, bucket: str, credential_provider: Any) -> Any
     }
     if config.endpoint_url is not None:
         kwargs["endpoint"] = config.endpoint_url
+    # object_store adds the SSE headers to each object PUT (tests/unit/test_s3_sse.py captures
+    # them on the wire); GET and HEAD need none for SSE-S3 / SSE-KMS.
+    if config.sse is not None:
+        kwargs["server_side_encryption"] = config.sse
+    if config.sse_kms_key_id is not None:
+        kwargs["sse_kms_key_id"] = config.sse_kms_key_id
     if credential_provider is not None:
         kwargs["credential_provider"] = credential_provider
     else:
@@ -215,14 +223,16 @@ class ObstoreTransport:
         return store
 
     def put(self, bucket: str, key: str, data: bytes, *, create: bool) -> None:
-        """One PUT (``mode="create"``: ``If-None-Match: *``), with ``x-amz-checksum-sha256``."""
+        """One PUT (``mode="create"``: ``If-None-Match: *``), with ``x-amz-checksum-sha256`` and
+        the configured server-side encryption (set on the store, :func:`_build_store`)."""
         import obstore
 
         store = self._store_for(bucket)
         try:
             obstore.put(store, key, data, mode="create" if create else "overwrite", use_multipart=False)
         except Exception as exc:
-            raise translate_obstore_error(exc, f"PUT s3://{bucket}/{key}") from exc
+            error = translate_obstore_error(exc, f"PUT s3://{bucket}/{key}")
+            raise with_sse_hint(error, status=obstore_answer(str(exc))[0], sse=self._config.sse) from exc
 
     def open_get(self, bucket: str, key: str, *, start: int = 0, end: int | None = None,
                  etag: str | None = None) -> _ObstoreGet:
