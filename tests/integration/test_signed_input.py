@@ -136,8 +136,9 @@ def test_the_signature_matrix_on_a_real_worker(sr_env: SREnv, write_evidence: Ev
             (request.run_id.encode(), body, {}),
             (request.run_id.encode(), body, other_engine.headers_for(body)),
             (request.run_id.encode(), body, flipped(engine, body)),
+            (request.run_id.encode(), body, Signer.generate("ref-engine").headers_for(body)),  # unknown key id
         ])
-        assert dlq_classes(env, 11).count((topics.dlq, b"UNAUTHENTICATED")) == 11
+        assert dlq_classes(env, 12).count((topics.dlq, b"UNAUTHENTICATED")) == 12
         assert "ENGINE_RESULT" not in ledger_kinds(env, invoked)
         produce(env, topics.engine_results, [(request.run_id.encode(), body, engine.headers_for(body))])
         assert wait_for(lambda: row(env, invoked) == ("READY", None), timeout=60), row(env, invoked)

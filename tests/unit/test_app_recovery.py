@@ -327,6 +327,12 @@ def test_signed_engine_results_matrix(world: World) -> None:
     assert "ENGINE_RESULT" not in world.kinds(intent)
     world.write_complete(intent)
     assert world.handle_result(processor, result, signer=engine).action is Action.READY
+    # Rotation: with the engine's old and new keys listed, both verify.
+    rotated = Signer.generate("unit-engine")
+    both = InputAuthority(engines=key_ring(engine, rotated, other))
+    value = world.codec.encode_engine_result(result)
+    for signer in (engine, rotated):
+        assert both.check_result(result, signer.signature_header(value), value) == signer.key_id
 
 
 def test_without_key_sets_nothing_is_required(world: World) -> None:

@@ -16,10 +16,21 @@ from worker.cli.main import COMMAND_GROUPS, build_parser, main
     (["trigger", "not-a-run-id", "--kind", "REEMIT"], "invalid RunTrigger: run_id"),
     (["replay", "--topic", "sr.ready", "--partition", "0", "--from-time", "yesterday-ish"],
      "--from-time: not an ISO-8601 time"),
+    (["trigger", "not-a-run-id", "--kind", "RETRY"], "invalid RunTrigger: run_id"),
+    (["submit", "/nonexistent/intent.json", "--key", "/nonexistent/key.json"],
+     "cannot read signing key /nonexistent/key.json"),
+    (["trigger", "0" * 32, "--kind", "REEMIT", "--key", "/nonexistent/key.json"], "cannot read signing key"),
+    (["keys", "public", "--key", "/nonexistent/key.json"], "cannot read signing key"),
+    (["keys", "public"], "no key file: give --key FILE or set SR_SIGNING_KEY"),
+    (["keys", "generate", "--principal", "tenant-a", "--out", "/nonexistent/dir/a.key"],
+     "cannot write /nonexistent/dir/a.key"),
+    (["keys", "generate", "--principal", "../tenant-a", "--out", "/nonexistent/dir/a.key"],
+     "is not a valid identifier"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SR_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # nothing listens: no command may get that far
+    monkeypatch.delenv("SR_SIGNING_KEY", raising=False)  # a developer's own key must not change the outcome
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("sr: error: ") and message in err

@@ -281,3 +281,56 @@ def test_a_runpack_of_a_scoped_run_verifies_and_a_misbound_view_is_reported(tmp_
     bad = Collected()
     _check_view_against_plan(cast(RunContent, bad), "facts/x.json", misbound, facts_view_bytes(misbound))
     assert [code for code, _ in bad.problems] == ["FACTS_PLAN_MISMATCH"]
+
+
+# ----------------------------------------------------------------------------- S3 targets: an ETag is no MD5
+def test_an_s3_export_never_takes_an_etag_for_an_md5() -> None:
+    """The in-memory store's ETags look like MD5s (32 hex digits) but are not, as under SSE-KMS
+    or after a multipart upload. Was: preflight compared such an ETag with the MD5 of the bytes
+    and refused every re-export onto an identical runpack. Now: identical files are adopted,
+    a same-size different file is refused before anything is written, and the S3 runpack
+    verifies."""
+    from collections import Counter
+    from typing import cast
+
+    from worker.adapters.s3 import ObjectStore
+    from worker.core.keys import S3Location, parse_s3_uri
+    from worker.errors import RunpackConflictError
+    from worker.runpack import ExportResult, S3Source, S3Target
+
+    fixture = _fixture_truth()
+    exports = InMemoryObjectStore()  # apart from the truth's store, so only the target's requests count
+    # S3Target takes the adapter (for Object Lock); without retention it needs only the port.
+    target = S3Target(cast(ObjectStore, exports), S3Location("exports", "runpacks"))
+
+    def export() -> ExportResult:
+        return export_run(fixture.run["run_id"], target, truth=fixture.truth, index=None,
+                          tenant_id=fixture.run["tenant_id"], namespace=fixture.run["namespace"])
+
+    first = export()
+    root = parse_s3_uri(first.location)
+    written = {key: exports.read("exports", key) for key in exports.keys("exports", root.prefix + "/")}
+    assert len(written) == first.files
+    for key, data in written.items():
+        meta = exports.head("exports", key)
+        assert meta is not None and len(meta.etag) == 32
+        assert meta.etag != hashlib.md5(data, usedforsecurity=False).hexdigest()
+    report = verify_runpack(S3Source(exports, root))
+    assert report.ok and report.root_hash == first.root_hash, report.problems
+
+    # Re-export onto the identical runpack: one LIST, then a GET per file in preflight, then
+    # each write-once PUT answers "exists" and reads the file once more.
+    exports.requests.clear()
+    assert export() == first
+    assert exports.requests == Counter({"LIST": 1, "GET": 2 * len(written), "PUT": len(written)})
+
+    # Same size, other bytes: refused in preflight, nothing written.
+    key = f"{root.prefix}/publications.json"
+    original = written[key]
+    forged = original[:-2] + bytes([original[-2] ^ 1]) + original[-1:]
+    exports.put("exports", key, forged)
+    exports.requests.clear()
+    with pytest.raises(RunpackConflictError, match=r"publications\.json"):
+        export()
+    assert exports.requests["PUT"] == 0
+    assert exports.read("exports", key) == forged

@@ -4,11 +4,19 @@ Consumes ``EngineRequest``s from the engine-requests topic, writes valid evidenc
 attempt, at ``--failure-rate``, reproducibly under ``--seed``) and produces one ``EngineResult``
 per request to the engine-results topic. Runs until SIGTERM/SIGINT (exit 0) or until
 ``--max-requests`` results were acknowledged. Logs are JSON lines on stderr, like the worker's.
+
+With ``--key FILE`` (else ``$SR_SIGNING_KEY``) every result is signed (contract §10) and
+``reported_by`` defaults to the key's principal: SR, with ``SR_ENGINE_KEYS`` set, accepts a
+result only when signed by the engine it names. A ``--reported-by`` that differs from the
+key's principal is refused at start-up (one line, exit 2) rather than warned about: a
+long-running engine whose every result SR dead-letters would leave each run waiting for its
+attempt timeout, and no result can legitimately name one engine and be signed by another.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from types import FrameType
@@ -45,8 +53,12 @@ def register(sub: Any) -> None:
                      help="decides, with each attempt_id, which attempts fail (default 0)")
     sim.add_argument("--group-id", default=DEFAULT_GROUP_ID,
                      help=f"consumer group of the simulator (default {DEFAULT_GROUP_ID})")
-    sim.add_argument("--reported-by", default=DEFAULT_REPORTED_BY,
-                     help=f"reported_by of every result (default {DEFAULT_REPORTED_BY})")
+    sim.add_argument("--reported-by", default=None,
+                     help="reported_by of every result (default: the signing key's principal, else "
+                          f"{DEFAULT_REPORTED_BY})")
+    sim.add_argument("--key", default=None, metavar="FILE",
+                     help="sign every result with this private key file (default: $SR_SIGNING_KEY; unsigned when "
+                          "neither is set); its principal must be the --reported-by name")
     sim.add_argument("--max-requests", type=_positive_int, default=None,
                      help="exit after this many results were acknowledged (default: run until stopped)")
     sim.set_defaults(handler=cmd_simulate)
@@ -58,7 +70,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     The signal handlers come first, so a stop during start-up is a clean exit too.
 
     Raises:
-        ConfigError: an option out of range, or no policy file (``SR_POLICY_FILE``).
+        ConfigError: an option out of range, no policy file (``SR_POLICY_FILE``), an unusable
+            key file, or ``--reported-by`` other than the key's principal.
         PolicyError: the policy is invalid.
         SRError: a client could not be opened, or a result was refused permanently.
     """
@@ -77,13 +90,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from worker.engine.simulator import SimulatorConfig
     from worker.logs import configure_logging
     from worker.runtime.compose import load_policy_file
+    from worker.signing import signer_from
 
     configure_logging()
     settings: Settings = args.settings
+    signer = signer_from(args.key, os.environ)
+    reported_by = args.reported_by or (signer.principal if signer is not None else DEFAULT_REPORTED_BY)
     config = SimulatorConfig(delay=args.delay, failure_rate=args.failure_rate, seed=args.seed,
-                             reported_by=args.reported_by)
+                             reported_by=reported_by)
     policy = load_policy_file(settings.policy_file)
-    loop = SimulatorLoop(settings, policy, config, group_id=args.group_id, max_requests=args.max_requests)
+    loop = SimulatorLoop(settings, policy, config, group_id=args.group_id, max_requests=args.max_requests,
+                         signer=signer)
     started.append(loop)
     if stop_requested.is_set():
         return 0

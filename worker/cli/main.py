@@ -24,7 +24,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 #: The command modules of ``sr``, in help order (module name = command name).
 COMMAND_GROUPS: Final = ("dev", "run", "submit", "status", "trigger", "runs", "reemit", "replay", "index", "topics",
-                         "db", "runpack", "engine", "schemas", "follow")
+                         "db", "runpack", "engine", "keys", "schemas", "follow")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,16 @@
-"""``sr submit``: publish JSON intents as Avro to the intents topic, keyed by run_id."""
+"""``sr submit``: publish JSON intents as Avro to the intents topic, keyed by run_id.
+
+With ``--key FILE`` (else ``$SR_SIGNING_KEY``) every intent carries an ``sr-signature``
+header over its exact value bytes (contract §10). SR accepts only a key of the intent's own
+tenant, so an intent of another tenant than the key's principal gets a one-line warning
+(it is still sent: the key set may list the key under another name, and SR decides).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="publish a JSON intent (file or - for stdin) as Avro to the intents topic")
     p.add_argument("file", help="JSON file with one intent object, an array of intents, or JSON Lines "
                                 "(one intent per line); - reads stdin. Every intent is validated before any is sent")
+    p.add_argument("--key", default=None, metavar="FILE",
+                   help="sign every intent with this private key file (default: $SR_SIGNING_KEY; "
+                        "unsigned when neither is set)")
     p.set_defaults(handler=cmd_submit)
 
 
@@ -43,13 +53,23 @@ def parse_documents(raw: str) -> list[Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Encode JSON intents to Avro and produce them (keyed by run_id); prints run ids."""
+    """Encode JSON intents to Avro, sign them if a key is given, and produce them (keyed by
+    run_id); prints run ids.
+
+    Raises:
+        InputError: the file cannot be read, or an intent is invalid.
+        ConfigError: the key file cannot be used.
+        KafkaUnavailableError: an intent was not acknowledged.
+    """
     from worker.core.identity import run_id_of
     from worker.core.models import parse_intent
+    from worker.core.signatures import SIGNATURE_HEADER
     from worker.core.vocabulary import value_subject
     from worker.runtime.compose import event_producer, make_codec
+    from worker.signing import signer_from
 
     settings: Settings = args.settings
+    signer = signer_from(args.key, os.environ)  # a bad key fails before anything is read or sent
     try:
         raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -58,12 +78,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     codec = make_codec(settings)
     subject = value_subject(settings.topics.intents)
     intents = [parse_intent(item) for item in items]
+    if signer is not None:
+        for tenant in sorted({i.tenant_id for i in intents} - {signer.principal}):
+            print(f"sr: warning: intents of tenant {tenant!r} are signed with a key of {signer.principal!r}; "
+                  "SR rejects them (UNAUTHENTICATED) unless its SR_SIGNING_KEYS lists this key under "
+                  f"{tenant!r}", file=sys.stderr)
     with event_producer(settings) as producer:
         futures = []
         for intent in intents:
             run_id = run_id_of(intent)
-            futures.append((run_id, producer.send(settings.topics.intents, key=run_id.encode(),
-                                                  value=codec.encode_intent(intent, subject=subject))))
+            value = codec.encode_intent(intent, subject=subject)
+            # The signature covers exactly the bytes produced: SR checks the value as consumed.
+            headers = None if signer is None else [(SIGNATURE_HEADER, signer.signature_header(value))]
+            futures.append((run_id, producer.send(settings.topics.intents, key=run_id.encode(), value=value,
+                                                  headers=headers)))
         for run_id, fut in futures:
             where = fut.result(60)
             print(json.dumps({"run_id": run_id, "topic": where.topic, "partition": where.partition,

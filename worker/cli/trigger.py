@@ -1,13 +1,23 @@
-"""``sr trigger RUN_ID --kind K``: publish a RunTrigger keyed by run_id."""
+"""``sr trigger RUN_ID --kind K``: publish a RunTrigger keyed by run_id.
+
+With ``--key FILE`` (else ``$SR_SIGNING_KEY``) the trigger carries an ``sr-signature`` header
+over its exact value bytes (contract §10), and ``requested_by`` defaults to the key's
+principal. With ``SR_OPERATOR_KEYS`` set, SR accepts a REEMIT / SUPERSEDE / RETRY trigger only
+when it is signed by the operator named in ``requested_by`` (EVIDENCE_ARRIVED / REEVALUATE may
+also be signed by the run's tenant), so a ``--requested-by`` other than the key's principal
+gets a one-line warning; the trigger is still sent, and SR decides.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.core.models import TriggerKind
 from worker.settings import Settings
 
 
@@ -15,26 +25,49 @@ def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
     p = sub.add_parser("trigger", help="publish a RunTrigger for a run")
     p.add_argument("run_id")
-    p.add_argument("--kind", required=True, choices=["EVIDENCE_ARRIVED", "REEVALUATE", "REEMIT", "SUPERSEDE"])
+    p.add_argument("--kind", required=True, choices=[kind.value for kind in TriggerKind])
     p.add_argument("--reason", default="", help="free text recorded in the run's ledger")
-    p.add_argument("--requested-by", default=None, help="who asks (default: $SR_OPERATOR or the OS user)")
+    p.add_argument("--requested-by", default=None,
+                   help="who asks (default: the signing key's principal, else $SR_OPERATOR, else the OS user)")
+    p.add_argument("--key", default=None, metavar="FILE",
+                   help="sign the trigger with this private key file (default: $SR_SIGNING_KEY; "
+                        "unsigned when neither is set)")
     p.set_defaults(handler=cmd_trigger)
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    """Publish one RunTrigger keyed by run_id."""
+    """Publish one RunTrigger keyed by run_id, signed when a key is given.
+
+    Raises:
+        ConfigError: the key file cannot be used.
+        IntentInvalidError: the trigger is invalid (e.g. a malformed run id).
+        KafkaUnavailableError: the trigger was not acknowledged.
+    """
+    from worker.app.authentication import OPERATOR_ONLY_TRIGGERS
     from worker.app.operators import operator_name
     from worker.core.models import parse_trigger
+    from worker.core.signatures import SIGNATURE_HEADER
     from worker.core.vocabulary import value_subject
     from worker.runtime.compose import event_producer, make_codec
+    from worker.signing import signer_from
 
     settings: Settings = args.settings
+    signer = signer_from(args.key, os.environ)
+    requested_by = args.requested_by or (signer.principal if signer is not None else None)
     trigger = parse_trigger({"run_id": args.run_id, "kind": args.kind, "reason": args.reason,
-                             "requested_by": operator_name(args.requested_by, dict(os.environ)),
+                             "requested_by": operator_name(requested_by, dict(os.environ)),
                              "requested_at": datetime.now(UTC)})
+    if signer is not None and trigger.requested_by != signer.principal:
+        who = "" if trigger.kind in OPERATOR_ONLY_TRIGGERS else " or by the run's tenant"
+        print(f"sr: warning: --requested-by {trigger.requested_by!r} is not the key's principal "
+              f"{signer.principal!r}; SR refuses a {trigger.kind.value} trigger not signed by the operator it "
+              f"names{who}", file=sys.stderr)
     value = make_codec(settings).encode_trigger(trigger, subject=value_subject(settings.topics.triggers))
+    # The signature covers exactly the bytes produced: SR checks the value as consumed.
+    headers = None if signer is None else [(SIGNATURE_HEADER, signer.signature_header(value))]
     with event_producer(settings) as producer:
-        where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(), value=value)
+        where = producer.send_and_wait(settings.topics.triggers, key=trigger.run_id.encode(), value=value,
+                                       headers=headers)
     print(json.dumps({"run_id": trigger.run_id, "kind": trigger.kind.value, "partition": where.partition,
                       "offset": where.offset}))
     return 0

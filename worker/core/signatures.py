@@ -96,6 +96,9 @@ def parse_signature_header(raw: bytes | None) -> SignatureHeader:
         raise UnauthenticatedError(f"{SIGNATURE_HEADER} signature is not valid base64") from None
     if len(signature) != SIGNATURE_BYTES:  # 86 chars + "==" is always 64 bytes; kept as the rule
         raise UnauthenticatedError(f"{SIGNATURE_HEADER} signature is {len(signature)} bytes, not {SIGNATURE_BYTES}")
+    if base64.b64encode(signature).decode("ascii") != match.group(2):
+        # The last character's unused bits must be zero: one signature, one spelling.
+        raise UnauthenticatedError(f"{SIGNATURE_HEADER} signature is not in canonical base64")
     return SignatureHeader(match.group(1), signature)
 
 

@@ -16,6 +16,11 @@ consumer has to get right, kept small enough to copy:
   partitions do not wait for one another.
 * **Rebalances drop, never commit, unanswered work.** Revoked or lost partitions' queued
   requests are forgotten; their offsets were never stored, so the next owner answers them.
+* **Signed results.** With a :class:`~worker.signing.Signer` every result carries an
+  ``sr-signature`` header over its exact value bytes (contract §10); SR, with
+  ``SR_ENGINE_KEYS`` set, accepts only a key of the engine named in ``reported_by``, so the
+  two must agree (checked at construction). A re-sent result is signed again: Ed25519
+  signatures are deterministic, so the re-send is byte-identical, headers included.
 * **Transient faults retry, permanent ones answer.** An unreachable store or broker keeps the
   request at the head of its queue and retries with capped backoff until stopped (so does a
   schema registry that cannot be reached while decoding); an undecodable request is logged and
@@ -41,11 +46,13 @@ from worker.app.ports import Record
 from worker.core.engine import EngineRequest
 from worker.core.models import millis
 from worker.core.policy import Policy
+from worker.core.signatures import SIGNATURE_HEADER
 from worker.core.vocabulary import value_subject
 from worker.engine.simulator import DEFAULT_GROUP_ID, EngineSimulator, SimulatorConfig
-from worker.errors import InputError, RetryableError, SRError
+from worker.errors import ConfigError, InputError, RetryableError, SRError
 from worker.runtime.compose import event_producer, group_consumer, make_codec, object_store
 from worker.settings import Settings
+from worker.signing import Signer
 
 if TYPE_CHECKING:
     from worker.adapters.avro import AvroCodec
@@ -139,11 +146,20 @@ class SimulatorLoop:
         group_id: the consumer group (all simulator instances of one deployment share it).
         max_requests: exit after this many results were acknowledged (None: run until stopped).
         clock: epoch seconds (tests may pass their own).
+        signer: signs every result (None: unsigned); its principal must be ``config.reported_by``.
+
+    Raises:
+        ConfigError: ``signer``'s principal is not ``config.reported_by`` (SR would refuse
+            every result).
     """
 
     def __init__(self, settings: Settings, policy: Policy, config: SimulatorConfig, *,
                  group_id: str = DEFAULT_GROUP_ID, max_requests: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, signer: Signer | None = None) -> None:
+        if signer is not None and signer.principal != config.reported_by:
+            raise ConfigError(f"reported_by {config.reported_by!r} is not the signing key's principal "
+                              f"{signer.principal!r}: SR refuses engine results not signed by the engine they name")
+        self._signer = signer
         self._settings = settings
         self._policy = policy
         self._config = config
@@ -188,7 +204,9 @@ class SimulatorLoop:
             log.info("engine simulator started", extra={
                 "group_id": self._group_id, "requests_topic": s.topics.engine_requests,
                 "results_topic": s.topics.engine_results, "delay": self._config.delay,
-                "failure_rate": self._config.failure_rate, "seed": self._config.seed})
+                "failure_rate": self._config.failure_rate, "seed": self._config.seed,
+                "reported_by": self._config.reported_by,
+                "key_id": self._signer.key_id if self._signer is not None else None})
             try:
                 self._consume(clients)
             finally:
@@ -258,7 +276,9 @@ class SimulatorLoop:
                 result = c.simulator.answer(request)
                 topic = self._settings.topics.engine_results
                 value = c.codec.encode_engine_result(result, subject=value_subject(topic))
-                delivered = c.producer.send_and_wait(topic, key=request.run_id.encode("ascii"), value=value)
+                headers = None if self._signer is None else [(SIGNATURE_HEADER, self._signer.signature_header(value))]
+                delivered = c.producer.send_and_wait(topic, key=request.run_id.encode("ascii"), value=value,
+                                                     headers=headers)
             except RetryableError as exc:
                 wait = item.retry_later(self._clock())
                 log.warning("engine request not answered yet; retrying", extra={

@@ -16,7 +16,8 @@ Verification (:mod:`worker.runpack.verify`, :func:`verify_runpack`), offline:
 * :mod:`worker.runpack.sources` — read a runpack directory or S3 prefix safely;
 * :mod:`worker.runpack.manifest_checks` — manifest, listed files, location;
 * :mod:`worker.runpack.content` — what the content checks share;
-* :mod:`worker.runpack.ledger_checks` — ledger (typed bodies), intent, plan, facts views, run.json;
+* :mod:`worker.runpack.ledger_checks` — ledger (typed bodies), intent, plan, facts views, lineage
+  (supersedes / revocations), run.json;
 * :mod:`worker.runpack.publication_checks` — publications against the ledger;
 * :mod:`worker.runpack.report` — problems and the report.
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from worker.core.canonical import canonical_json, sha256_hex
 from worker.core.facts import FactsView
 from worker.core.ledger import LedgerEntry, RunState
-from worker.core.ledger_bodies import LedgerBody, ReadyBody, SupersededBody, TriggerBody
+from worker.core.ledger_bodies import LedgerBody, ReadyBody, RevokedBody, SupersededBody, TriggerBody
 from worker.core.models import Hex64, RunId
 
 __all__ = [
@@ -83,9 +83,9 @@ class PublicationRecord(BaseModel):
     model_config = _FROZEN
 
     pub_key: Text
-    kind: Literal["READY", "SUPERSEDE", "STATUS", "ENGINE_REQUEST"]
+    kind: Literal["READY", "SUPERSEDE", "REVOKED", "STATUS", "ENGINE_REQUEST"]
     facts_view_hash: Hex64 | None
-    event_type: Literal["READY", "SUPERSEDE"] | None
+    event_type: Literal["READY", "SUPERSEDE", "REVOKED"] | None
     topic: Text
     msg_key_b64: str | None
     payload_b64: str
@@ -183,11 +183,17 @@ def plan_references(bodies: Iterable[LedgerBody]) -> list[str]:
 
 
 def facts_references(bodies: Iterable[LedgerBody]) -> list[str]:
-    """Distinct facts-view hashes the ledger references (READY, SUPERSEDED), first-seen order."""
+    """Distinct facts-view hashes the ledger references (READY, SUPERSEDED, REVOKED), first-seen order.
+
+    A READY's ``supersedes_facts_view_hash`` is not a reference of its own: in a valid ledger
+    it names a view an earlier entry references already (the SUPERSEDED one, or the revoked
+    one after a RETRY), and a ledger where it does not is reported by the verifier instead of
+    sending the export after a view that may not exist.
+    """
     found: list[str] = []
     for body in bodies:
         names: tuple[str, ...]
-        if isinstance(body, ReadyBody):
+        if isinstance(body, ReadyBody | RevokedBody):
             names = (body.facts_view_hash,)
         elif isinstance(body, SupersededBody):
             names = (body.old_facts_view_hash, body.new_facts_view_hash)
@@ -204,6 +210,11 @@ def run_summary(state: RunState, entries: Sequence[LedgerEntry], bodies: Iterabl
                 source: Mapping[str, str]) -> dict[str, Any]:
     """The ``run.json`` document: what the ledger says about the run, as of its last entry.
 
+    ``facts_revoked`` (the facts views REVOKED entries withdrew, oldest first, contract §11)
+    is present only when the ledger revokes one: ``facts_view_hash`` of a revoked run still
+    names its last, withdrawn view, and ``facts_history`` does not tell revoked views from
+    superseded ones. Runs without a revocation keep the summary (and the bytes) they always had.
+
     Args:
         state: the state derived from ``entries``.
         entries: the whole ledger, in seq order (not empty).
@@ -212,7 +223,7 @@ def run_summary(state: RunState, entries: Sequence[LedgerEntry], bodies: Iterabl
         ledger_head_sha256: sha256 of the last entry's bytes.
         source: where the run's truth was read (bucket, run root).
     """
-    return {
+    summary: dict[str, Any] = {
         "run_id": state.run_id,
         "tenant_id": tenant_id,
         "namespace": namespace,
@@ -229,6 +240,9 @@ def run_summary(state: RunState, entries: Sequence[LedgerEntry], bodies: Iterabl
         "as_of_ms": entries[-1].at_ms,
         "source": dict(source),
     }
+    if state.revoked:
+        summary["facts_revoked"] = list(state.revoked)
+    return summary
 
 
 def run_summary_bytes(summary: Mapping[str, Any]) -> bytes:

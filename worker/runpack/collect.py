@@ -131,7 +131,8 @@ def collect_runpack(truth: TruthStore, run_id: str, *, tenant_id: str, namespace
         RunpackError: the run has no ledger in S3, records more than one plan, or an
             artifact exceeds its byte cap.
         IntegrityError: S3 truth fails verification (broken chain, hash mismatch, a ledger
-            body that does not fit its kind...).
+            body that does not fit its kind, entries that do not fold into a state such as a
+            REVOKED of facts that are not current...).
         ObjectNotFoundError: a plan or facts view the ledger references is missing.
         S3UnavailableError / S3AccessError.
     """

@@ -10,18 +10,18 @@ the earlier check has already reported why.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from worker.core.facts import FactsView
 from worker.core.ledger import LedgerEntry, LedgerKind, RunState
-from worker.core.ledger_bodies import LedgerBody, ReadyBody, SupersededBody
+from worker.core.ledger_bodies import LedgerBody, ReadyBody, RevokedBody, SupersededBody
 from worker.core.models import EventType, RunIntent
 from worker.core.plan import Plan
 from worker.errors import UnsafeKeyError
 from worker.runpack.format import ArtifactKind, Manifest, artifact_kind
 from worker.runpack.report import VerifyReport
 
-__all__ = ["RecordedFact", "RunContent", "recorded_fact"]
+__all__ = ["RECORDED_BY", "RecordedFact", "RunContent", "recorded_fact"]
 
 
 class RecordedFact(NamedTuple):
@@ -36,13 +36,24 @@ def recorded_fact(body: LedgerBody | None) -> RecordedFact | None:
     """The control fact a typed body records, or None.
 
     A READY body records its ``facts_view_hash``; a SUPERSEDED body announces its
-    ``new_facts_view_hash``. Every other body (and a body that did not parse) records none.
+    ``new_facts_view_hash``; a REVOKED body withdraws its ``facts_view_hash`` (contract §11).
+    Every other body (and a body that did not parse) records none.
     """
     if isinstance(body, ReadyBody):
         return RecordedFact(LedgerKind.READY, body.facts_view_hash, body.facts_view_uri)
     if isinstance(body, SupersededBody):
         return RecordedFact(LedgerKind.SUPERSEDED, body.new_facts_view_hash, body.facts_view_uri)
+    if isinstance(body, RevokedBody):
+        return RecordedFact(LedgerKind.REVOKED, body.facts_view_hash, body.facts_view_uri)
     return None
+
+
+#: The ledger kind that records each kind of control fact.
+RECORDED_BY: Final[Mapping[EventType, LedgerKind]] = {
+    EventType.READY: LedgerKind.READY,
+    EventType.SUPERSEDE: LedgerKind.SUPERSEDED,
+    EventType.REVOKED: LedgerKind.REVOKED,
+}
 
 
 class RunContent:
@@ -101,10 +112,10 @@ class RunContent:
     def entry_recording(self, event_type: EventType, facts_view_hash: str) -> LedgerEntry | None:
         """The first ledger entry recording the ``event_type`` fact of ``facts_view_hash``, or None.
 
-        A READY fact is recorded by a READY entry, a SUPERSEDE fact by a SUPERSEDED entry;
-        nothing records a REVOKED fact yet (contract §11).
+        A READY fact is recorded by a READY entry, a SUPERSEDE fact by a SUPERSEDED entry, a
+        REVOKED fact by a REVOKED entry (contract §11).
         """
-        kind = {EventType.READY: LedgerKind.READY, EventType.SUPERSEDE: LedgerKind.SUPERSEDED}.get(event_type)
+        kind = RECORDED_BY.get(event_type)
         if kind is None:
             return None
         for entry in self.entries:

@@ -10,6 +10,11 @@
   fingerprint.
 * **Facts views**: every one the ledger references is in the runpack and no other; each
   hashes to its name, is for this run and plan, and has its receipts.
+* **Lineage** (contract §6, §11): a READY right after SUPERSEDED(old→new) supersedes ``old``;
+  any other READY supersedes the run's last revoked view (a RETRY after a revocation) or
+  nothing, so a ``supersedes_facts_view_hash`` names a view that was superseded or revoked,
+  never any other; each facts view carries the ``supersedes`` its ledger entry records; a
+  REVOKED entry repeats the facts view URI, plan and policy revision of the READY it withdraws.
 * **run.json**: equals the summary rebuilt from the ledger.
 
 Each function adds what it finds to :attr:`RunContent.report` and records what it
@@ -24,8 +29,8 @@ from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.evidence import GateOutcome, GateResult
 from worker.core.facts import FactsView, build_facts_view, facts_view_bytes, parse_facts_view
 from worker.core.identity import intent_fingerprint, run_id_of
-from worker.core.ledger import derive_state, parse_entry
-from worker.core.ledger_bodies import parse_body
+from worker.core.ledger import LedgerKind, derive_state, parse_entry
+from worker.core.ledger_bodies import ReadyBody, RevokedBody, SupersededBody, parse_body
 from worker.core.models import parse_intent
 from worker.core.plan import parse_plan
 from worker.errors import EvidenceError, IntegrityError, IntentInvalidError, InvalidJSONError, MessageTooLargeError
@@ -40,7 +45,7 @@ from worker.runpack.format import (
     receipts_path,
 )
 
-__all__ = ["check_facts", "check_intent", "check_ledger", "check_plan", "check_run_summary"]
+__all__ = ["check_facts", "check_intent", "check_ledger", "check_lineage", "check_plan", "check_run_summary"]
 
 #: Where the seq / facts view hash sits in a layout path (``ledger/<seq>.json``, ``facts/<hash>.json``...).
 _LEDGER_SEQ: Final = slice(len("ledger/"), len("ledger/") + 12)
@@ -226,6 +231,67 @@ def _check_view_against_plan(c: RunContent, path: str, view: FactsView, data: by
     if facts_view_bytes(rebuilt) != bytes(data):
         c.add("FACTS_PLAN_MISMATCH", path, "the facts view is not what its plan and receipts make "
                                            "(format, scopes, bound values or outputs differ)")
+
+
+# --------------------------------------------------------------------------- lineage
+def check_lineage(c: RunContent) -> None:
+    """What each READY supersedes, what each facts view says it supersedes, and what each
+    REVOKED repeats, walking the typed bodies in ledger order (see the module docstring).
+
+    :func:`~worker.core.ledger.derive_state` does not look at ``supersedes_facts_view_hash``
+    (a READY after a RETRY needs no SUPERSEDED), so without this a READY could name any view.
+    """
+    pending: str | None = None  # the old view of a SUPERSEDED whose READY has not come yet
+    current: ReadyBody | None = None  # the READY in force (None once revoked or quarantined)
+    revoked: str | None = None  # the run's last revoked view
+    claimed: dict[str, str | None] = {}  # facts view -> the supersedes its first entry records
+    for entry in c.entries:
+        body, path = c.bodies.get(entry.seq), ledger_path(entry.seq)
+        if isinstance(body, SupersededBody):
+            pending = body.old_facts_view_hash
+            claimed.setdefault(body.new_facts_view_hash, body.old_facts_view_hash)
+        elif isinstance(body, RevokedBody):
+            _check_revoked(c, path, body, current)
+            current, revoked = None, body.facts_view_hash
+        elif entry.kind is LedgerKind.QUARANTINED:
+            current = None  # contradicting evidence demotes a READY (derive_state)
+        elif isinstance(body, ReadyBody):
+            fv, named = body.facts_view_hash, body.supersedes_facts_view_hash
+            expected: str | None
+            if pending is not None:
+                expected, why = pending, "the view the SUPERSEDED entry before it replaces"
+            elif current is not None and current.facts_view_hash == fv:
+                expected, why = current.supersedes_facts_view_hash, "what the READY it repeats supersedes"
+            else:
+                expected, why = revoked, "the run's last revoked view" if revoked else "nothing (no view was revoked)"
+            if named != expected:
+                c.add("LEDGER_SUPERSEDES_INVALID", path,
+                      f"READY {fv} supersedes {named or 'nothing'}; it must supersede {why}"
+                      + (f" ({expected})" if expected else ""))
+            pending, current = None, body
+            claimed.setdefault(fv, named)
+    for fv, view in sorted(c.views.items()):
+        if fv in claimed and view.supersedes_facts_view_hash != claimed[fv]:
+            c.add("FACTS_SUPERSEDES_MISMATCH", facts_path(fv),
+                  f"the facts view supersedes {view.supersedes_facts_view_hash or 'nothing'}, its ledger entry "
+                  f"{claimed[fv] or 'nothing'}")
+
+
+def _check_revoked(c: RunContent, path: str, body: RevokedBody, ready: ReadyBody | None) -> None:
+    """A REVOKED entry withdraws the READY in force (``ready``) and repeats its fields, so the
+    REVOKED event rebuilt from it alone is that READY's withdrawal."""
+    fv = body.facts_view_hash
+    if ready is None or ready.facts_view_hash != fv:
+        in_force = f"READY {ready.facts_view_hash}" if ready is not None else "no READY"
+        c.add("LEDGER_REVOKED_INVALID", path, f"REVOKED {fv} does not withdraw the READY in force ({in_force})")
+        return
+    differing = [name for name, mine, theirs in (("facts_view_uri", body.facts_view_uri, ready.facts_view_uri),
+                                                 ("plan_hash", body.plan_hash, ready.plan_hash),
+                                                 ("policy_rev", body.policy_rev, ready.policy_rev))
+                 if mine != theirs]
+    if differing:
+        c.add("LEDGER_REVOKED_INVALID", path, f"REVOKED {fv} differs from the READY it withdraws in: "
+                                              f"{', '.join(differing)}")
 
 
 # --------------------------------------------------------------------------- run.json

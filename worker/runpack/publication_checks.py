@@ -5,14 +5,22 @@ Each publication's payload must decode and:
 
 * every publication is keyed by the run id and carries its ``pub_key`` as the idempotency
   header (:data:`~worker.core.vocabulary.IDEMPOTENCY_HEADER`);
-* a READY / SUPERSEDE event is keyed :func:`~worker.core.vocabulary.fact_key`, names facts
-  views of the runpack and equals the control fact rebuilt from its ledger entry
-  (:func:`worker.core.events.control_fact`);
+* a READY / SUPERSEDE / REVOKED event is keyed :func:`~worker.core.vocabulary.fact_key`,
+  names facts views of the runpack and equals the control fact rebuilt from its READY /
+  SUPERSEDED / REVOKED ledger entry (:func:`worker.core.events.control_fact`); a REVOKED
+  entry must come after the READY entry of the view it withdraws (contract §11);
 * a STATUS event is keyed :func:`~worker.core.vocabulary.status_key` and matches the ledger
-  entry of that seq (kind, commit time, reason code);
+  entry of that seq (the status it announces, commit time, reason code): a WAITING / FAILED /
+  QUARANTINED entry announces its own status, a REVOKED entry QUARANTINED
+  (:data:`worker.core.events.STATUS_KINDS`);
 * an ENGINE_REQUEST is keyed :func:`~worker.core.vocabulary.engine_request_key` and equals the
   request rebuilt from the ENGINE_REQUESTED entry of its attempt
   (:func:`worker.core.events.engine_request`).
+
+A rebuilt fact or request is compared field by field, then, when the payload was written with
+the current schema, byte for byte with its encoding: Avro decoding accepts some non-canonical
+bytes (over-long varints) that decode to the same fields, and the outbox row must be exactly
+what SR would send again.
 
 A runpack carries no schema registry: payloads are decoded with SR's own schemas.
 """
@@ -20,21 +28,21 @@ A runpack carries no schema registry: payloads are decoded with SR's own schemas
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from worker.adapters.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from worker.core.canonical import canonical_json, parse_json_strict, sha256_hex
 from worker.core.engine import EngineRequest
-from worker.core.events import control_fact, engine_request
+from worker.core.events import STATUS_KINDS, control_fact, engine_request
 from worker.core.ledger import LedgerEntry, LedgerKind
-from worker.core.ledger_bodies import StatusBody
-from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatusEvent, millis
+from worker.core.ledger_bodies import RevokedBody, StatusBody
+from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatusEvent, StatusEventStatus, millis
 from worker.core.vocabulary import IDEMPOTENCY_HEADER, engine_request_key, fact_key, status_key
-from worker.errors import IntegrityError, InvalidJSONError, MessageTooLargeError, SRError
+from worker.errors import EncodeError, IntegrityError, InvalidJSONError, MessageTooLargeError, SRError
 from worker.runpack.artifacts import PublicationRecord, PublicationsDoc, b64decode_strict
-from worker.runpack.content import RunContent
+from worker.runpack.content import RECORDED_BY, RunContent
 from worker.runpack.format import facts_path, sorted_paths
 from worker.runpack.report import validation_summary
 
@@ -43,6 +51,17 @@ __all__ = ["check_publications"]
 M = TypeVar("M", bound=BaseModel)
 
 _PATH = "publications.json"
+#: Bytes of a single-object header: the 2 magic bytes, then the 8-byte schema fingerprint.
+_SO_HEADER: Final = len(SINGLE_OBJECT_MAGIC) + 8
+
+
+class _Frame(NamedTuple, Generic[M]):
+    """A publication's single-object frame, the fingerprint of the current schema of its
+    record, and the encoder that writes that record (for the byte comparison)."""
+
+    data: bytes
+    current: bytes
+    encode: Callable[[M], bytes]
 
 
 def check_publications(c: RunContent) -> None:
@@ -89,26 +108,25 @@ def _check_publication(c: RunContent, codec: AvroCodec, pub: PublicationRecord) 
     record = {"STATUS": "RunStatusEvent", "ENGINE_REQUEST": "EngineRequest"}.get(pub.kind, "ReadyEvent")
     frame = _single_object(codec, payload, record)
     try:
+        current = codec.fingerprint(record)
         if pub.kind == "STATUS":
             _check_status(c, pub, codec.decode_status(frame))
         elif pub.kind == "ENGINE_REQUEST":
-            _check_engine_request(c, pub, codec.decode_engine_request(frame))
+            _check_engine_request(c, pub, codec.decode_engine_request(frame),
+                                  _Frame(frame, current, codec.encode_engine_request))
         else:
-            _check_ready(c, pub, codec.decode_ready(frame))
+            _check_ready(c, pub, codec.decode_ready(frame), _Frame(frame, current, codec.encode_ready))
     except SRError as exc:
         _bad(c, pub, f"payload does not decode: {exc}", "PUBLICATION_UNDECODABLE")
 
 
-def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> None:
+def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent, frame: _Frame[ReadyEvent]) -> None:
     fv = event.facts_view_hash
     expected_key = fact_key(c.run_id, fv, event.event_type.value)
     if event.run_id != c.run_id or pub.pub_key != expected_key:
         _bad(c, pub, f"the payload is the event {expected_key} of run {event.run_id}, not this row's")
     if event.event_type.value != pub.kind or pub.event_type != pub.kind or pub.facts_view_hash != fv:
         _bad(c, pub, "event type / facts_view_hash differ between the row and the payload")
-    if event.event_type is EventType.REVOKED:
-        _bad(c, pub, "is a REVOKED event, which this SR version never publishes")
-        return
     if facts_path(fv) not in c.listed:
         _bad(c, pub, f"names facts view {fv}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
     if not event.facts_view_uri.endswith(f"/facts/{fv}.json"):
@@ -117,10 +135,23 @@ def _check_ready(c: RunContent, pub: PublicationRecord, event: ReadyEvent) -> No
     if old is not None and facts_path(old) not in c.listed:
         _bad(c, pub, f"supersedes facts view {old}, which is not in the runpack", "PUBLICATION_FACTS_UNKNOWN")
     # The event must be exactly the control fact its ledger entry records.
-    kind = LedgerKind.READY if event.event_type is EventType.READY else LedgerKind.SUPERSEDED
-    _check_rebuilt(c, pub, event, c.entry_recording(event.event_type, fv), control_fact,
-                   missing=f"no {kind.value} ledger entry records facts view {fv}", as_what="an event",
-                   what=f"the {event.event_type.value} fact")
+    entry = c.entry_recording(event.event_type, fv)
+    if event.event_type is EventType.REVOKED and entry is not None:
+        _check_revoked_after_ready(c, pub, entry, fv)
+    _check_rebuilt(c, pub, event, entry, control_fact, frame=frame,
+                   missing=f"no {RECORDED_BY[event.event_type].value} ledger entry records facts view {fv}",
+                   as_what="an event", what=f"the {event.event_type.value} fact")
+
+
+def _check_revoked_after_ready(c: RunContent, pub: PublicationRecord, revoked: LedgerEntry, fv: str) -> None:
+    """A REVOKED fact withdraws a READY that came before it: its ledger entry must follow the
+    READY entry of the same facts view (the worker sends them in that order, on one key)."""
+    ready = c.entry_recording(EventType.READY, fv)
+    if ready is None:
+        if c.complete_ledger:
+            _bad(c, pub, f"ledger seq {revoked.seq} revokes facts view {fv}, which no READY ledger entry records")
+    elif ready.seq > revoked.seq:
+        _bad(c, pub, f"ledger seq {revoked.seq} revokes facts view {fv} before READY seq {ready.seq} records it")
 
 
 def _status_seq(pub_key: str) -> int | None:
@@ -142,32 +173,47 @@ def _check_status(c: RunContent, pub: PublicationRecord, event: RunStatusEvent) 
         if c.complete_ledger:
             _bad(c, pub, f"ledger entry seq {seq} does not exist")
         return
-    if entry.kind.value != event.status.value:
-        _bad(c, pub, f"ledger entry seq {seq} is {entry.kind.value}, not {event.status.value}")
+    announced = _announced_status(entry)
+    if announced != event.status.value:
+        kind = entry.kind.value
+        what = kind if announced in (None, kind) else f"{kind} (announcing {announced})"
+        _bad(c, pub, f"ledger entry seq {seq} is {what}, not {event.status.value}")
     if millis(event.emitted_at) != entry.at_ms:
         _bad(c, pub, f"emitted_at is not the commit time of ledger entry seq {seq}")
     body = c.bodies.get(seq)
-    recorded = body.reason_code if isinstance(body, StatusBody) else None
+    recorded = body.reason_code if isinstance(body, StatusBody | RevokedBody) else None
     if body is not None and recorded != event.reason_code:  # a body that did not fit is reported already
         _bad(c, pub, f"reason_code differs from ledger entry seq {seq}")
 
 
-def _check_engine_request(c: RunContent, pub: PublicationRecord, request: EngineRequest) -> None:
+def _announced_status(entry: LedgerEntry) -> str | None:
+    """The status a ledger entry announces on the status topic, or None: a WAITING / FAILED /
+    QUARANTINED entry its own; a REVOKED entry QUARANTINED, beside its REVOKED fact (contract
+    §11; the rule :func:`worker.core.events.status_event` builds the event by)."""
+    if entry.kind not in STATUS_KINDS:
+        return None
+    return StatusEventStatus.QUARANTINED.value if entry.kind is LedgerKind.REVOKED else entry.kind.value
+
+
+def _check_engine_request(c: RunContent, pub: PublicationRecord, request: EngineRequest,
+                          frame: _Frame[EngineRequest]) -> None:
     if (request.run_id != c.run_id or pub.pub_key != engine_request_key(c.run_id, request.attempt_id)
             or pub.facts_view_hash is not None or pub.event_type is not None):
         _bad(c, pub, "an ENGINE_REQUEST publication must be keyed <run_id>:engine:<attempt_id> of its own request")
         return
     entry = next((e for e in c.entries if e.kind is LedgerKind.ENGINE_REQUESTED
                   and e.body.get("attempt_id") == request.attempt_id), None)
-    _check_rebuilt(c, pub, request, entry, engine_request,
+    _check_rebuilt(c, pub, request, entry, engine_request, frame=frame,
                    missing=f"no ENGINE_REQUESTED ledger entry records attempt {request.attempt_id}",
                    as_what="a request", what="the request")
 
 
 def _check_rebuilt(c: RunContent, pub: PublicationRecord, published: M, entry: LedgerEntry | None,
-                   rebuild: Callable[[LedgerEntry, RunIntent], M], *, missing: str, as_what: str, what: str) -> None:
+                   rebuild: Callable[[LedgerEntry, RunIntent], M], *, frame: _Frame[M], missing: str,
+                   as_what: str, what: str) -> None:
     """``published`` must be exactly the message ``entry`` implies, rebuilt from it and the
-    admitted intent; ``missing`` is reported when no entry records it (in a complete ledger)."""
+    admitted intent, field by field and (current schema) byte for byte; ``missing`` is
+    reported when no entry records it (in a complete ledger)."""
     if entry is None:
         if c.complete_ledger:
             _bad(c, pub, missing)
@@ -183,6 +229,19 @@ def _check_rebuilt(c: RunContent, pub: PublicationRecord, published: M, entry: L
         mine, theirs = published.model_dump(), expected.model_dump()
         fields = ", ".join(sorted(k for k in theirs if mine.get(k) != theirs[k]))
         _bad(c, pub, f"differs from {what} of ledger seq {entry.seq} in: {fields}")
+        return
+    # An older writer schema (another fingerprint) encodes the same fields in other bytes:
+    # only a payload of the current schema can be compared byte for byte offline.
+    if frame.data[2:_SO_HEADER] != frame.current:
+        return
+    try:
+        rebuilt = frame.encode(expected)
+    except (EncodeError, MessageTooLargeError) as exc:
+        _bad(c, pub, f"{what} of ledger seq {entry.seq} cannot be encoded: {exc}")
+        return
+    if rebuilt != frame.data:
+        _bad(c, pub, f"payload bytes differ from the encoding of {what} of ledger seq {entry.seq} "
+                     "(same fields, other bytes)")
 
 
 def _single_object(codec: AvroCodec, payload: bytes, record: str) -> bytes:

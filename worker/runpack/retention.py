@@ -7,12 +7,12 @@ Two very different things are retained or not:
   retention (``GOVERNANCE`` or ``COMPLIANCE`` mode) so not even an administrator (in
   compliance mode) can delete or overwrite those object versions before the date.
 * The **Postgres index** is rebuildable working data. :func:`prune_index` deletes outbox rows
-  that no code path will ever need again: *published* READY/SUPERSEDE rows of facts views
-  that are no longer the run's current one (superseded facts), and *published* STATUS rows of
-  runs whose status is final. It never deletes run rows (they carry idempotency: a deleted
-  row would let a duplicate intent be admitted again), never an unpublished row (that is
-  the outbox a crash re-drives), and never the rows of the current facts view (``sr reemit``
-  re-sends them).
+  that no code path will ever need again: *published* READY/SUPERSEDE/REVOKED rows of facts
+  views that are no longer the run's current one (superseded or revoked-then-retried facts),
+  and *published* STATUS rows of runs whose status is final. It never deletes run rows (they
+  carry idempotency: a deleted row would let a duplicate intent be admitted again), never an
+  unpublished row (that is the outbox a crash re-drives), and never the rows of the current
+  facts view (``sr reemit`` re-sends them).
 """
 
 from __future__ import annotations

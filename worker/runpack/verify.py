@@ -9,7 +9,8 @@ verifies only when the list is empty. The checks, in the order they run:
    file is present, within its cap, of the listed size and sha256; nothing unlisted.
 2. **Ledger, intent, plan, facts views** (:mod:`worker.runpack.ledger_checks`): hash chain,
    typed bodies and derived state; the intent derives the run id; the plan and every
-   referenced facts view (with its receipts) belong to this run.
+   referenced facts view (with its receipts) belong to this run; what each READY supersedes
+   and what each REVOKED withdraws fit the ledger before them.
 3. **Publications** (:mod:`worker.runpack.publication_checks`): each one decodes and is the
    event its ledger entry records.
 4. **run.json** (:mod:`worker.runpack.ledger_checks`) against the ledger, and the runpack's
@@ -23,7 +24,14 @@ from __future__ import annotations
 
 from worker.runpack.content import RunContent
 from worker.runpack.format import MANIFEST_NAME, Progress
-from worker.runpack.ledger_checks import check_facts, check_intent, check_ledger, check_plan, check_run_summary
+from worker.runpack.ledger_checks import (
+    check_facts,
+    check_intent,
+    check_ledger,
+    check_lineage,
+    check_plan,
+    check_run_summary,
+)
 from worker.runpack.manifest_checks import check_files, check_location, read_manifest
 from worker.runpack.publication_checks import check_publications
 from worker.runpack.report import Problem, VerifyReport, problem_codes, summarize
@@ -75,6 +83,7 @@ def verify_runpack(source: RunpackSource, *, expect_root_hash: str | None = None
     check_intent(content)
     check_plan(content)
     check_facts(content)
+    check_lineage(content)
     check_publications(content)
     check_run_summary(content)
     check_location(source, manifest, report)

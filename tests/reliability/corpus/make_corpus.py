@@ -7,6 +7,7 @@ are generated at test time instead (``tests/reliability/test_hostile_input.py``)
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -159,6 +160,62 @@ URIS = [
 ]
 
 
+#: ``sr-signature`` header values (``signature/*.hdr``), every one refused for an intent of tenant
+#: "t1" whose key id is "t1-2026" (tests/reliability/test_hostile_signatures.py). Headers that
+#: depend on the signed bytes or on real keys (a flipped bit, another tenant's valid signature,
+#: 1 MiB, two headers) are made at test time.
+SIG_B64 = base64.b64encode(bytes(range(64))).decode()  # well-formed, but not a signature of anything
+SIG_GOOD_SHAPE = f"key=t1-2026;ed25519={SIG_B64}"
+SIGNATURE_HEADERS: dict[str, bytes] = {
+    "empty.hdr": b"",
+    "space.hdr": b" ",
+    "key_only.hdr": b"key=t1-2026",
+    "empty_signature.hdr": b"key=t1-2026;ed25519=",
+    "empty_key_id.hdr": f"key=;ed25519={SIG_B64}".encode(),
+    "wrong_prefix.hdr": f"sig=t1-2026;ed25519={SIG_B64}".encode(),
+    "uppercase_key.hdr": f"KEY=t1-2026;ed25519={SIG_B64}".encode(),
+    "uppercase_algorithm.hdr": f"key=t1-2026;ED25519={SIG_B64}".encode(),
+    "other_algorithm.hdr": f"key=t1-2026;rsa={SIG_B64}".encode(),
+    "swapped_fields.hdr": f"ed25519={SIG_B64};key=t1-2026".encode(),
+    "comma_separator.hdr": f"key=t1-2026,ed25519={SIG_B64}".encode(),
+    "spaces_around.hdr": f"key = t1-2026; ed25519 = {SIG_B64}".encode(),
+    "leading_space.hdr": f" {SIG_GOOD_SHAPE}".encode(),
+    "trailing_newline.hdr": f"{SIG_GOOD_SHAPE}\n".encode(),
+    "trailing_crlf.hdr": f"{SIG_GOOD_SHAPE}\r\n".encode(),
+    "trailing_semicolon.hdr": f"{SIG_GOOD_SHAPE};".encode(),
+    "trailing_nul.hdr": f"{SIG_GOOD_SHAPE}\x00".encode(),
+    "nul_prefix.hdr": f"\x00{SIG_GOOD_SHAPE}".encode(),
+    "bom.hdr": b"\xef\xbb\xbf" + SIG_GOOD_SHAPE.encode(),
+    "bad_base64.hdr": ("key=t1-2026;ed25519=" + "!" * 86 + "==").encode(),
+    "urlsafe_base64.hdr": ("key=t1-2026;ed25519=" + base64.urlsafe_b64encode(b"\xfb\xff" * 32).decode()).encode(),
+    "unpadded_base64.hdr": f"key=t1-2026;ed25519={SIG_B64.rstrip('=')}".encode(),
+    "extra_padding.hdr": f"{SIG_GOOD_SHAPE}=".encode(),
+    "newline_in_base64.hdr": f"key=t1-2026;ed25519={SIG_B64[:40]}\n{SIG_B64[40:]}".encode(),
+    "hex_signature.hdr": f"key=t1-2026;ed25519={bytes(range(64)).hex()}".encode(),
+    "short_signature.hdr": f"key=t1-2026;ed25519={base64.b64encode(bytes(63)).decode()}".encode(),
+    "long_signature.hdr": f"key=t1-2026;ed25519={base64.b64encode(bytes(65)).decode()}".encode(),
+    "garbage_signature.hdr": SIG_GOOD_SHAPE.encode(),
+    "zero_signature.hdr": f"key=t1-2026;ed25519={base64.b64encode(bytes(64)).decode()}".encode(),
+    "ff_signature.hdr": b"key=t1-2026;ed25519=" + base64.b64encode(b"\xff" * 64),
+    "unknown_key.hdr": f"key=nobody-2026;ed25519={SIG_B64}".encode(),
+    "other_tenant_key_id.hdr": f"key=t2-2026;ed25519={SIG_B64}".encode(),
+    "operator_key_id.hdr": f"key=alice-2026;ed25519={SIG_B64}".encode(),
+    "engine_key_id.hdr": f"key=engine-1-2026;ed25519={SIG_B64}".encode(),
+    "key_id_traversal.hdr": f"key=../t1-2026;ed25519={SIG_B64}".encode(),
+    "key_id_overlong.hdr": f"key={'a' * 129};ed25519={SIG_B64}".encode(),
+    "key_id_nul.hdr": f"key=t1-2026\x00;ed25519={SIG_B64}".encode(),
+    "key_id_utf8.hdr": f"key=t1-2026\u00e9;ed25519={SIG_B64}".encode(),
+    "key_id_fullwidth.hdr": f"key=\uff54\uff11-2026;ed25519={SIG_B64}".encode(),
+    "latin1_signature.hdr": b"key=t1-2026;ed25519=" + b"\xe9" * 88,
+    "invalid_utf8.hdr": b"key=t1-2026;ed25519=\xc0\xaf" + SIG_B64[2:].encode(),
+    "fullwidth_equals.hdr": f"key\uff1dt1-2026;ed25519={SIG_B64}".encode(),
+    "two_in_one_value.hdr": f"{SIG_GOOD_SHAPE};{SIG_GOOD_SHAPE}".encode(),
+    "percent_encoded.hdr": f"key%3Dt1-2026%3Bed25519%3D{SIG_B64}".encode(),
+    "json.hdr": json.dumps({"key": "t1-2026", "ed25519": SIG_B64}).encode(),
+    "just_over_limit.hdr": f"key={'a' * 128};ed25519={SIG_B64}".encode() + b" " * 284,  # 513 bytes
+}
+
+
 def main() -> None:
     for sub, docs in (("json", JSON_DOCS), ("flag", FLAGS)):
         (HERE / sub).mkdir(exist_ok=True)
@@ -171,6 +228,9 @@ def main() -> None:
     for name, text in POLICIES.items():
         (HERE / "policy" / name).write_text(text)
     (HERE / "evidence_roots.json").write_text(json.dumps(URIS, indent=1) + "\n")
+    (HERE / "signature").mkdir(exist_ok=True)
+    for name, data in SIGNATURE_HEADERS.items():
+        (HERE / "signature" / name).write_bytes(data)
 
 
 if __name__ == "__main__":
