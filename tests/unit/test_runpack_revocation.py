@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.harness.app_world import World
+from tests.unit.test_runpack_offline import _resign  # one re-signer for every forgery test
 from worker.adapters.avro import AvroCodec
 from worker.app.authentication import InputAuthority
 from worker.core.canonical import canonical_json
@@ -30,7 +31,6 @@ from worker.core.models import EventType, ReadyEvent, RunIntent, RunStatusEvent,
 from worker.core.vocabulary import EVIDENCE_CONTRADICTS_READY, fact_key, status_key
 from worker.errors import IntegrityError
 from worker.runpack import DirectorySource, DirectoryTarget, VerifyReport, collect_runpack, export_run, verify_runpack
-from worker.runpack.format import FileEntry, root_hash
 
 CORRECTED_6B = {"part-0": b"corrected-0\n", "part-1": b"transactions-1\n"}
 TAMPERED = {"part-1": b"evil"}
@@ -117,26 +117,6 @@ def _publications(root: Path) -> list[dict[str, Any]]:
 
 def _payload(pub: dict[str, Any]) -> bytes:
     return base64.b64decode(pub["payload_b64"])
-
-
-def _resign(root: Path) -> None:
-    """Re-chain the ledger and re-sign run.json and the manifest, so only content checks can object."""
-    previous: bytes | None = None
-    for path in sorted((root / "ledger").glob("*.json")):
-        entry = _json(path)
-        entry["prev_hash"] = None if previous is None else _sha(previous)
-        previous = canonical_json(entry)
-        path.write_bytes(previous)
-    assert previous is not None
-    run = _json(root / "run.json")
-    run["ledger_head_sha256"] = _sha(previous)
-    (root / "run.json").write_bytes(canonical_json(run))
-    manifest = _json(root / "manifest.json")
-    manifest["ledger_head_sha256"] = _sha(previous)
-    manifest["files"] = [{"path": f["path"], "sha256": _sha((root / f["path"]).read_bytes()),
-                          "size": len((root / f["path"]).read_bytes())} for f in manifest["files"]]
-    manifest["root_hash"] = root_hash([FileEntry.model_validate(f) for f in manifest["files"]])
-    (root / "manifest.json").write_bytes(canonical_json(manifest))
 
 
 def _writable(root: Path) -> None:
