@@ -145,26 +145,35 @@ def test_avro_decoding_arbitrary_bytes_raises_only_typed_input_errors(prefix: by
                 _assert_safe_intent(value)
 
 
+def mutated(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    """``data`` after ``edits`` (op, position, byte): flip, set, insert, delete, truncate or
+    extend at ``position`` (clamped to the end); shared by the hostile-input generators."""
+    out = bytearray(data)
+    for op, where, byte in edits:
+        pos = min(where, len(out))
+        if op == "flip" and pos < len(out):
+            out[pos] ^= byte or 1
+        elif op == "set" and pos < len(out):
+            out[pos] = byte
+        elif op == "insert":
+            out.insert(pos, byte)
+        elif op == "delete" and pos < len(out):
+            del out[pos]
+        elif op == "truncate":
+            del out[pos:]
+        elif op == "extend":
+            out.extend(bytes([byte]) * (pos + 1))
+    return bytes(out)
+
+
 @HOSTILE
 @given(st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate", "extend"]),
                           st.integers(min_value=0, max_value=len(VALID_FRAME)), st.integers(0, 255)),
                 min_size=1, max_size=6))
 def test_avro_mutated_intent_frames_decode_safely_or_raise_typed_errors(edits: list[tuple[str, int, int]]) -> None:
-    data = bytearray(VALID_FRAME)
-    for op, where, byte in edits:
-        pos = min(where, len(data))
-        if op == "flip" and pos < len(data):
-            data[pos] ^= byte or 1
-        elif op == "insert":
-            data.insert(pos, byte)
-        elif op == "delete" and pos < len(data):
-            del data[pos]
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "extend":
-            data.extend(bytes([byte]) * (pos + 1))
+    data = mutated(VALID_FRAME, edits)
     try:
-        intent = CODEC.decode_intent(bytes(data))
+        intent = CODEC.decode_intent(data)
     except Exception as exc:
         _typed(exc, InputError)
     else:

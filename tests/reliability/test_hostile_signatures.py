@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 from tests.harness.app_world import DLQ, TOPICS, World
 from tests.reliability.conftest import HOSTILE, HOSTILE_PROFILE, report
-from tests.reliability.test_hostile_input import FRAGMENTS, hostile_text, mostly
+from tests.reliability.test_hostile_input import FRAGMENTS, hostile_text, mostly, mutated
 from worker.app.authentication import InputAuthority
 from worker.app.outcomes import Action
 from worker.app.processor import RunProcessor
@@ -258,25 +258,6 @@ _first_headers = st.one_of(
 )
 
 
-def _mutated(header: bytes, edits: list[tuple[str, int, int]]) -> bytes:
-    data = bytearray(header)
-    for op, where, byte in edits:
-        pos = min(where, len(data))
-        if op == "flip" and pos < len(data):
-            data[pos] ^= byte or 1
-        elif op == "set" and pos < len(data):
-            data[pos] = byte
-        elif op == "insert":
-            data.insert(pos, byte)
-        elif op == "delete" and pos < len(data):
-            del data[pos]
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "extend":
-            data.extend(bytes([byte]) * (pos + 1))
-    return bytes(data)
-
-
 def _foreign(bench: Bench, name: str) -> bytes:
     value = bench.value
     signed = {"other-tenant": (T2, value), "operator": (ALICE, value), "engine": (ENGINE, value),
@@ -307,7 +288,7 @@ def test_generated_signature_headers_are_all_rejected_unauthenticated() -> None:
     @given(first=_first_headers, extra=st.lists(st.sampled_from(["genuine", "garbage", "empty"]), max_size=2))
     def check(first: tuple[str, Any], extra: list[str]) -> None:
         kind, spec = first
-        raw = _mutated(bench.genuine, spec) if kind == "mutated" else _foreign(bench, spec) if kind == "foreign" \
+        raw = mutated(bench.genuine, spec) if kind == "mutated" else _foreign(bench, spec) if kind == "foreign" \
             else bytes(spec)
         tally["generated"] += 1
         if _is_genuine(raw, genuine):

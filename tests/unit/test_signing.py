@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from worker.settings import Settings
 from worker.signing import KEY_FILE_FORMAT, SIGNING_KEY_ENV, Signer, generate_key_file, key_ring, key_set
 
 from .conftest import intent_dict, make_intent
+from .test_engine_simulator import ScriptedConsumer  # the engine loop's consumer double
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 VALUE = b"\xc3\x01exact value bytes \x00\xff"
@@ -386,31 +386,6 @@ def test_the_client_signs_each_intent_when_given_a_signer(sink: StubEventSink) -
 
 
 # ----------------------------------------------------------------------------- the reference engine
-class _OneShotConsumer:
-    """Hands out the given records once, then nothing (stores and commits are ignored)."""
-
-    def __init__(self, records: list[Record]) -> None:
-        self._queue = list(records)
-
-    def __enter__(self) -> _OneShotConsumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def poll_batch(self, max_messages: int, timeout: float) -> list[Record]:
-        batch, self._queue = self._queue[:max_messages], self._queue[max_messages:]
-        if not batch:
-            time.sleep(min(timeout, 0.01))
-        return batch
-
-    def store(self, topic: str, partition: int, next_offset: int) -> None:
-        return None
-
-    def commit(self) -> None:
-        return None
-
-
 def _answer_one(monkeypatch: pytest.MonkeyPatch, policy: Policy, signer: Signer | None,
                 reported_by: str) -> SentMessage:
     from tests.harness.engine import engine_request_for
@@ -419,7 +394,7 @@ def _answer_one(monkeypatch: pytest.MonkeyPatch, policy: Policy, signer: Signer 
     frame = AvroCodec().encode_engine_request(engine_request_for(make_intent(), policy, attempt_no=1))
     sink = StubEventSink()
     monkeypatch.setattr(loop_module, "group_consumer",
-                        lambda *a, **k: _OneShotConsumer([Record("requests", 0, 0, None, frame, (), None)]))
+                        lambda *a, **k: ScriptedConsumer([], [Record("requests", 0, 0, None, frame, (), None)]))
     monkeypatch.setattr(loop_module, "event_producer", lambda s: contextlib.nullcontext(sink))
     monkeypatch.setattr(loop_module, "object_store", lambda s: contextlib.nullcontext(InMemoryObjectStore()))
     settings = Settings(poll_timeout=0.01, commit_interval=0.01,

@@ -26,7 +26,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -175,10 +175,6 @@ class KeyRing:
         """The principal owning ``key_id`` (None for a key id this set does not list)."""
         key = self._by_id.get(key_id)
         return None if key is None else key.principal
-
-    def principals(self) -> Iterator[str]:
-        """Every principal with at least one key (each once, in no particular order)."""
-        return iter({key.principal for key in self._by_id.values()})
 
     def __len__(self) -> int:
         return len(self._by_id)
