@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 is required (python3 --version)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# The distribution was called scenario-runner before it became sr-run-authority: drop an old
+	@# editable install (and its metadata in the tree) so two distributions do not both claim `worker` and `sr`.
+	@$(BIN)/python -m pip uninstall -q -y scenario-runner 2>/dev/null || true; rm -rf scenario_runner.egg-info
 	$(BIN)/python -m pip install -q -e '.[embedded,dev]'
 	@touch $(STAMP)
 
@@ -34,7 +37,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict worker tests bench
 
 pytest: $(STAMP)
-	$(BIN)/pytest -p no:cacheprovider
+	$(BIN)/pytest -p no:cacheprovider -n 2 --dist loadgroup
 
 ## bench: the full benchmark suite (~8-9 min on 2 cores); writes bench/results/<timestamp>.json. Never part of `make test`.
 bench: $(STAMP)

@@ -96,7 +96,7 @@ def client_versions() -> dict[str, str]:
         "psycopg": _dist_version("psycopg"),
         "fastavro": _dist_version("fastavro"),
         "obstore": _dist_version("obstore"),
-        "scenario-runner": _dist_version("scenario-runner"),
+        "sr-run-authority": _dist_version("sr-run-authority"),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -167,8 +167,24 @@ def write_evidence(sr_env: SREnv, s3_client: S3Client) -> EvidenceWriter:
 
 
 # ----------------------------------------------------------------------------- orphan check
+#: Leftover processes the xdist workers reported (collected by the controller).
+_WORKER_LEFTOVERS: list[str] = []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any child process of the test session outlived it."""
+    """Fail the run if any child process of the test session outlived it.
+
+    Under pytest-xdist each worker checks its own children (it started the servers) and
+    reports them to the controller, which fails the run; the controller's own children are
+    the workers themselves and are not checked.
+    """
+    config = session.config
+    worker_output = getattr(config, "workeroutput", None)
+    if worker_output is None and getattr(config.option, "dist", "no") != "no":
+        if _WORKER_LEFTOVERS:
+            print(f"\nERROR: processes started by the test session are still alive: {_WORKER_LEFTOVERS}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
     me = psutil.Process()
     leftovers = []
     for child in me.children(recursive=True):
@@ -178,7 +194,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except psutil.NoSuchProcess:
             continue
     if leftovers:
-        session.config.pluginmanager.get_plugin("terminalreporter")
         print(f"\nERROR: processes started by the test session are still alive: {leftovers}")
         for child in me.children(recursive=True):
             try:
@@ -186,3 +201,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             except psutil.NoSuchProcess:
                 pass
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if worker_output is not None:
+            worker_output["sr_leftovers"] = leftovers  # sent to the controller after this hook
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """(pytest-xdist controller) Collect the leftover processes a worker reported."""
+    _WORKER_LEFTOVERS.extend(getattr(node, "workeroutput", {}).get("sr_leftovers", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print what the reliability tests measured (crash points, re-sends, recoveries).
+
+    The lines travel in each test's report (``user_properties``), so they are printed also
+    when pytest-xdist ran the tests in other processes.
+    """
+    from tests.reliability.conftest import REPORT_PROPERTY
+
+    lines = [value for reports in terminalreporter.stats.values() for rep in reports
+             for key, value in getattr(rep, "user_properties", ()) if key == REPORT_PROPERTY]
+    if lines:
+        terminalreporter.section("reliability summary")
+        for line in sorted(lines):
+            terminalreporter.write_line(str(line))

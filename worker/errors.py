@@ -226,6 +226,14 @@ class S3AccessError(S3Error, PermanentError):
     code = "S3_ACCESS"
 
 
+class S3CredentialsError(S3AccessError):
+    """No usable S3 credentials: the SDK's default chain found none, a profile or SSO session
+    is missing or expired, or S3 refused the ones sent (``ExpiredToken``, ``InvalidAccessKeyId``).
+    Permanent: a person must provide or renew them. The message never repeats a secret."""
+
+    code = "S3_CREDENTIALS"
+
+
 # --------------------------------------------------------------------------- embedded stack
 class StackError(SRError):
     """The embedded development stack could not be started."""

@@ -46,7 +46,7 @@ def test_operator_flow_submit_run_status(sr_env: SREnv, write_evidence: Evidence
         ready = read_topic(sr_env.settings.kafka_bootstrap, sr_env.settings.topics.ready,
                            until=lambda rs: len(rs) >= 1, timeout=90)
         assert len(ready) == 1
-        status = sr(sr_env, "status", line["run_id"], "--json")
+        status = sr(sr_env, "status", line["run_id"], "-o", "json")
         assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
         assert doc["status"] == "READY"
@@ -55,7 +55,9 @@ def test_operator_flow_submit_run_status(sr_env: SREnv, write_evidence: Evidence
         human = sr(sr_env, "status", line["run_id"])
         assert human.returncode == 0 and "READY" in human.stdout
         unknown = sr(sr_env, "status", "0" * 32)
-        assert unknown.returncode == 1 and "not found" in unknown.stderr
+        assert unknown.returncode == 5 and "not found" in unknown.stderr  # exit 5: not found
+        legacy = sr(sr_env, "status", line["run_id"], "--json")  # the deprecated alias still works
+        assert legacy.returncode == 0 and json.loads(legacy.stdout) == doc
         # Secrets never reach the worker's log.
     finally:
         assert stop_process(worker) == 0
@@ -113,6 +115,6 @@ def test_worker_refuses_a_policy_with_an_unknown_gate(sr_env: SREnv, tmp_path: P
     env = sr_env.env()
     env["SR_POLICY_FILE"] = str(bad)
     res = subprocess.run([SR, "run"], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2
+    assert res.returncode == 3  # an invalid policy is a configuration error
     assert res.stderr.startswith("sr: error:") and "gate_missing" in res.stderr
     assert "Traceback" not in res.stderr

@@ -92,7 +92,7 @@ def test_runpack_cli_export_verify_tamper_s3_and_refusals(sr_env: SREnv, write_e
     worm_prefix = unique("runpacks-")
     worm = sr(env, "runpack", "export", run_id, "--to", f"s3://{sr_env.bucket}/{worm_prefix}",
               "--retain-until", "2099-01-01T00:00:00Z", "--lock-mode", "compliance")
-    assert worm.returncode == 2
+    assert worm.returncode == 1  # OBJECT_LOCK_UNSUPPORTED: a permanent failure, not a usage error
     assert worm.stderr.startswith("sr: error:") and "Object Lock" in worm.stderr
     assert worm.stderr.strip().count("\n") == 0 and "Traceback" not in worm.stderr
     assert s3_client.list_objects_v2(Bucket=sr_env.bucket, Prefix=worm_prefix).get("KeyCount", 0) == 0
@@ -106,4 +106,4 @@ def test_runpack_cli_export_verify_tamper_s3_and_refusals(sr_env: SREnv, write_e
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout)["total"] == 0
     refused = sr(env_ops, "index", "prune", "--older-than", "30", "--operator", "mallory")
-    assert refused.returncode == 2 and "not authorized" in refused.stderr
+    assert refused.returncode == 4 and "not authorized" in refused.stderr  # exit 4: not authorized

@@ -78,7 +78,7 @@ def test_sr_dev_port_in_use_is_one_line_nonzero(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         res = subprocess.run([*SR, "dev", "--state-dir", str(tmp_path / "s"), "--pg-port", str(port)],
                              capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2
+    assert res.returncode == 1  # PORT_IN_USE: a failure of the stack, not of the command line
     assert res.stderr.strip().count("\n") == 0
     assert res.stderr.startswith("sr: error: port") and "Traceback" not in res.stderr + res.stdout
 
@@ -86,6 +86,14 @@ def test_sr_dev_port_in_use_is_one_line_nonzero(tmp_path: Path) -> None:
 def test_sr_dev_missing_weed_is_one_line_nonzero(tmp_path: Path) -> None:
     res = subprocess.run([*SR, "dev", "--state-dir", str(tmp_path / "s"), "--weed-bin", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2
+    assert res.returncode == 1  # BINARY_MISSING
     assert res.stderr.strip().count("\n") == 0
     assert "weed" in res.stderr and "embedded" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sr_dev_refuses_a_directory_it_did_not_create_and_deletes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not sr dev's")
+    res = subprocess.run([*SR, "dev", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith("sr: error: --state-dir") and "not created by sr dev" in res.stderr
+    assert res.stderr.count("\n") == 1 and (tmp_path / "notes.txt").read_text() == "not sr dev's"

@@ -100,7 +100,7 @@ class SREnv:
     def env(self) -> dict[str, str]:
         """Environment for an ``sr`` subprocess pointing at this world (on top of ``os.environ``)."""
         env = dict(os.environ)
-        env.update(worker_environ(self.servers, pg_dsn=self.settings.pg_dsn.get_secret_value(),
+        env.update(worker_environ(self.servers, pg_dsn=self.settings.pg_conninfo().get_secret_value(),
                                   s3_prefix=self.settings.s3_prefix, policy_path=self.policy_path,
                                   group_id=self.settings.group_id, topics=self.settings.topics))
         return env

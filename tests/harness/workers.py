@@ -225,7 +225,7 @@ class WorkerProc:
 
     def has_logged(self, msg: str) -> bool:
         """True once a log line with this ``msg`` was written."""
-        return any(line.get("msg") == msg for line in self.lines())
+        return any(line.get("message") == msg for line in self.lines())
 
     def assigned(self, topic: str) -> set[int]:
         """Partitions of ``topic`` the worker owns now, according to its rebalance log lines."""
@@ -329,7 +329,7 @@ def assigned_partitions(path: Path, topic: str) -> set[int]:
     """Partitions of ``topic`` a worker owns now, replayed from its assign/revoke/lost log lines."""
     owned: set[int] = set()
     for line in log_lines(path):
-        msg = line.get("msg")
+        msg = line.get("message")
         if msg not in ("partitions assigned", "partitions revoked", "partitions lost"):
             continue
         parts = {int(p[len(topic) + 1:-1]) for p in line.get("partitions") or [] if p.startswith(f"{topic}[")}
@@ -359,4 +359,4 @@ def wait_group_split(logs: list[Path], topic: str, partitions: int, timeout: flo
 
 def stopped_stats(path: Path) -> list[dict[str, Any]]:
     """The counters of every clean ``worker stopped`` line in a log (one per clean exit)."""
-    return [line for line in log_lines(path) if line.get("msg") == "worker stopped"]
+    return [line for line in log_lines(path) if line.get("message") == "worker stopped"]

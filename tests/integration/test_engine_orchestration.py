@@ -156,4 +156,4 @@ def test_failing_and_silent_engines_spend_the_budget_then_fail(sr_env: SREnv) ->
     assert samples['sr_engine_attempts_total{event="failed"}'] == 3
     assert samples['sr_engine_attempts_total{event="timed_out"}'] == 3
     assert samples['sr_engine_attempts_total{event="succeeded"}'] == 2
-    assert samples["sr_engine_attempt_seconds_count"] == 5
+    assert samples["sr_engine_attempt_duration_seconds_count"] == 5

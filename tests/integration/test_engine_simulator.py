@@ -55,7 +55,7 @@ def test_the_reference_engine_answers_each_request_once_and_the_same_way(sr_env:
                           check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     logs = _json_lines(done.stderr.decode())
-    assert [line["status"] for line in logs if line["msg"] == "engine result sent"] == ["SUCCEEDED", "SUCCEEDED"]
+    assert [line["status"] for line in logs if line["message"] == "engine result sent"] == ["SUCCEEDED", "SUCCEEDED"]
 
     results = read_topic(settings.kafka_bootstrap, topics.engine_results, until=lambda rs: len(rs) >= 2, timeout=30)
     assert len(results) == 2

@@ -100,7 +100,7 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
     epoch_a = row.lease_epoch
 
     # A "pauses" long enough for its session to be dropped; B takes over and completes.
-    _terminate_lock_holder(sr_env.settings.pg_dsn.get_secret_value(), run_id)
+    _terminate_lock_holder(sr_env.settings.pg_conninfo().get_secret_value(), run_id)
     outcome_b = b.processor.drive(run_id, fresh=False, wait=10.0)
     assert outcome_b.action is Action.READY
     row_b = b.index.get(run_id)
@@ -110,7 +110,7 @@ def test_one_leader_and_a_fenced_holder_cannot_write(sr_env: SREnv, write_eviden
     blocker.release.set()
     thread.join(60)
     assert isinstance(result.get("a_error"), LeaseLostError), result
-    with psycopg.connect(sr_env.settings.pg_dsn.get_secret_value(), autocommit=True) as conn, \
+    with psycopg.connect(sr_env.settings.pg_conninfo().get_secret_value(), autocommit=True) as conn, \
             pytest.raises(StaleEpochError):
         advance_with_epoch(conn, run_id, epoch_a, RunStatus.FAILED, ledger_seq=row_b.ledger_seq,
                            ledger_head_hash=row_b.ledger_head_hash or "", reason_code="STALE_WRITER")

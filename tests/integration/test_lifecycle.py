@@ -254,7 +254,7 @@ def test_index_rebuild_after_database_loss(pg_server_dsn: str, write_evidence: E
         worker.stop()
 
     # Lose the database entirely.
-    dbname = psycopg.conninfo.conninfo_to_dict(env.settings.pg_dsn.get_secret_value())["dbname"]
+    dbname = psycopg.conninfo.conninfo_to_dict(env.settings.pg_conninfo().get_secret_value())["dbname"]
     with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{dbname}"')
@@ -265,8 +265,8 @@ def test_index_rebuild_after_database_loss(pg_server_dsn: str, write_evidence: E
     del operator_env["SR_POLICY_FILE"]
     rebuild = [SR, "index", "rebuild", "--json"]
     refused = subprocess.run(rebuild, env=operator_env, capture_output=True, text=True, timeout=180)
-    assert refused.returncode == 2 and refused.stderr.startswith("sr: error:"), refused.stderr
-    with psycopg.connect(env.settings.pg_dsn.get_secret_value()) as conn:
+    assert refused.returncode == 1 and refused.stderr.startswith("sr: error:"), refused.stderr
+    with psycopg.connect(env.settings.pg_conninfo().get_secret_value()) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
     assert sr_cli(env, "db", "migrate").returncode == 0
     rebuilt = subprocess.run(rebuild, env=operator_env, capture_output=True, text=True, timeout=180)

@@ -25,19 +25,21 @@ from pydantic import SecretStr
 
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.servers import Servers, s3_config_for
-from tests.integration.test_postgres_index import new_run
+from tests.integration.test_postgres_index import hex64, new_run, raw
 from worker.adapters.kafka import KafkaConfig
 from worker.adapters.kafka.health import consumer_lag, kafka_check
 from worker.adapters.postgres import PgConfig, RoundTripCounter, RunIndex
 from worker.adapters.postgres.health import postgres_check
+from worker.adapters.postgres.leases import advance_with_epoch
 from worker.adapters.s3 import ObjectStore
 from worker.adapters.s3.health import s3_check
 from worker.app.ports import Record
+from worker.core.index import NewPublication, OutboxStats
 from worker.core.models import RunStatus
 from worker.errors import KafkaFatalError, KafkaUnavailableError, PostgresUnavailableError, S3AccessError
-from worker.runtime.gauges import refresh_consumer_lag, refresh_runs_by_status
+from worker.runtime.gauges import refresh_consumer_lag, refresh_outbox, refresh_runs_by_status
 from worker.runtime.health import HealthServer
-from worker.runtime.metrics import METRIC_NAMES, Metrics
+from worker.runtime.metrics import METRIC_NAMES, RUNTIME_FAMILY_PREFIXES, Metrics
 
 pytestmark = pytest.mark.integration
 
@@ -295,24 +297,28 @@ def test_metrics_expose_every_series_with_exact_values(
         status, _, text = http_get(f"{server.url}/metrics")
     assert status == 200
     fams = families(text)
-    assert set(fams) == {name.removesuffix("_total") for name in METRIC_NAMES}
+    # Every SR family and nothing else under sr_; the runtime collectors' families beside them.
+    assert {f for f in fams if f.startswith("sr_")} == {name.removesuffix("_total") for name in METRIC_NAMES}
+    assert {f for f in fams if not f.startswith("sr_")} == {f for f in fams if f.startswith(RUNTIME_FAMILY_PREFIXES)}
+    assert "python_info" in fams
     assert not [s for f in fams.values() for s in f.samples if s.name.endswith("_created")]
 
     # S3 histogram: per verb and outcome, equal to the adapter's own attempt counter.
     expected_s3 = {("PUT", "ok"): 3, ("PUT", "error"): 1, ("GET", "ok"): 2, ("HEAD", "ok"): 3,
                    ("HEAD", "error"): 1, ("LIST", "ok"): 1, ("DELETE", "ok"): 1}
     for verb in ("PUT", "GET", "HEAD", "LIST", "DELETE"):
-        ok = hist_count(fams, "sr_s3_request_seconds", verb=verb, outcome="ok")
-        err = hist_count(fams, "sr_s3_request_seconds", verb=verb, outcome="error")
+        ok = hist_count(fams, "sr_s3_request_duration_seconds", verb=verb, outcome="ok")
+        err = hist_count(fams, "sr_s3_request_duration_seconds", verb=verb, outcome="error")
         assert (ok, err) == (expected_s3.get((verb, "ok"), 0), expected_s3.get((verb, "error"), 0)), verb
         assert ok + err == s3_counts[verb]
-    assert sample(fams, "sr_s3_request_seconds", "sr_s3_request_seconds_bucket",
+    assert sample(fams, "sr_s3_request_duration_seconds", "sr_s3_request_duration_seconds_bucket",
                   verb="PUT", outcome="ok", le="+Inf") == 3
-    assert sample(fams, "sr_s3_request_seconds", "sr_s3_request_seconds_sum", verb="PUT", outcome="ok") > 0
+    assert sample(fams, "sr_s3_request_duration_seconds", "sr_s3_request_duration_seconds_sum",
+                  verb="PUT", outcome="ok") > 0
 
     # Postgres histogram: one observation per round trip.
-    assert hist_count(fams, "sr_pg_query_seconds") == pg_round_trips
-    assert sample(fams, "sr_pg_query_seconds", "sr_pg_query_seconds_sum") > 0
+    assert hist_count(fams, "sr_pg_query_duration_seconds") == pg_round_trips
+    assert sample(fams, "sr_pg_query_duration_seconds", "sr_pg_query_duration_seconds_sum") > 0
 
     for st, n in {"READY": 2, "WAITING": 1, "FAILED": 0, "QUARANTINED": 1, "REJECTED": 0, "OTHER": 1}.items():
         assert sample(fams, "sr_runs", "sr_runs_total", status=st) == n
@@ -322,7 +328,7 @@ def test_metrics_expose_every_series_with_exact_values(
     assert sample(fams, "sr_dlq", "sr_dlq_total", error_class="DECODE_ERROR") == 2
     assert sample(fams, "sr_dlq", "sr_dlq_total", error_class="UNKNOWN_SCHEMA") == 1
     assert sample(fams, "sr_dlq", "sr_dlq_total", error_class="OTHER") == 1
-    assert sample(fams, "sr_evidence_bytes_verified", "sr_evidence_bytes_verified_total") == 1024
+    assert sample(fams, "sr_evidence_verified_bytes", "sr_evidence_verified_bytes_total") == 1024
     assert sample(fams, "sr_messages", "sr_messages_total", topic="sr.run-intents", outcome="processed") == 3
     assert sample(fams, "sr_messages", "sr_messages_total", topic="sr.triggers", outcome="dead_lettered") == 1
     lag = {(s.labels["topic"], s.labels["partition"]): s.value for s in fams["sr_consumer_lag"].samples}
@@ -338,6 +344,42 @@ def test_count_by_status_is_one_round_trip_and_empty_on_an_empty_index(pg_dsn: s
         before = counter.snapshot()
         assert index.count_by_status() == {}
         assert counter.snapshot() == before + 1
+
+
+def test_outbox_gauges_count_unpublished_rows_and_age_the_oldest_in_one_round_trip(pg_dsn: str) -> None:
+    counter = RoundTripCounter()
+    metrics = Metrics()
+    run = new_run()
+    fvh = hex64("outbox-facts")
+    ready = NewPublication.ready(run.run_id, fvh, "READY", topic="sr.ready", payload=b"ready")
+    status = NewPublication.status_event(run.run_id, 0, "WAITING", topic="sr.run-status", payload=b"waiting")
+    with RunIndex(PgConfig(dsn=SecretStr(pg_dsn)), counter) as index:
+        before = counter.snapshot()
+        assert refresh_outbox(index, metrics) == OutboxStats(backlog=0, oldest_age_seconds=0.0)
+        assert counter.snapshot() == before + 1
+
+        index.admit(run)
+        with raw(pg_dsn) as conn:
+            advance_with_epoch(conn, run.run_id, 0, RunStatus.READY, ledger_seq=1, ledger_head_hash=hex64("h1"),
+                               facts_view_hash=fvh, plan_hash=hex64("plan"), publications=[status, ready])
+            # The status row waited 90 s (a broker outage), the READY row is new.
+            conn.execute("UPDATE sr_publications SET created_at = now() - interval '90 seconds' WHERE pub_key = %s",
+                         (status.pub_key,))
+        stats = refresh_outbox(index, metrics)
+        assert stats.backlog == 2
+        assert 90 <= stats.oldest_age_seconds < 90 + 60
+        fams = families(metrics.render().decode())
+        assert sample(fams, "sr_outbox_backlog", "sr_outbox_backlog") == 2
+        assert sample(fams, "sr_outbox_oldest_age_seconds", "sr_outbox_oldest_age_seconds") == stats.oldest_age_seconds
+
+        index.mark_published(status.pub_key, 0, 1)  # the old row goes out: the age is the new row's
+        stats = refresh_outbox(index, metrics)
+        assert stats.backlog == 1 and stats.oldest_age_seconds < 60
+        index.mark_published(ready.pub_key, 0, 2)
+        assert refresh_outbox(index, metrics) == OutboxStats(backlog=0, oldest_age_seconds=0.0)
+    fams = families(metrics.render().decode())
+    assert sample(fams, "sr_outbox_backlog", "sr_outbox_backlog") == 0
+    assert sample(fams, "sr_outbox_oldest_age_seconds", "sr_outbox_oldest_age_seconds") == 0
 
 
 def test_consumer_lag_from_committed_offsets(kafka_bootstrap: str, topic_factory: Any, group_id: str) -> None:

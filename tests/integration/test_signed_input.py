@@ -52,7 +52,7 @@ def flipped(signer: Signer, value: bytes) -> dict[str, bytes]:
 def s3_requests(worker: WorkerThread) -> float:
     """S3 request attempts the worker made so far (its own metrics)."""
     return sum(sample.value for metric in worker.worker.metrics.registry.collect()
-               for sample in metric.samples if sample.name == "sr_s3_request_seconds_count")
+               for sample in metric.samples if sample.name == "sr_s3_request_duration_seconds_count")
 
 
 def dlq_classes(env: SREnv, want: int) -> list[tuple[str, bytes]]:

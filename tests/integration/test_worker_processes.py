@@ -14,6 +14,7 @@ import pytest
 
 from tests.harness.evidence import EvidenceWriter
 from tests.harness.kafka import read_topic, submit
+from tests.harness.parallel import HEAVY
 from tests.harness.probes import wait_for
 from tests.harness.sr_env import SREnv, make_intent
 from tests.harness.workers import start_worker_process, stop_process
@@ -22,7 +23,8 @@ from worker.core.identity import run_id_of
 from worker.core.keys import run_keys
 from worker.runtime.compose import pg_config
 
-pytestmark = pytest.mark.integration
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, HEAVY]
 
 
 def _stop_stats(log_path: Path) -> dict[str, Any]:

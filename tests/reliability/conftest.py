@@ -12,8 +12,10 @@ last one loaded would win). The ``write_evidence`` fixture is the one in ``tests
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 SOAK = os.environ.get("SR_SOAK", "").strip().lower() in {"1", "true", "yes"}
@@ -29,6 +31,7 @@ HOSTILE = settings(settings.get_profile(HOSTILE_PROFILE))
 
 #: Lines collected by the tests and printed in the terminal summary (timings, re-send counts).
 REPORT: list[str] = []
+_REPORT_START = pytest.StashKey[int]()
 
 
 def report(line: str) -> None:
@@ -36,9 +39,21 @@ def report(line: str) -> None:
     REPORT.append(line)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print what the reliability tests measured (crash points, re-sends, recoveries)."""
-    if REPORT:
-        terminalreporter.section("reliability summary")
-        for line in REPORT:
-            terminalreporter.write_line(line)
+#: ``user_properties`` key of a summary line: reports carry them to the process that prints
+#: the terminal summary (with pytest-xdist, not the one that ran the test).
+REPORT_PROPERTY = "sr_reliability_summary"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember where this test's summary lines start."""
+    item.stash[_REPORT_START] = len(REPORT)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Attach the summary lines a test added to its teardown report (printed by tests/conftest.py)."""
+    rep = yield
+    if rep.when == "teardown":
+        start = item.stash.get(_REPORT_START, len(REPORT))
+        rep.user_properties.extend((REPORT_PROPERTY, line) for line in REPORT[start:])
+    return rep

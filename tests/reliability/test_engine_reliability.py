@@ -33,6 +33,7 @@ import pytest
 
 from tests.harness.engine import EngineThread
 from tests.harness.kafka import committed_total, group_by_idempotency_key, produce_raw, read_topic
+from tests.harness.parallel import HEAVY
 from tests.harness.probes import status_counts, unpublished_count
 from tests.harness.probes import wait_for as poll
 from tests.harness.sr_env import SREnv, make_intent
@@ -51,7 +52,8 @@ from worker.core.models import RunIntent, Strategy
 from worker.engine.simulator import SimulatorConfig, fails
 from worker.runtime.compose import pg_config, s3_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, HEAVY]
 
 PARTITIONS = 4
 MAX_ATTEMPTS = 3
@@ -92,7 +94,7 @@ class Drained:
 def drain_and_read(env: SREnv, intents: list[RunIntent], *, timeout: float) -> Drained:
     """Wait until every run ended as expected, the outbox is empty and every intent offset is
     committed; then read the output topics."""
-    dsn = env.settings.pg_dsn.get_secret_value()
+    dsn = env.settings.pg_conninfo().get_secret_value()
     topics = env.settings.topics
     outcomes = [expected_attempts(run_id_of(i)) for i in intents]
     want = {"READY": sum(ok for _, ok in outcomes), "FAILED": sum(not ok for _, ok in outcomes)}

@@ -42,6 +42,7 @@ from tests.harness.evidence import (
 )
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.kafka import committed_total, group_by_idempotency_key, read_topic, submit
+from tests.harness.parallel import HEAVY
 from tests.harness.paths import shared_evidence_policy
 from tests.harness.probes import lock_holder, status_counts
 from tests.harness.probes import wait_for as poll
@@ -58,7 +59,8 @@ from worker.core.ledger import derive_state
 from worker.core.models import RunIntent, RunStatus
 from worker.runtime.compose import pg_config, s3_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, HEAVY]
 
 #: After a fault heals, the phase's intents must all be terminal within this many seconds:
 #: the worker's record retry backs off at most 5 s, the adapters' retries at most 5 s each.
@@ -127,7 +129,7 @@ def _run_phases(env: SREnv, worker: WorkerThread, proxy: FaultProxy, *,
     A phase's intents are fed first and the fault hits while they are being processed (for
     Kafka: while their READY/status events are produced and their offsets committed).
     """
-    dsn = env.settings.pg_dsn.get_secret_value()
+    dsn = env.settings.pg_conninfo().get_secret_value()
     expected: dict[str, str] = {}
     lines: list[str] = []
     seed = 0
@@ -246,7 +248,7 @@ def test_postgres_latency_resets_and_blackhole_are_retried_and_recovered(
 ) -> None:
     started = time.monotonic()
     write_evidence("complete")
-    dsn = sr_env.settings.pg_dsn.get_secret_value()
+    dsn = sr_env.settings.pg_conninfo().get_secret_value()
     with FaultProxy(*_pg_target(dsn)) as proxy, _captured() as log:
         worker = WorkerThread(sr_env, pg_dsn=SecretStr(_dsn_via(dsn, proxy.port))).start()
         try:

@@ -652,7 +652,7 @@ def _sr_run_with_policy(name: str, cwd: Path) -> subprocess.CompletedProcess[byt
 def test_a_hostile_policy_file_stops_sr_run_with_a_typed_error_not_a_crash(name: str, tmp_path: Path) -> None:
     proc = _sr_run_with_policy(name, tmp_path)
     err = proc.stderr.decode()
-    assert proc.returncode == 2, err[-2000:]
+    assert proc.returncode == 3, err[-2000:]  # POLICY_INVALID: a configuration error
     assert "Traceback" not in err
     assert err.startswith("sr: error:")
 

@@ -33,6 +33,7 @@ import pytest
 from tests.harness.evidence import EvidenceWriter
 from tests.harness.http_capture import OneRequestCapture
 from tests.harness.kafka import committed_total, group_by_idempotency_key, produce_raw, read_topic
+from tests.harness.parallel import HEAVY
 from tests.harness.probes import list_objects, status_counts, unpublished_count
 from tests.harness.probes import wait_for as poll
 from tests.harness.sr_env import SREnv, make_intent
@@ -48,7 +49,8 @@ from worker.core.ledger import LedgerKind, derive_state
 from worker.core.models import RunIntent, RunStatus
 from worker.runtime.compose import pg_config, s3_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, HEAVY]
 
 N_COMPLETE, N_WAITING, N_TAMPERED, N_DUPLICATES = 150, 50, 50, 50
 N_MESSAGES = N_COMPLETE + N_WAITING + N_TAMPERED + N_DUPLICATES  # 300
@@ -99,7 +101,7 @@ def test_kill_at_crash_point_then_restart_loses_and_duplicates_nothing(
     messages, kind_of = _workload(sr_env, rng)
     assert len(messages) == N_MESSAGES and len(kind_of) == N_COMPLETE + N_WAITING + N_TAMPERED
     expect = {kind: {r for r, k in kind_of.items() if k == kind} for kind in EXPECTED_STATUS}
-    dsn = sr_env.settings.pg_dsn.get_secret_value()
+    dsn = sr_env.settings.pg_conninfo().get_secret_value()
     topics = sr_env.settings.topics
     bootstrap = sr_env.settings.kafka_bootstrap
 

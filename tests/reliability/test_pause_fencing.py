@@ -32,6 +32,7 @@ from tests.harness.evidence import (
     upload_member_concat_gate,
 )
 from tests.harness.kafka import read_topic, submit
+from tests.harness.parallel import HEAVY
 from tests.harness.probes import list_objects, lock_holder, terminate_backend
 from tests.harness.probes import wait_for as poll
 from tests.harness.sr_env import SREnv, make_intent
@@ -49,7 +50,8 @@ from worker.errors import StaleEpochError
 from worker.runtime.compose import pg_config, s3_config
 from worker.runtime.dispatch import dispatch
 
-pytestmark = pytest.mark.integration
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, HEAVY]
 
 #: Members added to gate 6B so verifying the run keeps its lease held for a second or more (obstore
 #: reads ~1,000 small members/s here; boto3 read 400 in ~2 s).
@@ -93,7 +95,7 @@ def test_sigstopped_lease_holder_is_fenced_and_the_run_keeps_one_history(
     _seed_slow_evidence(sr_env, s3_client, "paused")
     intent = make_intent(sr_env, "paused")
     run_id = run_id_of(intent)
-    dsn = sr_env.settings.pg_dsn.get_secret_value()
+    dsn = sr_env.settings.pg_conninfo().get_secret_value()
     keys = run_keys(sr_env.settings.s3_prefix, intent.tenant_id, intent.namespace, run_id)
     stale = WorkerProc(sr_env, tmp_path / "stale.log")
     taker = WorkerProc(sr_env, tmp_path / "taker.log")
@@ -175,7 +177,7 @@ def test_sigstopped_lease_holder_is_fenced_and_the_run_keeps_one_history(
         unchanged = index.get(run_id)
     assert unchanged is not None and (unchanged.status, unchanged.ledger_seq, unchanged.lease_epoch) == (
         RunStatus.READY, final.ledger_seq, final.lease_epoch)
-    stale_stats = [line for line in log_lines(stale.log) if line.get("msg") == "worker stopped"]
+    stale_stats = [line for line in log_lines(stale.log) if line.get("message") == "worker stopped"]
     # After resuming it PUT the facts view and its seq-0 entry; neither changed a byte above:
     # both were refused by If-None-Match (the facts view, being identical, was merely adopted).
     assert stale_stats and stale_stats[-1]["s3_requests"]["PUT"] >= 2, stale_stats
@@ -265,7 +267,7 @@ def test_fenced_holder_with_a_different_decision_is_re_driven_not_dead_lettered(
 
     intent = make_intent(sr_env, "late-evidence", outputs=("accounts",))
     run_id = run_id_of(intent)
-    dsn = sr_env.settings.pg_dsn.get_secret_value()
+    dsn = sr_env.settings.pg_conninfo().get_secret_value()
     with open_services(sr_env.settings, sr_env.policy) as a, \
             open_services(sr_env.settings, sr_env.policy, migrate_db=False) as b:
         gated = _GatedVerifier(a.processor.context.verifier)

@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness.evidence import EvidenceWriter
 from tests.harness.kafka import produce_raw, read_topic, submit
+from tests.harness.parallel import HEAVY
 from tests.harness.probes import wait_for
 from tests.harness.sr_env import SREnv, make_intent
 from tests.harness.workers import WorkerThread
@@ -31,7 +32,8 @@ from worker.core.models import EventType, RunTrigger, TriggerKind
 from worker.errors import InputError, LeaseBusyError
 from worker.runtime.compose import open_operator_services
 
-pytestmark = pytest.mark.integration
+# HEAVY (tests/harness/parallel.py): several worker processes under load, run one at a time.
+pytestmark = [pytest.mark.integration, HEAVY]
 
 RUNS = int(os.environ.get("SR_RACE_RUNS", "60" if SOAK else "12"))
 

@@ -205,7 +205,7 @@ def test_secrets_never_reach_logs_dlq_events_artifacts_or_metrics(
     needles = _needles([access_key, secret_key, pg_password, sasl_password])
     assert _leaks(b"x" + pg_password.encode() + b"x", needles), "the scanner itself must find a planted secret"
 
-    dsn = sr_env.settings.pg_dsn.get_secret_value()
+    dsn = sr_env.settings.pg_conninfo().get_secret_value()
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     s3 = urlsplit(sr_env.servers.s3_endpoint or "")
     with FaultProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)) as pg_proxy, \
@@ -221,8 +221,8 @@ def test_secrets_never_reach_logs_dlq_events_artifacts_or_metrics(
         worker = WorkerProc(sr_env, tmp_path / "worker.log", extra_env=secret_env).start()
         bodies: list[bytes] = []
         try:
-            assert poll(lambda: any(line.get("msg") == "worker started" for line in log_lines(worker.log)), 60)
-            url = next(line["url"] for line in log_lines(worker.log) if line.get("msg") == "http endpoints up")
+            assert poll(lambda: any(line.get("message") == "worker started" for line in log_lines(worker.log)), 60)
+            url = next(line["url"] for line in log_lines(worker.log) if line.get("message") == "http endpoints up")
             good = make_intent(sr_env, "complete")
             waiting = make_intent(sr_env, "nothing", seed=2)
             forbidden = make_intent(sr_env, "fb", evidence_root=f"s3://{sr_env.bucket}/evidence/other/x")
@@ -299,7 +299,7 @@ def test_configuration_and_connection_errors_do_not_echo_secrets(monkeypatch: py
     assert password not in str(bad_value.value) and "batch_size" in str(bad_value.value)
     monkeypatch.delenv("SR_BATCH_SIZE")
     settings = load_settings(None, {"SR_KAFKA_SASL_PASSWORD": password})
-    assert settings.pg_dsn.get_secret_value().endswith("@db/sr")  # the secrets really are configured
+    assert settings.pg_conninfo().get_secret_value().endswith("@db/sr")  # the secrets really are configured
     assert settings.kafka_client_config()["sasl.password"] == password
     assert password not in repr(settings) and password not in str(settings.model_dump())
     with pytest.raises(PostgresError) as bad_dsn:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from worker.adapters.avro import HttpSchemaRegistry
+from tests.harness.schema_registry import FakeSchemaRegistry
+from worker.adapters.avro import ConfluentSchemaRegistry, RegistryConfig
 from worker.core.models import RunIntent, parse_intent
 from worker.core.policy import Policy, load_policy
 
@@ -113,72 +111,12 @@ def policy(policy_bytes: bytes) -> Policy:
 
 
 # --------------------------------------------- a Confluent Schema Registry stand-in (HTTP, in-process)
-class FakeRegistry:
-    """State of the in-process Confluent Schema Registry stand-in (:func:`registry`)."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.subjects: dict[str, list[int]] = {}
-        self.fail_next = 0
-        self.calls = 0
-
-
-def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_POST(self) -> None:
-            state.calls += 1
-            if state.fail_next:
-                state.fail_next -= 1
-                self._send(503, {"error_code": 50301, "message": "unavailable"})
-                return
-            parts = self.path.split("/")
-            if len(parts) != 4 or parts[1] != "subjects" or parts[3] != "versions":
-                self._send(404, {"error_code": 40401})
-                return
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            schema = body["schema"]
-            if "Incompatible" in schema:
-                self._send(409, {"error_code": 409})
-                return
-            known = [i for i, text in state.schemas.items() if text == schema]
-            schema_id = known[0] if known else len(state.schemas) + 1
-            state.schemas[schema_id] = schema
-            state.subjects.setdefault(parts[2], []).append(schema_id)
-            self._send(200, {"id": schema_id})
-
-        def do_GET(self) -> None:
-            state.calls += 1
-            prefix = "/schemas/ids/"
-            if self.path.startswith(prefix):
-                schema_id = int(self.path[len(prefix) :])
-                if schema_id in state.schemas:
-                    self._send(200, {"schema": state.schemas[schema_id]})
-                    return
-            self._send(404, {"error_code": 40403, "message": "Schema not found"})
-
-    return Handler
-
-
 @pytest.fixture
-def registry() -> Iterator[tuple[HttpSchemaRegistry, FakeRegistry]]:
-    state = FakeRegistry()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield HttpSchemaRegistry(f"http://127.0.0.1:{server.server_address[1]}/", timeout=5), state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def registry() -> Iterator[tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]]:
+    """SR's registry adapter (no retries, auto-register on) in front of a fresh stand-in registry."""
+    with FakeSchemaRegistry() as state:
+        client = ConfluentSchemaRegistry(RegistryConfig(url=f"{state.url}/", timeout=5, max_retries=0))
+        try:
+            yield client, state
+        finally:
+            client.close()

@@ -12,11 +12,14 @@ import fastavro
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
+from tests.harness.schema_registry import FakeSchemaRegistry
 from worker.adapters.avro import (
     RECORD_NAMES,
     AvroCodec,
-    HttpSchemaRegistry,
+    ConfluentSchemaRegistry,
+    RegistryConfig,
     SchemaFingerprint,
     SchemaRegistry,
     default_schema_dir,
@@ -42,7 +45,7 @@ from worker.errors import (
     UnknownSchemaError,
 )
 
-from .conftest import H1, H2, SCHEMAS, FakeRegistry, engine_request_dict, engine_result_dict, intent_dict, make_intent
+from .conftest import H1, H2, SCHEMAS, engine_request_dict, engine_result_dict, intent_dict, make_intent
 
 RUN = "0123456789abcdef0123456789abcdef"
 FINGERPRINTS = {
@@ -365,11 +368,11 @@ _SHARED = AvroCodec()
 
 
 # ----------------------------------------------------------------------- Confluent registry
-def test_registry_protocol(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_registry_protocol(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     assert isinstance(registry[0], SchemaRegistry)
 
 
-def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_confluent_roundtrip(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     client, state = registry
     producer = AvroCodec(registry=client)
     frame = producer.encode_ready(sample_ready(), subject="sr.ready-value")
@@ -392,7 +395,7 @@ def test_confluent_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegistry]) 
         consumer.decode(frame + b"\x01")
 
 
-def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_confluent_engine_roundtrip(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     client, state = registry
     producer = AvroCodec(registry=client)
     request = producer.encode_engine_request(sample_engine_request(), subject="sr.engine-requests-value")
@@ -413,12 +416,12 @@ def test_confluent_engine_roundtrip(registry: tuple[HttpSchemaRegistry, FakeRegi
         producer.encode_engine_request(sample_engine_request())  # no subject
 
 
-def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
-    client, _ = registry
+def test_confluent_evolved_engine_result(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
+    client, state = registry
     # A newer engine added an optional field: SR resolves it into its own reader schema.
     evolved = json.loads((SCHEMAS / "EngineResult.avsc").read_text())
     evolved["fields"].append({"name": "log_uri", "type": ["null", "string"], "default": None})
-    schema_id = client.register("sr.engine-results-value", json.dumps(evolved))
+    schema_id = state.register("sr.engine-results-value", json.dumps(evolved))
     body = io.BytesIO()
     fastavro.schemaless_writer(body, fastavro.parse_schema(evolved),
                                {**sample_engine_result().to_avro(), "log_uri": "s3://logs/1"})
@@ -426,21 +429,21 @@ def test_confluent_evolved_engine_result(registry: tuple[HttpSchemaRegistry, Fak
     assert AvroCodec(registry=client).decode_engine_result(frame) == sample_engine_result()
 
 
-def test_confluent_needs_subject(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_confluent_needs_subject(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     with pytest.raises(ConfigError):
         AvroCodec(registry=registry[0]).encode_status(sample_status())
 
 
-def test_confluent_unknown_id(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_confluent_unknown_id(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     codec = AvroCodec(registry=registry[0])
     with pytest.raises(UnknownSchemaError):
         codec.decode(b"\x00\x00\x00\x30\x39\x00")
 
 
-def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_confluent_foreign_schema(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     client, state = registry
-    foreign = client.register("other-value", json.dumps({"type": "record", "name": "Foo", "fields": []}))
-    broken = client.register("x-value", '{"type": "record", "name": "sr.v1.RunIntent", "fields": [{"name": "a"}]}')
+    foreign = state.register("other-value", json.dumps({"type": "record", "name": "Foo", "fields": []}))
+    broken = state.register("x-value", '{"type": "record", "name": "sr.v1.RunIntent", "fields": [{"name": "a"}]}')
     codec = AvroCodec(registry=client)
     for schema_id in (foreign, broken):
         with pytest.raises(UnknownSchemaError):
@@ -448,28 +451,28 @@ def test_confluent_foreign_schema(registry: tuple[HttpSchemaRegistry, FakeRegist
     assert state.schemas
 
 
-def test_confluent_evolved_writer_schema(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
-    client, _ = registry
+def test_confluent_evolved_writer_schema(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
+    client, state = registry
     # A newer producer added an optional field: we resolve it into our reader schema.
     evolved = json.loads((SCHEMAS / "RunTrigger.avsc").read_text())
     evolved["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None})
-    schema_id = client.register("sr.triggers-value", json.dumps(evolved))
+    schema_id = state.register("sr.triggers-value", json.dumps(evolved))
     body = io.BytesIO()
     fastavro.schemaless_writer(body, fastavro.parse_schema(evolved), {**sample_trigger().to_avro(), "ticket": "T-1"})
     frame = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
     assert AvroCodec(registry=client).decode_trigger(frame) == sample_trigger()
 
 
-def test_registry_errors(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
+def test_registry_errors(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
     client, state = registry
     state.fail_next = 1
     with pytest.raises(SchemaRegistryUnavailableError):
-        client.register("s-value", '"string"')
+        client.schema_id_for("s-value", '"string"')
     with pytest.raises(SchemaRegistryRejectedError):
-        client.register("s-value", '{"doc": "Incompatible"}')
+        client.schema_id_for("s-value", '{"type": "string", "doc": "Incompatible"}')
     with pytest.raises(UnknownSchemaError):
         client.get_schema(999)
-    assert client.register("s-value", '"string"') == client.register("t-value", '"string"')
+    assert client.schema_id_for("s-value", '"string"') == client.schema_id_for("t-value", '"string"')
 
 
 def test_registry_unreachable_and_config() -> None:
@@ -478,11 +481,12 @@ def test_registry_unreachable_and_config() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = HttpSchemaRegistry(f"http://127.0.0.1:{port}", timeout=2, basic_auth=("user", "secret"))
+    client = ConfluentSchemaRegistry(RegistryConfig(f"http://127.0.0.1:{port}", timeout=2, max_retries=0,
+                                                    basic_auth_user_info=SecretStr("user:secret")))
     assert "secret" not in repr(client)
     with pytest.raises(SchemaRegistryUnavailableError) as info:
         client.get_schema(1)
     assert "secret" not in str(info.value)
     for bad in ("file:///etc/passwd", "ftp://x", "http://", "registry:8081"):
         with pytest.raises(ConfigError):
-            HttpSchemaRegistry(bad)
+            ConfluentSchemaRegistry(RegistryConfig(bad))

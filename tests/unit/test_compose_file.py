@@ -24,6 +24,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 K8S = ROOT / "deploy" / "k8s"
 DASHBOARD = ROOT / "deploy" / "dashboards" / "sr-overview.json"
+SEAWEEDFS_S3_CONFIG = ROOT / "deploy" / "compose" / "seaweedfs-s3.json"
 
 WORKER_ENV = (
     "SR_KAFKA_BOOTSTRAP",
@@ -43,9 +44,9 @@ DASHBOARD_METRICS = (
     "sr_runs_total",
     "sr_ready_published_total",
     "sr_dlq_total",
-    "sr_evidence_bytes_verified_total",
-    "sr_s3_request_seconds_bucket",
-    "sr_pg_query_seconds_bucket",
+    "sr_evidence_verified_bytes_total",
+    "sr_s3_request_duration_seconds_bucket",
+    "sr_pg_query_duration_seconds_bucket",
 )
 _VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
@@ -88,7 +89,7 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     svcs: dict[str, dict[str, Any]] = compose["services"]
-    assert {"kafka", "postgres", "minio", "minio-init", "sr-init", "worker"} <= set(svcs)
+    assert {"kafka", "postgres", "seaweedfs", "sr-init", "worker"} <= set(svcs)
     return svcs
 
 
@@ -113,7 +114,7 @@ def test_every_dependency_exists_and_is_acyclic(services: dict[str, dict[str, An
         visit(name, ())
 
 
-@pytest.mark.parametrize("name", ["kafka", "postgres", "minio"])
+@pytest.mark.parametrize("name", ["kafka", "postgres", "seaweedfs"])
 def test_infrastructure_has_healthchecks(services: dict[str, dict[str, Any]], name: str) -> None:
     check = services[name].get("healthcheck")
     assert check, f"{name} has no healthcheck"
@@ -127,12 +128,16 @@ def test_healthcheck_commands(services: dict[str, dict[str, Any]]) -> None:
     kafka = " ".join(services["kafka"]["healthcheck"]["test"])
     assert re.search(r"/opt/kafka/bin/kafka-(broker-api-versions|topics)\.sh", kafka)
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
-    assert services["minio"]["healthcheck"]["test"][1:] == ["mc", "ready", "local"]
+    # The SeaweedFS image is Alpine (busybox wget, no curl); the check hits the S3 port.
+    assert services["seaweedfs"]["healthcheck"]["test"][1:] == [
+        "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8333/healthz"]
 
 
 def test_kafka_is_single_node_kraft(services: dict[str, dict[str, Any]]) -> None:
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
+    # Apache Kafka 4.x (KRaft only), not the 3.x line.
+    assert int(kafka["image"].split(":", 1)[1].split(".")[0]) >= 4
     env = _env(kafka)
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     node_id = env["KAFKA_NODE_ID"]
@@ -168,34 +173,54 @@ def test_kafka_is_single_node_kraft(services: dict[str, dict[str, Any]]) -> None
     assert any(addr.endswith(f":{container_port}") for addr in listeners.values())
 
 
-def test_postgres_and_minio(services: dict[str, dict[str, Any]]) -> None:
+def _weed_flags(service: dict[str, Any]) -> dict[str, str]:
+    """``-name=value`` arguments of a ``weed`` command (``-flag`` alone maps to ``"true"``)."""
+    flags = {}
+    for arg in service["command"][1:]:
+        name, _, value = str(arg).lstrip("-").partition("=")
+        flags[name] = value or "true"
+    return flags
+
+
+def test_postgres(services: dict[str, dict[str, Any]]) -> None:
     pg = services["postgres"]
-    assert pg["image"] == "postgres:17"
+    assert re.fullmatch(r"postgres:17\.\d+", pg["image"]), pg["image"]
     assert any(str(v).endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
     pg_env = _env(pg)
     dsn = _env(services["worker"])["SR_PG_DSN"]
     user, password = pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"]
     assert dsn == f"postgresql://{user}:{password}@postgres:5432/{pg_env['POSTGRES_DB']}"
 
-    minio = services["minio"]
-    assert "minio/minio" in minio["image"]
-    assert "--console-address" in minio["command"]
-    assert {9000, 9001} <= set(_published(minio))
+
+def test_seaweedfs_serves_the_workers_bucket_with_its_keys(services: dict[str, dict[str, Any]]) -> None:
+    weed = services["seaweedfs"]
+    assert weed["image"].startswith("chrislusf/seaweedfs:")
+    assert weed["command"][0] == "mini"
+    flags = _weed_flags(weed)
     worker_env = _env(services["worker"])
-    minio_env = _env(minio)
-    assert worker_env["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
-    assert worker_env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
-    assert worker_env["SR_S3_ENDPOINT"] == "http://minio:9000"
-
-
-def test_bucket_init_creates_the_worker_bucket(services: dict[str, dict[str, Any]]) -> None:
-    init = services["minio-init"]
-    assert "minio/mc" in init["image"]
-    assert _depends(init) == {"minio": "service_healthy"}
-    script = " ".join(init["command"]) if isinstance(init["command"], list) else init["command"]
-    bucket = _env(services["worker"])["SR_S3_BUCKET"]
+    # The endpoint is this service's S3 port, published to the host as well.
+    endpoint = worker_env["SR_S3_ENDPOINT"]
+    assert endpoint == f"http://{weed['hostname']}:8333"
+    assert flags.get("s3.port", "8333") == "8333"
+    assert 8333 in _published(weed)
+    # The bucket the worker writes to exists from the start (SR never creates it).
+    bucket = worker_env["SR_S3_BUCKET"]
     assert 3 <= len(bucket) <= 63, "S3 bucket names must be 3-63 characters"
-    assert re.search(rf"mc mb (--ignore-existing|-p) \S+/{bucket}\b", script)
+    assert bucket in flags["bucket"].split(",")
+    # Measured quirks (shared/DESIGN.md): no telemetry, small volumes and room for many of them.
+    assert flags["master.telemetry"] == "false"
+    assert int(flags["master.volumeSizeLimitMB"]) <= 128
+    assert int(flags["volume.max"]) >= 100
+    # Authentication is on, and the worker's keys are an identity allowed to read and write.
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in weed["volumes"] if str(v).startswith("./")}
+    config_source = mounts[flags["s3.config"]]
+    assert (ROOT / config_source).resolve() == SEAWEEDFS_S3_CONFIG
+    identities = json.loads(SEAWEEDFS_S3_CONFIG.read_text())["identities"]
+    keys = {(c["accessKey"], c["secretKey"]): set(i["actions"]) for i in identities for c in i["credentials"]}
+    actions = keys[(worker_env["AWS_ACCESS_KEY_ID"], worker_env["AWS_SECRET_ACCESS_KEY"])]
+    assert {"Read", "Write", "List"} <= actions or "Admin" in actions
+    assert any(str(v).endswith(":/data") for v in weed["volumes"]), "data must live in a named volume"
+    assert not [name for name in services if "minio" in name], "MinIO's images are archived"
 
 
 def test_sr_init_migrates_and_creates_topics(services: dict[str, dict[str, Any]]) -> None:
@@ -217,8 +242,7 @@ def test_worker_service(services: dict[str, dict[str, Any]]) -> None:
     assert "entrypoint" not in worker
     deps = _depends(worker)
     assert deps["sr-init"] == "service_completed_successfully"
-    assert deps["minio-init"] == "service_completed_successfully"
-    for name in ("kafka", "postgres", "minio"):
+    for name in ("kafka", "postgres", "seaweedfs"):
         assert deps[name] == "service_healthy"
     assert _published(worker).get(8080) == 8080
 
@@ -232,6 +256,9 @@ def test_worker_service(services: dict[str, dict[str, Any]]) -> None:
     # port that is published and probed.
     assert (env["SR_HTTP_HOST"], str(env["SR_HTTP_PORT"])) == ("0.0.0.0", "8080")
     assert env["SR_KAFKA_BOOTSTRAP"] == "kafka:19092"
+    # sr-init migrated before the worker starts; the worker does not migrate again.
+    assert env["SR_MIGRATE"] == "false"
+    assert "SR_MIGRATE" not in _env(services["sr-init"])
     # Graceful shutdown finishes in-flight runs; compose's default 10 s would cut it short.
     assert worker["stop_grace_period"] == "60s"
 
@@ -281,7 +308,8 @@ def test_dockerfile() -> None:
     ins = _instructions()
     froms = [rest for kw, rest in ins if kw == "FROM"]
     assert len(froms) >= 2, "expected a multi-stage build"
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in {f"{kw} {rest}" for kw, rest in ins}
+    # The base image itself (digest-pinned, the locked Python) is checked in test_deploy_manifests.
+    assert any(kw == "ARG" and rest.startswith("PYTHON_IMAGE=python:3.11.") for kw, rest in ins)
 
     final = ins[max(i for i, (kw, _) in enumerate(ins) if kw == "FROM") :]
     users = [rest for kw, rest in final if kw == "USER"]
@@ -298,7 +326,7 @@ def test_dockerfile() -> None:
     assert ("CMD", '["run"]') in final
 
     installs = " ".join(rest for kw, rest in ins if kw == "RUN")
-    assert "pip install ." in installs
+    assert "pip install --no-deps ." in installs
     assert "embedded" not in installs
 
 
@@ -307,7 +335,8 @@ def test_dockerignore() -> None:
     for required in (".venv", ".git", ".sr-dev", "bench/results", ".mypy_cache", ".pytest_cache"):
         assert required in entries, required
     # The build needs these: never ignore them.
-    assert not {"worker", "schemas", "pyproject.toml", "README.md"} & entries
+    assert not {"worker", "schemas", "pyproject.toml", "README.md", "LICENSE", "deploy/constraints.txt"} & entries
+    assert not {"deploy", "*.txt", "deploy/*.txt"} & entries
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -329,8 +358,9 @@ def _by_kind(kind: str) -> list[dict[str, Any]]:
 def test_k8s_manifests_are_well_formed() -> None:
     docs = _manifests()
     kinds = {doc.get("kind") for _, doc in docs}
-    expected = {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "Job"}
+    expected = {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "Job"}
     assert expected <= kinds
+    assert "Secret" not in kinds, "the real Secret is created out of band (deploy/k8s/sr-secrets.env.example)"
     seen = set()
     for name, doc in docs:
         assert isinstance(doc, dict), name
@@ -383,7 +413,8 @@ def test_deployment() -> None:
 
     names = {(d["kind"], d["metadata"]["name"]) for _, d in _manifests()}
     for ref in _refs(c):
-        assert ("ConfigMap", ref) in names or ("Secret", ref) in names, ref
+        # sr-secrets is the Secret created from the template (test_deploy_manifests checks it).
+        assert ("ConfigMap", ref) in names or ref == "sr-secrets", ref
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert "/tmp" in mounts.values(), "read-only root fs needs a writable /tmp"
     for vol in pod["volumes"]:
@@ -418,16 +449,6 @@ def test_service_pdb_and_job_match_the_deployment() -> None:
     (wc,) = _pod(dep)["containers"]
     assert jc["image"] == wc["image"]
     assert _refs(jc) == _refs(wc)
-
-
-def test_secret_is_a_template_only() -> None:
-    (secret,) = _by_kind("Secret")
-    values = {**secret.get("stringData", {}), **secret.get("data", {})}
-    assert {"SR_PG_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(values)
-    for key, value in values.items():
-        assert "REPLACE_ME" in value, f"{key} must be a placeholder"
-    configmap_keys = {k for cm in _by_kind("ConfigMap") for k in cm.get("data", {})}
-    assert not configmap_keys & set(values), "secrets must not be in a ConfigMap"
 
 
 def test_readme_warns_about_transaction_pooling() -> None:
@@ -473,5 +494,5 @@ def test_dashboard() -> None:
         assert re.search(rf"\b{metric}\b", joined), f"dashboard does not chart {metric}"
     assert re.search(r"sum by \(status\) \(rate\(sr_runs_total", joined)
     assert re.search(r"by \([^)]*partition[^)]*\) \(sr_consumer_lag", joined)
-    for metric in ("sr_s3_request_seconds_bucket", "sr_pg_query_seconds_bucket"):
+    for metric in ("sr_s3_request_duration_seconds_bucket", "sr_pg_query_duration_seconds_bucket"):
         assert re.search(rf"histogram_quantile\(0\.\d+, sum by \(le\) \(rate\({metric}", joined)

@@ -188,7 +188,7 @@ def test_engine_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SR_ENGINE_MAX_ATTEMPTS", "5")
     monkeypatch.setenv("SR_TOPICS__ENGINE_REQUESTS", "eng.req")
     monkeypatch.setenv("SR_TOPICS__ENGINE_RESULTS", "eng.res")
-    settings = load_settings(None, {})
+    settings = load_settings(None, os.environ)
     assert (settings.engine_attempt_timeout, settings.engine_retry_backoff, settings.engine_max_attempts) == (
         60.0, 0.5, 5)
     assert settings.topics == Topics(engine_requests="eng.req", engine_results="eng.res")

@@ -451,7 +451,7 @@ def test_sr_topics_create_reports_a_refusal_in_one_line(
     monkeypatch.setattr(admin_module, "_real_admin_client", refusing)
     code = main(["topics", "create", "--replication-factor", "3"])
     out = capsys.readouterr()
-    assert code == 2
+    assert code == 1  # a permanent refusal (KAFKA_FATAL), not a usage error
     assert out.err == ("sr: error: Kafka refused to create topics sr.run-intents, sr.triggers, sr.ready, "
                        "sr.run-status, sr.dlq: Replication factor: 3 larger than available brokers: 1. "
                        "(INVALID_REPLICATION_FACTOR)\n")

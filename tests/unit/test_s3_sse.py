@@ -9,6 +9,7 @@ accepting or refusing the headers) is in ``tests/integration/test_s3_sse.py``.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -98,12 +99,13 @@ def test_reads_never_carry_encryption_headers(library: str, send: str) -> None:
 
 # ----------------------------------------------------------------------------- configuration
 def test_settings_carry_sse_into_the_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (s3_config(load_settings(None, {})).sse, s3_config(load_settings(None, {})).sse_kms_key_id) == (None, None)
+    unset = s3_config(load_settings(None, os.environ))
+    assert (unset.sse, unset.sse_kms_key_id) == (None, None)
     monkeypatch.setenv("SR_S3_SSE", "AES256")
-    assert s3_config(load_settings(None, {})).sse == "AES256"
+    assert s3_config(load_settings(None, os.environ)).sse == "AES256"
     monkeypatch.setenv("SR_S3_SSE", "aws:kms")
     monkeypatch.setenv("SR_S3_SSE_KMS_KEY_ID", KEY_ID)
-    config = s3_config(load_settings(None, {}))
+    config = s3_config(load_settings(None, os.environ))
     assert (config.sse, config.sse_kms_key_id) == ("aws:kms", KEY_ID)
 
 
@@ -114,7 +116,7 @@ def test_a_kms_key_without_aws_kms_is_a_config_error_that_does_not_echo_it(
         monkeypatch.setenv("SR_S3_SSE", sse)
     monkeypatch.setenv("SR_S3_SSE_KMS_KEY_ID", KEY_ID)
     with pytest.raises(ConfigError, match="SR_S3_SSE_KMS_KEY_ID") as info:
-        load_settings(None, {})
+        load_settings(None, os.environ)
     assert KEY_ID not in str(info.value) and "111122223333" not in str(info.value)
 
 
@@ -122,7 +124,7 @@ def test_a_kms_key_without_aws_kms_is_a_config_error_that_does_not_echo_it(
 def test_an_unknown_sse_is_a_config_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("SR_S3_SSE", value)
     with pytest.raises(ConfigError, match="s3_sse") as info:
-        load_settings(None, {})
+        load_settings(None, os.environ)
     assert value not in str(info.value)
 
 

@@ -40,6 +40,7 @@ from worker.errors import (
     PreconditionFailedError,
     RetryableError,
     S3AccessError,
+    S3CredentialsError,
     S3UnavailableError,
 )
 from worker.runpack.retention import LockMode, Retention, apply_retention, require_object_lock
@@ -58,7 +59,7 @@ def client_error(code: str, status: int) -> ClientError:
         (client_error("NoSuchBucket", 404), S3AccessError),
         (client_error("PreconditionFailed", 412), PreconditionFailedError),
         (client_error("AccessDenied", 403), S3AccessError),
-        (client_error("InvalidAccessKeyId", 403), S3AccessError),
+        (client_error("InvalidAccessKeyId", 403), S3CredentialsError),
         (client_error("SlowDown", 503), S3UnavailableError),
         (client_error("InternalError", 500), S3UnavailableError),
         (client_error("RequestTimeout", 400), S3UnavailableError),
@@ -70,7 +71,7 @@ def client_error(code: str, status: int) -> ClientError:
         (ConnectTimeoutError(endpoint_url="http://x"), S3UnavailableError),
         (ReadTimeoutError(endpoint_url="http://x"), S3UnavailableError),
         (ConnectionResetError("reset"), S3UnavailableError),
-        (NoCredentialsError(), S3AccessError),
+        (NoCredentialsError(), S3CredentialsError),
         (ParamValidationError(report="bad"), S3AccessError),
         (ValueError("surprise"), S3AccessError),
     ],
@@ -164,7 +165,7 @@ def test_object_lock_transport_faults_are_transient_and_config_faults_fail_close
     what = "PUT retention of s3://b/k"
     assert type(translate_boto3_error(EndpointConnectionError(endpoint_url="http://x"), what,
                                       object_lock="retention")) is S3UnavailableError
-    assert type(translate_boto3_error(NoCredentialsError(), what, object_lock="retention")) is S3AccessError
+    assert type(translate_boto3_error(NoCredentialsError(), what, object_lock="retention")) is S3CredentialsError
 
 
 # --------------------------------------------------------------------------- the verb → transport table
@@ -209,7 +210,8 @@ def test_the_two_transports_do_not_import_each_other_and_escape_hatches_are_gone
 
 
 def test_raw_boto3_client_is_configured_like_the_adapter() -> None:
-    client = raw_boto3_client(S3Config(endpoint_url="http://127.0.0.1:1"))
+    client = raw_boto3_client(S3Config(endpoint_url="http://127.0.0.1:1", access_key_id=SecretStr("k"),
+                                       secret_access_key=SecretStr("s")))
     try:
         config: Any = client.meta.config  # the stubs do not declare its attributes
         assert config.retries == {"total_max_attempts": 1, "mode": "standard"}  # botocore never retries

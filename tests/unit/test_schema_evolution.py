@@ -18,13 +18,14 @@ import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from tests.harness.official_avro import avro_encode, avro_schema, with_datetimes
-from worker.adapters.avro import RECORD_NAMES, AvroCodec, HttpSchemaRegistry, default_schema_dir
+from tests.harness.schema_registry import FakeSchemaRegistry
+from worker.adapters.avro import RECORD_NAMES, AvroCodec, ConfluentSchemaRegistry, default_schema_dir
 from worker.adapters.avro.codec import HISTORY_DIR
 from worker.core.identity import run_id_of
 from worker.core.models import EventType, ReadyEvent, RunIntent, Strategy
 from worker.errors import ConfigError
 
-from .conftest import H1, H2, FakeRegistry, intent_dict
+from .conftest import H1, H2, intent_dict
 
 HISTORY = default_schema_dir() / HISTORY_DIR
 
@@ -141,9 +142,9 @@ def test_a_ready_event_of_version_1_decodes_and_an_old_reader_refuses_revoked() 
                 fastavro.schemaless_reader(io.BytesIO(body), current, old_reader)
 
 
-def test_a_previous_version_in_confluent_framing(registry: tuple[HttpSchemaRegistry, FakeRegistry]) -> None:
-    client, _ = registry
-    schema_id = client.register("sr.run-intents-value", (HISTORY / "RunIntent.v1.avsc").read_text())
+def test_a_previous_version_in_confluent_framing(registry: tuple[ConfluentSchemaRegistry, FakeSchemaRegistry]) -> None:
+    client, state = registry
+    schema_id = state.register("sr.run-intents-value", (HISTORY / "RunIntent.v1.avsc").read_text())
     frame = b"\x00" + schema_id.to_bytes(4, "big") + v1_body("RunIntent", v1_intent_datum())
     decoded = AvroCodec(registry=client).decode_intent(frame)
     assert decoded == RunIntent.from_avro(intent_dict(strategy="AUTO"))

@@ -305,7 +305,7 @@ def test_sr_submit_with_an_unusable_key_sends_nothing(tmp_path: Path, sink: Stub
     bad = tmp_path / "bad.key"
     bad.write_text("{}")
     code, _, err = _sr(["submit", str(_intent_file(tmp_path, "t1")), "--key", str(bad)], capsys)
-    assert code == 2 and "is not an sr-ed25519-private-key" in err and err.count("\n") == 1
+    assert code == 3 and "is not an sr-ed25519-private-key" in err and err.count("\n") == 1
     assert sink.sent == []
 
 
@@ -458,7 +458,7 @@ def test_sr_engine_simulate_reports_as_the_keys_principal(
     _quiet_engine_command(monkeypatch, FakeLoop)
     code, _, err = _sr(["engine", "simulate", "--key", str(key), *extra], capsys)
     if expected is None:
-        assert code == 2 and seen == [] and "not the signing key's principal" in err
+        assert code == 3 and seen == [] and "not the signing key's principal" in err
         assert err.splitlines()[-1].startswith("sr: error: ")
     else:
         assert code == 0 and seen == [expected]

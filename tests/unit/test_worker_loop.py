@@ -24,6 +24,7 @@ from worker.adapters.avro import SINGLE_OBJECT_MAGIC
 from worker.app.crashpoints import CrashPoints
 from worker.app.ports import Record
 from worker.app.processor import Action, Outcome
+from worker.core.index import OutboxStats
 from worker.core.models import RunIntent
 from worker.core.policy import Policy
 from worker.errors import KafkaUnavailableError, MessageTooLargeError
@@ -137,9 +138,11 @@ def world(monkeypatch: pytest.MonkeyPatch, policy: Policy) -> Iterator[SimpleNam
         gauge_threads.add(threading.current_thread().name)
         return {"WAITING": 2}
 
-    services = SimpleNamespace(processor=processor, index=SimpleNamespace(count_by_status=count_by_status),
+    services = SimpleNamespace(processor=processor, index=SimpleNamespace(count_by_status=count_by_status,
+                                                                       outbox_stats=lambda: OutboxStats(0, 0.0)),
                                crash=CrashPoints(), store=SimpleNamespace(counter=SimpleNamespace(snapshot=dict)),
-                               pg_counter=SimpleNamespace(snapshot=lambda: 0))
+                               pg_counter=SimpleNamespace(snapshot=lambda: 0),
+                               codec=SimpleNamespace(preflight=lambda subjects: None))
     opened: list[dict[str, Any]] = []
 
     @contextmanager

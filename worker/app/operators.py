@@ -32,7 +32,7 @@ from worker.core.index import NewPublication, RunRow
 from worker.core.ledger import LedgerEntry, LedgerKind, derive_state, entry_hash
 from worker.core.ledger_bodies import recorded_plan_hash
 from worker.core.models import ReadyEvent, RunStatus
-from worker.errors import AuthorizationError, InputError, IntegrityError, LeaseBusyError, SRError
+from worker.errors import AuthorizationError, InputError, IntegrityError, LeaseBusyError, RunNotFoundError, SRError
 
 log = logging.getLogger("sr.operators")
 
@@ -178,13 +178,14 @@ def reemit_run(run_id: str, *, processor: RunProcessor, index: RunIndex, truth: 
     :func:`reemit_under_lease`); returns its facts_view_hash.
 
     Raises:
-        InputError: unknown run, or the run is not READY (a revoked READY is not re-sent).
+        RunNotFoundError: the run is not in the index.
+        InputError: the run is not READY (a revoked READY is not re-sent).
         LeaseBusyError: a worker kept the run leased for :data:`REEMIT_LEASE_WAIT` seconds.
         IntegrityError: the ledger and the outbox disagree.
     """
     row = index.get(run_id)
     if row is None:
-        raise InputError(f"run {run_id} not found")
+        raise RunNotFoundError(f"run {run_id} not found")
 
     def ready(entries: Sequence[LedgerEntry]) -> list[ReadyEvent]:
         event = current_ready(entries)

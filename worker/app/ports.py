@@ -451,6 +451,10 @@ class RunObserver(Protocol):
         ``seconds`` is its duration (request to recorded result) when it has one."""
         ...
 
+    def lease_lost(self, reason: str) -> None:
+        """A run step lost its lease: ``lost`` (the session ended) or ``fenced`` (a newer epoch)."""
+        ...
+
 
 class SilentObserver:
     """A :class:`RunObserver` that records nothing."""
@@ -468,4 +472,7 @@ class SilentObserver:
         """Ignore."""
 
     def engine_attempt(self, event: str, seconds: float | None = None) -> None:
+        """Ignore."""
+
+    def lease_lost(self, reason: str) -> None:
         """Ignore."""

@@ -117,7 +117,9 @@ class RunProcessor:
             self.context.authority.check_intent(intent, source.header(SIGNATURE_HEADER), source.value or b"")
         except UnauthenticatedError as exc:
             return self.admission.reject_unauthenticated(intent, exc)
-        return self.admission.handle(intent)
+        # A READY acknowledged while this record is handled is timed from its Kafka timestamp.
+        with self.context.publisher.measuring_from(source.timestamp_ms):
+            return self.admission.handle(intent)
 
     def handle_trigger(self, trigger: RunTrigger, source: Record) -> Outcome:
         """Apply one decoded trigger under the run's lease (recorded in the ledger first).

@@ -39,7 +39,7 @@ from worker.core.models import RunIntent, RunStatus, RunTrigger, datetime_from_m
 from worker.core.plan import Plan, build_plan, plan_bytes
 from worker.core.statuses import FINAL_STATUSES, ledger_kind, run_status
 from worker.core.vocabulary import ENGINE_RUNNING
-from worker.errors import ConfigError, EvidenceError, LeaseBusyError, RunNotFoundError
+from worker.errors import ConfigError, EvidenceError, LeaseBusyError, LeaseLostError, RunNotFoundError, StaleEpochError
 from worker.logs import RunLogger, run_logger
 
 __all__ = ["EngineRequester", "EngineResultHandler", "RunStep", "StepState", "TriggerHandler"]
@@ -124,8 +124,13 @@ class RunStep:
                 raise RunNotFoundError(f"run {run_id} is not in the index")
             # Every line about this step carries the run, its tenant and the fencing epoch.
             log = run_logger("sr.run", **{**(log.extra or {}), "tenant_id": row.tenant_id, "epoch": lease.epoch})
-            return self._step(lease, row, fresh=fresh, trigger=trigger, result=result, log=log, intent=intent,
-                              signed_by=signed_by)
+            try:
+                return self._step(lease, row, fresh=fresh, trigger=trigger, result=result, log=log, intent=intent,
+                                  signed_by=signed_by)
+            except (LeaseLostError, StaleEpochError) as exc:
+                # Counted once here, where every step runs; the caller's handling is unchanged.
+                ctx.observer.lease_lost("fenced" if isinstance(exc, StaleEpochError) else "lost")
+                raise
 
     def _step(self, lease: Lease, row: RunRow, *, fresh: bool, trigger: RunTrigger | None,
               result: EngineResult | None, log: RunLogger, intent: RunIntent | None,

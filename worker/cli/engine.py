@@ -8,7 +8,7 @@ per request to the engine-results topic. Runs until SIGTERM/SIGINT (exit 0) or u
 With ``--key FILE`` (else ``$SR_SIGNING_KEY``) every result is signed (contract §10) and
 ``reported_by`` defaults to the key's principal: SR, with ``SR_ENGINE_KEYS`` set, accepts a
 result only when signed by the engine it names. A ``--reported-by`` that differs from the
-key's principal is refused at start-up (one line, exit 2) rather than warned about: a
+key's principal is refused at start-up (one line, exit 3: a configuration error) rather than warned about: a
 long-running engine whose every result SR dead-letters would leave each run waiting for its
 attempt timeout, and no result can legitimately name one engine and be signed by another.
 """
@@ -22,6 +22,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from worker.cli.timespec import DURATION_HELP, duration_arg
 from worker.engine.simulator import DEFAULT_GROUP_ID, DEFAULT_REPORTED_BY
 from worker.settings import Settings
 
@@ -39,14 +40,17 @@ def _positive_int(text: str) -> int:
 def register(sub: Any) -> None:
     """Register ``engine`` and its sub-commands on ``sub`` (the top-level argparse sub-parsers)."""
     p: argparse.ArgumentParser = sub.add_parser("engine", help="the reference data engine (contract §8)")
-    engine_sub = p.add_subparsers(dest="engine_command", required=True, metavar="SUBCOMMAND")
+    engine_sub = p.add_subparsers(dest="engine_command", required=True, metavar="SUBCOMMAND",
+                                  help="simulate: answer engine requests")
     sim = engine_sub.add_parser(
         "simulate", help="answer engine requests: write evidence and report results",
         description="Consume EngineRequests, write each request's evidence (outputs, gate bundles, flags last) "
-                    "or fail the attempt, and produce one EngineResult per request, keyed by run_id.")
-    sim.add_argument("--delay", type=float, default=1.0,
-                     help="seconds from a request's requested_at until its attempt finishes "
-                          "(the result's finished_at; default 1)")
+                    "or fail the attempt, and produce one EngineResult per request, keyed by run_id.",
+        epilog="examples:\n  sr engine simulate\n  sr engine simulate --delay 5s --failure-rate 0.2 --seed 7\n"
+               "  sr engine simulate --key engine.key --max-requests 10\n")
+    sim.add_argument("--delay", type=duration_arg(), default=1.0, metavar="DURATION",
+                     help="how long from a request's requested_at until its attempt finishes "
+                          f"(the result's finished_at; {DURATION_HELP}; default 1)")
     sim.add_argument("--failure-rate", type=float, default=0.0,
                      help="share of attempts reported FAILED, 0..1 (default 0)")
     sim.add_argument("--seed", type=int, default=0,
@@ -88,11 +92,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from worker.engine.loop import SimulatorLoop
     from worker.engine.simulator import SimulatorConfig
-    from worker.logs import configure_logging
     from worker.runtime.compose import load_policy_file
     from worker.signing import signer_from
 
-    configure_logging()
     settings: Settings = args.settings
     signer = signer_from(args.key, os.environ)
     reported_by = args.reported_by or (signer.principal if signer is not None else DEFAULT_REPORTED_BY)

@@ -5,7 +5,11 @@ fact once per change, its facts view fetched and checked (sha256 == facts_view_h
 that does not verify is reported on stderr naming the run, and the command exits 1 at the end.
 Without ``--verify``, ``ready`` lists every event as it is on the topic (re-sends included).
 ``--group`` reads in a consumer group and commits after each record is printed; otherwise
-nothing is committed and ``--from`` says where to start.
+nothing is committed and ``--from`` says where to start (``beginning``, ``end``, or a time in
+the CLI's one grammar, :mod:`worker.cli.timespec`).
+
+``-o table`` (default) prints one aligned line per event, ``-o jsonl`` one JSON object per
+line as it arrives; ``-o json`` prints one JSON array, so it needs an end: ``--until-end``.
 """
 
 from __future__ import annotations
@@ -14,28 +18,39 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
+from worker.cli.options import add_output, resolve_output
+from worker.cli.timespec import TIME_HELP, parse_time
 from worker.errors import InputError
 from worker.settings import Settings
 
 KINDS = ("ready", "status", "dlq", "engine")
 
+_EXAMPLES = """\
+examples:
+  sr follow ready                         # every READY event, from the beginning, until Ctrl-C
+  sr follow status --from 15m --until-end # the last 15 minutes, then exit
+  sr follow dlq --from end -o jsonl       # new dead letters, as JSON lines
+  sr follow ready --verify --group downstream-a
+  sr follow ready --until-end -o json     # one JSON array of everything so far
+"""
+
 
 def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
-    p = sub.add_parser("follow", help="print SR's events (ready, status, dlq, engine) decoded, as they arrive")
+    p = sub.add_parser("follow", help="print SR's events (ready, status, dlq, engine) decoded, as they arrive",
+                       epilog=_EXAMPLES)
     p.add_argument("kind", choices=KINDS, help="ready: sr.ready; status: sr.run-status; dlq: sr.dlq; "
                                                "engine: sr.engine-requests and sr.engine-results")
-    p.add_argument("--from", dest="start", default="beginning", metavar="beginning|end|ISO",
-                   help="where to start without --group: beginning (default), end, or an ISO-8601 time "
-                        "(e.g. 2026-12-01T00:00:00Z)")
+    p.add_argument("--from", dest="start", type=_start, default="beginning", metavar="beginning|end|TIME",
+                   help=f"where to start without --group: beginning (default), end, or {TIME_HELP} "
+                        "(e.g. 2026-12-01T00:00:00Z, 2h)")
     p.add_argument("--until-end", action="store_true", help="exit once every partition is drained")
     p.add_argument("--group", metavar="G", help="read as consumer group G, committing after each printed record")
-    p.add_argument("-o", "--output", choices=("table", "jsonl"), default="table",
-                   help="table (default, one aligned line per event) or jsonl (one JSON object per line)")
+    add_output(p, default="table", legacy_json=None)
     p.add_argument("--verify", action="store_true",
                    help="ready only: hand over each run's current fact once, after checking its facts view's "
                         "sha256; exit 1 (naming the runs) if any does not verify")
@@ -43,13 +58,19 @@ def register(sub: Any) -> None:
 
 
 def _start(text: str) -> str | int:
+    """``--from``: ``beginning``, ``end``, or a time as epoch milliseconds.
+
+    Raises:
+        argparse.ArgumentTypeError: none of those (a usage error).
+    """
     if text in ("beginning", "end"):
         return text
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InputError(f"--from: not beginning, end or an ISO-8601 time: {text!r}") from exc
-    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+        when: datetime = parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not beginning, end or a time: {text!r} (expected beginning, end, "
+                                         f"{TIME_HELP})") from None
+    return int(when.timestamp() * 1000)
 
 
 def _stopper() -> Callable[[], bool]:
@@ -73,8 +94,12 @@ def cmd_follow(args: argparse.Namespace) -> int:
         raise InputError("--verify applies to sr follow ready only")
     if args.group and (args.start != "beginning" or args.until_end):
         raise InputError("--group resumes from the group's committed offsets: no --from or --until-end")
-    start = _start(args.start)
-    printer = Printer(args.output)
+    output = resolve_output(args)
+    if output == "json" and not args.until_end:
+        raise InputError("-o json prints one JSON array at the end, so it needs --until-end; "
+                         "use -o jsonl to stream")
+    start: str | int = args.start
+    printer = Printer(output)
     stop = _stopper()
     if args.verify:
         return _follow_verified(settings, start=start, args=args, printer=printer, stop=stop)
@@ -92,6 +117,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     with TopicReader(kafka_config(settings), topics, start=start) as reader:
         for record in drain(reader, until_end=args.until_end, stop=stop):
             printer.emit(describe(codec, settings, record))
+    printer.close()
     return 0
 
 
@@ -120,6 +146,7 @@ def _follow_verified(settings: Settings, *, start: str | int, args: argparse.Nam
                 show(fact)
                 if stop():
                     break
+    printer.close()
     if bad:
         print(f"sr: {len(bad)} facts view(s) did not verify, runs: {', '.join(sorted(set(bad)))}", file=sys.stderr)
         return 1

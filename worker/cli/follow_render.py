@@ -86,16 +86,29 @@ def fact_row(fact: VerifiedFact) -> dict[str, Any]:
 
 
 class Printer:
-    """Writes rows to stdout as JSON lines or as aligned table lines (flushed per row)."""
+    """Writes rows to stdout as JSON lines or aligned table lines (flushed per row), or, for
+    ``json``, collects them and prints one JSON array at :meth:`close`."""
 
     def __init__(self, output: str) -> None:
         self.output = output
+        self._rows: list[Any] = []
 
     def emit(self, row: dict[str, Any]) -> None:
-        """Print one row."""
+        """Print one row (``json``: keep it for :meth:`close`)."""
+        doc = _jsonable({k: v for k, v in row.items() if k != "_kind"})
+        if self.output == "json":
+            self._rows.append(doc)
+            return
         if self.output == "jsonl":
-            print(json.dumps(_jsonable({k: v for k, v in row.items() if k != "_kind"}), sort_keys=True), flush=True)
+            print(json.dumps(doc, sort_keys=True), flush=True)
             return
         columns = _TABLE.get(str(row.get("_kind")), ())
         cells = [str(row.get(c) if row.get(c) is not None else "-") for c in columns]
         print("  ".join(cell[:100] for cell in cells), flush=True)
+
+    def close(self) -> None:
+        """End the output: ``json`` prints the collected rows as one array; the others have
+        printed everything already."""
+        if self.output == "json":
+            print(json.dumps(self._rows, sort_keys=True), flush=True)
+            self._rows = []

@@ -16,8 +16,13 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
-    p = sub.add_parser("run", help="run the worker (consumer group over intents and triggers)")
-    p.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
+    p = sub.add_parser(
+        "run", help="run the worker (consumer group over intents and triggers)",
+        description="Run one worker: a consumer-group member over the intents, triggers and engine-results "
+                    "topics. Needs SR_POLICY_FILE. SIGTERM/SIGINT finishes in-flight runs, commits and exits 0.",
+        epilog="examples:\n  SR_POLICY_FILE=policy.toml sr run\n  sr run --config sr.toml --no-migrate\n")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="do not apply database migrations at start (as SR_MIGRATE=false)")
     p.set_defaults(handler=cmd_run)
 
 
@@ -39,14 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 
-    from worker.logs import configure_logging
     from worker.runtime.compose import load_policy_file
     from worker.runtime.worker import Worker
 
-    configure_logging()
     settings: Settings = args.settings
     policy = load_policy_file(settings.policy_file)
-    worker = Worker(settings, policy, migrate_db=not args.no_migrate)
+    worker = Worker(settings, policy, migrate_db=settings.migrate and not args.no_migrate)
     started.append(worker)
     if not stop_requested.is_set():
         worker.run()

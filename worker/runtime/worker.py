@@ -49,6 +49,7 @@ from worker.app.crashpoints import CrashPoint
 from worker.app.ports import Record
 from worker.app.processor import Outcome, RunProcessor
 from worker.core.policy import Policy
+from worker.core.vocabulary import value_subject
 from worker.errors import LeaseLostError, PermanentError, RetryableError, SRError, StaleEpochError
 from worker.runtime.compose import (
     Services,
@@ -57,8 +58,9 @@ from worker.runtime.compose import (
     s3_config,
 )
 from worker.runtime.dispatch import dispatch
-from worker.runtime.gauges import refresh_consumer_lag, refresh_runs_by_status
+from worker.runtime.gauges import refresh_consumer_lag, refresh_outbox, refresh_runs_by_status
 from worker.runtime.health import HealthServer, flag_check, standard_checks
+from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.inflight import InFlight
 from worker.runtime.metrics import Metrics
 from worker.runtime.side_tasks import SideTask, SideTasks
@@ -95,6 +97,8 @@ class Worker:
         self._on_outcome = on_outcome
         self.ready = threading.Event()
         self.metrics = Metrics()
+        #: Beaten by every turn of the poll loop; /healthz turns 503 when it is overdue.
+        self.heartbeat = Heartbeat(settings.liveness_timeout)
         self.health: HealthServer | None = None
 
     def stop(self) -> None:
@@ -117,8 +121,8 @@ class Worker:
             SRError: start-up failed (configuration, migrations, clients).
         """
         s = self._settings
-        health = HealthServer(s.http_host, s.http_port, metrics=self.metrics, checks={
-            **standard_checks(kafka_config(s), s.pg_dsn, s3_config(s), s.s3_bucket),
+        health = HealthServer(s.http_host, s.http_port, metrics=self.metrics, heartbeat=self.heartbeat, checks={
+            **standard_checks(kafka_config(s), s.pg_conninfo(), s3_config(s), s.s3_bucket),
             "worker": flag_check(self.ready, "worker loop"),
         })
         health.start()
@@ -148,12 +152,19 @@ class Worker:
             side = SideTasks(self._side_tasks(services))
             try:
                 with consumer:
+                    # Registry credentials and schemas are checked before any work: wrong ones
+                    # stop the worker here instead of failing every decision it would publish.
+                    self._retrying(lambda: services.codec.preflight(written_subjects(s)))
                     # Publications a crash left behind go out before new work is taken.
                     self._retrying(services.processor.flush_outbox)
                     side.start()
                     self.ready.set()
                     log.info("worker started", extra={"group_id": s.group_id})
-                    self._consume(services, consumer, pool, inflight)
+                    self.heartbeat.arm()
+                    try:
+                        self._consume(services, consumer, pool, inflight)
+                    finally:
+                        self.heartbeat.disarm()  # a stop's drain has its own bounds
                     # Each stage of a stop is logged, so a stop that takes long says where.
                     log.info("stop requested; finishing in-flight records", extra={"in_flight": len(inflight)})
                     side.stop()  # a sweep in progress winds down while in-flight records finish
@@ -186,6 +197,7 @@ class Worker:
         last_gauges = last_commit = time.monotonic()
         uncommitted = False
         while not self._stop.is_set():
+            self.heartbeat.beat()
             uncommitted |= self._pump(services, consumer, pool, inflight)
             now = time.monotonic()
             if uncommitted and now - last_commit >= s.commit_interval:
@@ -207,6 +219,7 @@ class Worker:
             refresh_consumer_lag(consumer, [s.topics.intents, s.topics.triggers, s.topics.engine_results], self.metrics,
                                  cached=True)
             refresh_runs_by_status(services.index, self.metrics)
+            refresh_outbox(services.index, self.metrics)
         except SRError as exc:
             log.debug("gauge refresh failed", extra={"error": str(exc)})
 
@@ -354,6 +367,13 @@ class Worker:
                 log.warning("transient fault, retrying in %.1fs", backoff, extra={"error": str(exc)})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+
+
+def written_subjects(settings: Settings) -> dict[str, str]:
+    """Record name -> registry subject of every record a worker produces (contract §2)."""
+    topics = settings.topics
+    return {"ReadyEvent": value_subject(topics.ready), "RunStatusEvent": value_subject(topics.status),
+            "EngineRequest": value_subject(topics.engine_requests)}
 
 
 def _names(parts: list[PartitionId]) -> list[str]:

@@ -1,5 +1,6 @@
 """SR's Avro adapter: the codec (:mod:`.codec`, both framings, strict decoding) and the Confluent
-Schema Registry client (:mod:`.registry`). See :mod:`worker.adapters.avro.codec` for the framings."""
+Schema Registry behind it (:mod:`.registry`, on confluent-kafka's ``SchemaRegistryClient``).
+See :mod:`worker.adapters.avro.codec` for the framings."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from worker.adapters.avro.codec import (
     SchemaFingerprint,
     default_schema_dir,
 )
-from worker.adapters.avro.registry import HttpSchemaRegistry, SchemaRegistry
+from worker.adapters.avro.registry import ConfluentSchemaRegistry, RegistryConfig, SchemaRegistry
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -20,7 +21,8 @@ __all__ = [
     "RECORD_NAMES",
     "SINGLE_OBJECT_MAGIC",
     "AvroCodec",
-    "HttpSchemaRegistry",
+    "ConfluentSchemaRegistry",
+    "RegistryConfig",
     "SchemaFingerprint",
     "SchemaRegistry",
     "default_schema_dir",

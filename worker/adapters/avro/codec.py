@@ -270,9 +270,11 @@ class AvroCodec:
 
         Raises:
             EncodeError: unknown record or the datum does not conform to the schema.
-            ConfigError: a registry is configured but no subject was given.
+            ConfigError: a registry is configured but no subject was given, or the schema is
+                not registered under it and the registry may not register it.
             MessageTooLargeError: the frame would exceed ``max_message_bytes``.
-            SchemaRegistryUnavailableError / SchemaRegistryRejectedError: registration failed.
+            SchemaRegistryUnavailableError / SchemaRegistryRejectedError: the id could not be
+                had (see :meth:`SchemaRegistry.schema_id_for`).
         """
         schema = self._schema(record)
         try:
@@ -292,6 +294,24 @@ class AvroCodec:
             raise MessageTooLargeError(f"{record} frame is {len(frame)} bytes, cap is {self._max}")
         return frame
 
+    def preflight(self, subjects: Mapping[str, str]) -> None:
+        """Resolve (and, if allowed, register) the registry id of each record SR will write.
+
+        ``subjects`` maps a record name (``ReadyEvent``) to its subject (``sr.ready-value``).
+        Without a registry this does nothing. A worker calls it before consuming, so wrong
+        registry credentials or an unregistered schema stop it at start-up in one line,
+        instead of failing every decision it would later publish.
+
+        Raises:
+            EncodeError: an unknown record name.
+            ConfigError / SchemaRegistryRejectedError / SchemaRegistryUnavailableError: as
+                :meth:`encode` with a registry.
+        """
+        if self._registry is None:
+            return
+        for record, subject in subjects.items():
+            self._schema_id(subject, self._schema(record))
+
     def _schema_id(self, subject: str, schema: _Schema) -> int:
         key = (subject, schema.name)
         cached = self._registered.get(key)
@@ -299,7 +319,7 @@ class AvroCodec:
             return cached
         if self._registry is None:  # pragma: no cover - guarded by the caller
             raise ConfigError("no schema registry configured")
-        schema_id = self._registry.register(subject, schema.json_text)
+        schema_id = self._registry.schema_id_for(subject, schema.json_text)
         self._registered[key] = schema_id
         self._writers.setdefault(schema_id, (schema.parsed, schema.pcf, schema))
         return schema_id

@@ -8,11 +8,18 @@ defaults never override a security setting the operator chose.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["KafkaConfig", "to_ms"]
+__all__ = ["LIBRDKAFKA_LOGGER", "KafkaConfig", "to_ms"]
+
+#: Where librdkafka's own log lines go (instead of ``%3|...`` lines on stderr): every SR client
+#: hands this logger to librdkafka, so they come out through SR's logging (JSON lines). The
+#: client delivers them from its poll calls. Levels follow syslog: 3 → ERROR, 4 → WARNING,
+#: 5/6 → INFO, 7 (``SR_KAFKA_DEBUG=...`` contexts) → DEBUG.
+LIBRDKAFKA_LOGGER: Final = logging.getLogger("sr.librdkafka")
 
 # Pass-through property names whose values must never appear in a message or a log line.
 _SECRET_WORDS = ("password", "secret", "token", "jaas", "key.pem", "keystore")
@@ -33,9 +40,13 @@ class KafkaConfig:
     Times are in seconds: ``session_timeout`` / ``max_poll_interval`` (consumer group),
     ``delivery_timeout`` (producer), ``fetch_wait_max`` (longest a consumer fetch waits for data).
     ``max_message_bytes`` is the largest message SR produces or must be able to fetch.
+    ``client_id`` is every client's ``client.id`` (broker logs, quotas, ACL audit);
+    ``group_instance_id`` makes the intake consumer a static group member (KIP-345).
     """
 
     bootstrap: str
+    client_id: str = "sr"
+    group_instance_id: str | None = None
     client_extra: Mapping[str, str] = field(default_factory=dict)
     session_timeout: float = 10.0
     max_poll_interval: float = 300.0
@@ -47,6 +58,8 @@ class KafkaConfig:
         """librdkafka properties common to every client, pass-through properties included."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            "logger": LIBRDKAFKA_LOGGER,
             "socket.keepalive.enable": True,
             "reconnect.backoff.max.ms": 2000,
         }

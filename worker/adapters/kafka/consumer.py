@@ -68,6 +68,9 @@ class IntakeConsumer:
     def __enter__(self) -> IntakeConsumer:
         conf = self._config.client_conf({
             "group.id": self._group_id,
+            # Incremental rebalancing: a member joining or leaving moves only the partitions that
+            # change owner, and the others keep flowing (the worker drains exactly the revoked ones).
+            "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -82,6 +85,8 @@ class IntakeConsumer:
             # intent. 100 ms costs at most 10 empty fetches/s per broker when idle.
             "fetch.wait.max.ms": to_ms(self._config.fetch_wait_max),
         })
+        if self._config.group_instance_id is not None:
+            conf["group.instance.id"] = self._config.group_instance_id
         try:
             self._consumer = Consumer(conf)
             self._consumer.subscribe(

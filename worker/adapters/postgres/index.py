@@ -26,6 +26,7 @@ from worker.core.index import (
     AdmissionOutcome,
     NewPublication,
     NewRun,
+    OutboxStats,
     Publication,
     PublicationKind,
     RunRow,
@@ -201,6 +202,17 @@ class RunIndex:
         """
         rows = self._run("count_by_status", {})
         return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def outbox_stats(self) -> OutboxStats:
+        """The outbox backlog: unpublished publication rows and the age of the oldest (seconds,
+        by the database's clock; 0.0 when there is none); one round trip.
+
+        Raises:
+            PostgresUnavailableError: Postgres stayed unavailable for every attempt.
+            PostgresError: a database error.
+        """
+        row = self._run("outbox_stats", {})[0]
+        return OutboxStats(backlog=int(row["backlog"]), oldest_age_seconds=float(row["oldest_age_seconds"]))
 
     def due_for_check(self, now: datetime, limit: int = 100, *, stale_before: datetime | None = None) -> list[RunRow]:
         """Runs to look at again; one round trip.

@@ -7,8 +7,12 @@ Where things are:
 * :mod:`~worker.adapters.s3.transport` — the :class:`Transport` protocol a client library
   implements, and :func:`routes_for`, the one table choosing the library per operation;
 * :mod:`~worker.adapters.s3.boto3_transport` and :mod:`~worker.adapters.s3.obstore_transport`
-  — the two client libraries (the only modules importing boto3 / obstore; neither imports
-  the other). A new S3 client is a new ``*_transport.py`` and a line in :func:`routes_for`;
+  — the two client libraries (with ``credentials``, the only modules importing boto3 /
+  obstore; neither imports the other). A new S3 client is a new ``*_transport.py`` and a line in :func:`routes_for`;
+* :mod:`~worker.adapters.s3.credentials` — :class:`CredentialChain`, the credentials and
+  region both libraries sign with (static keys with their session token, else botocore's
+  default chain: env, profiles, SSO, web identity, container and instance roles), resolved
+  once per store;
 * :mod:`~worker.adapters.s3.errors` — the one translation of their faults into
   :mod:`worker.errors`;
 * :mod:`~worker.adapters.s3.config` / :mod:`~worker.adapters.s3.counter` — settings and the
@@ -23,6 +27,7 @@ from __future__ import annotations
 from worker.adapters.s3.boto3_transport import Boto3Transport, raw_boto3_client
 from worker.adapters.s3.config import ClientLibrary, S3Config
 from worker.adapters.s3.counter import RequestCounter, Verb
+from worker.adapters.s3.credentials import CredentialChain
 from worker.adapters.s3.obstore_transport import ObstoreTransport, obstore_available, raw_obstore_store
 from worker.adapters.s3.store import ObjectStore
 from worker.adapters.s3.transport import (
@@ -39,6 +44,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "Boto3Transport",
     "ClientLibrary",
+    "CredentialChain",
     "ObjectMeta",
     "ObjectStore",
     "ObjectTransport",

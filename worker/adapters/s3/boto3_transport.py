@@ -8,7 +8,9 @@ limited to transient faults), and CRC checksum trailers are off (SR verifies sha
 they only cost client CPU and trip some S3-compatible servers). Write-once PUTs carry
 ``Content-MD5`` instead: the server then refuses a body that never fully arrived
 (``tests/reliability``, torn PUT). Every PUT of an object carries ``S3Config.sse``
-(``x-amz-server-side-encryption``, and the KMS key id with ``aws:kms``).
+(``x-amz-server-side-encryption``, and the KMS key id with ``aws:kms``). Credentials and the
+region come from the store's :class:`~worker.adapters.s3.credentials.CredentialChain` (static
+keys with their session token, else botocore's default chain), shared with obstore.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from worker.adapters.s3.config import S3Config
+from worker.adapters.s3.credentials import CredentialChain
 from worker.adapters.s3.errors import client_error_answer, translate_boto3_error, with_sse_hint
 from worker.adapters.s3.transport import DEFAULT_CHUNK_SIZE, ListPage
 from worker.app.ports import ObjectMeta
@@ -34,17 +37,29 @@ if TYPE_CHECKING:
 __all__ = ["Boto3Transport", "raw_boto3_client"]
 
 
-def raw_boto3_client(config: S3Config) -> S3Client:
+def raw_boto3_client(config: S3Config, *, chain: CredentialChain | None = None) -> S3Client:
     """A boto3 S3 client configured exactly like the adapter's (no botocore retries, no CRC
-    checksums, same pool, timeouts and addressing). No request is sent.
+    checksums, same pool, timeouts, addressing, credentials and region). No S3 request is sent;
+    resolving the credentials may fetch them (container, STS, SSO).
 
     For benchmarks that measure the library's own limits; SR code goes through ObjectStore.
+
+    Args:
+        config: the adapter's settings.
+        chain: the credentials to sign with (the store shares one with obstore); ``None``
+            resolves a chain of its own from ``config``.
+
+    Raises:
+        S3CredentialsError: no usable credentials (see :meth:`CredentialChain.resolve`).
+        S3UnavailableError: a credential endpoint could not answer.
     """
-    import boto3
     from botocore.config import Config
 
+    if chain is None:
+        chain = CredentialChain(config)
+    chain.resolve()
     botocore_config = Config(
-        region_name=config.region,
+        region_name=chain.region,
         max_pool_connections=config.max_pool_connections,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
@@ -58,15 +73,10 @@ def raw_boto3_client(config: S3Config) -> S3Client:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    session = boto3.session.Session()
-    return session.client(
-        "s3",
-        endpoint_url=config.endpoint_url,
-        region_name=config.region,
-        aws_access_key_id=config.access_key_id.get_secret_value() if config.access_key_id else None,
-        aws_secret_access_key=config.secret_access_key.get_secret_value() if config.secret_access_key else None,
-        config=botocore_config,
-    )
+    # No keys passed here: the session holds the chain's credentials (static keys and token
+    # included), so this client and obstore sign with the very same ones.
+    return chain.boto3_session().client(
+        "s3", endpoint_url=config.endpoint_url, region_name=chain.region, config=botocore_config)
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -119,15 +129,19 @@ class Boto3Transport:
         config: the adapter's settings.
         client: an already-built client to send requests with (e.g. one with botocore event
             hooks registered, :func:`raw_boto3_client`); ``None`` builds one in :meth:`open`.
+        chain: the credentials and region to build the client with (the store shares one
+            with its obstore transport); ``None`` resolves one from ``config`` in :meth:`open`.
 
     Raises (every request method):
         S3Error subclasses, translated by :func:`~worker.adapters.s3.errors.translate_boto3_error`.
         S3AccessError: the transport was not opened.
     """
 
-    def __init__(self, config: S3Config, *, client: S3Client | None = None) -> None:
+    def __init__(self, config: S3Config, *, client: S3Client | None = None,
+                 chain: CredentialChain | None = None) -> None:
         self._config = config
         self._client = client
+        self._chain = chain
         self._lock = threading.Lock()
 
     @property
@@ -136,10 +150,14 @@ class Boto3Transport:
         return "boto3"
 
     def open(self) -> None:
-        """Build the client if there is none (idempotent; no request is sent)."""
+        """Build the client if there is none (idempotent; no S3 request is sent).
+
+        Raises:
+            S3CredentialsError / S3UnavailableError: as :meth:`CredentialChain.resolve`.
+        """
         with self._lock:
             if self._client is None:
-                self._client = raw_boto3_client(self._config)
+                self._client = raw_boto3_client(self._config, chain=self._chain)
 
     def close(self) -> None:
         """Release the client's connection pool (idempotent)."""

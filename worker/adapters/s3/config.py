@@ -20,9 +20,16 @@ class S3Config(BaseModel):
 
     Attributes:
         endpoint_url: S3 endpoint (``None`` = AWS default for ``region``).
-        region: signing region.
-        access_key_id / secret_access_key: static credentials; ``None`` uses boto3's
-            default credential chain (``AWS_*`` env, profiles, instance roles).
+        region: signing region; ``None`` = ``AWS_REGION``, else botocore's resolution
+            (``AWS_DEFAULT_REGION``, the profile's ``region``), else ``us-east-1``
+            (:class:`~worker.adapters.s3.credentials.CredentialChain`).
+        access_key_id / secret_access_key: static credentials, both or neither; ``None``
+            uses the SDK's default credential chain (``AWS_*`` env with the session token,
+            ``AWS_PROFILE`` and the shared config/credentials files, SSO, web identity,
+            container and instance roles), the same one for both client libraries.
+        session_token: the session token of temporary static credentials (assume-role,
+            SSO, OIDC); sent with the static keys on every request of both libraries.
+            Only valid with both static keys.
         max_pool_connections: HTTP connection pool size (should be ≥ verifier concurrency).
         connect_timeout / read_timeout: seconds, per attempt.
         max_attempts: total attempts per request (1 = no retry), tenacity-driven.
@@ -40,16 +47,18 @@ class S3Config(BaseModel):
             default key. Only valid with ``aws:kms``.
 
     Raises:
-        pydantic.ValidationError: a field is out of range, or ``sse_kms_key_id`` is set
-            without ``sse="aws:kms"`` (the message never repeats a value).
+        pydantic.ValidationError: a field is out of range, ``sse_kms_key_id`` is set
+            without ``sse="aws:kms"``, only one static key is set, or ``session_token``
+            without them (the message never repeats a value).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    region: str | None = Field(default=None, min_length=1)
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
     max_pool_connections: int = Field(default=32, ge=1, le=1024)
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
@@ -68,6 +77,20 @@ class S3Config(BaseModel):
         if self.sse_kms_key_id is not None and self.sse != "aws:kms":
             raise ValueError("sse_kms_key_id is set but sse is not 'aws:kms'")
         return self
+
+    @model_validator(mode="after")
+    def _static_keys_together(self) -> Self:
+        # Half a key pair would silently fall back to the default chain, and a token without
+        # keys would be dropped: both mean other credentials than the ones configured.
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key must be set together")
+        if self.session_token is not None and self.access_key_id is None:
+            raise ValueError("session_token is set without access_key_id and secret_access_key")
+        return self
+
+    def has_static_keys(self) -> bool:
+        """Whether static keys are configured (else the SDK's default chain is used)."""
+        return self.access_key_id is not None and self.secret_access_key is not None
 
     def uses_path_style(self) -> bool:
         """Whether requests address buckets path-style (``http://host/bucket/key``).

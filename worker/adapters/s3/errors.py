@@ -5,7 +5,11 @@ exceptions) and :func:`translate_obstore_error` (obstore / OS exceptions) read w
 server answered (HTTP status and S3 error code) and hand it to :func:`classify_answer`, the
 single table deciding which :class:`~worker.errors.S3Error` an answer becomes. A fault
 without an answer (refused, reset, timed out, torn body) is transient; anything unknown fails
-closed as :class:`~worker.errors.S3AccessError`.
+closed as :class:`~worker.errors.S3AccessError`. Credential faults — none found, expired, refused
+(:data:`CREDENTIAL_CODES`), a failed fetch or refresh — become
+:class:`~worker.errors.S3CredentialsError` (or, for a credential endpoint that could not answer,
+:class:`~worker.errors.S3UnavailableError`) with one line saying so
+(:func:`~worker.adapters.s3.credentials.credential_error`).
 
 Retryability follows from the class: only :class:`~worker.errors.S3UnavailableError` is a
 :class:`~worker.errors.RetryableError`, and only it is retried by the adapter.
@@ -18,16 +22,19 @@ from __future__ import annotations
 import re
 from typing import Any, Final, Literal
 
+from worker.adapters.s3.credentials import credential_error
 from worker.errors import (
     ObjectLockUnsupportedError,
     ObjectNotFoundError,
     PreconditionFailedError,
     S3AccessError,
+    S3CredentialsError,
     S3Error,
     S3UnavailableError,
 )
 
 __all__ = [
+    "CREDENTIAL_CODES",
     "NOT_FOUND_CODES",
     "NO_OBJECT_LOCK_CODES",
     "PRECONDITION_CODES",
@@ -64,6 +71,17 @@ RETRYABLE_CODES: Final = frozenset(
     }
 )
 NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "NotFound", "404"})
+# Codes of an answer refusing the credentials themselves: expired or unknown session token,
+# unknown key id, a signature the secret does not produce. Retrying with them cannot help.
+CREDENTIAL_CODES: Final = frozenset({
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "TokenRefreshRequired",
+    "InvalidToken",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+})
+_CREDENTIAL_HINT: Final = "S3 refused the credentials (expired, unknown or wrong): renew or fix them"
 PRECONDITION_CODES: Final = frozenset({"PreconditionFailed", "412"})
 # Codes S3-compatible servers use when a bucket has no Object Lock (or the server none at all).
 NO_OBJECT_LOCK_CODES: Final = frozenset({
@@ -93,8 +111,11 @@ def classify_answer(status: int, code: str, *, object_lock: ObjectLockCall | Non
 
     Returns:
         ObjectLockUnsupportedError, ObjectNotFoundError, PreconditionFailedError,
-        S3UnavailableError (the only retryable one) or S3AccessError (everything else).
+        S3CredentialsError (a :data:`CREDENTIAL_CODES` answer), S3UnavailableError (the only
+        retryable one) or S3AccessError (everything else).
     """
+    if code in CREDENTIAL_CODES:
+        return S3CredentialsError
     if object_lock is not None and (
         code in NO_OBJECT_LOCK_CODES or (object_lock == "configuration" and status in {404, 501})
     ):
@@ -150,9 +171,15 @@ def translate_boto3_error(exc: BaseException, what: str, *, object_lock: ObjectL
 
     if isinstance(exc, S3Error):
         return exc
+    # Before ClientError: an STS / SSO refusal while fetching credentials is one too.
+    credential_fault = credential_error(exc, what)
+    if credential_fault is not None:
+        return credential_fault
     if isinstance(exc, ClientError):
         status, code = client_error_answer(exc)
-        return classify_answer(status, code, object_lock=object_lock)(f"{what}: {code or 'HTTP'} {status}")
+        kind = classify_answer(status, code, object_lock=object_lock)
+        hint = f": {_CREDENTIAL_HINT}" if kind is S3CredentialsError else ""
+        return kind(f"{what}: {code or 'HTTP'} {status}{hint}")
     # Connection refused/reset, DNS, connect/read timeouts, truncated bodies are transient;
     # urllib3 errors can escape StreamingBody.read in some botocore versions.
     transient = (BotoConnectionError, HTTPClientError, ResponseStreamingError, IncompleteReadError, OSError)
@@ -189,6 +216,9 @@ def translate_obstore_error(exc: BaseException, what: str) -> S3Error:
     kind = _obstore_kind(exc, status, code)
     if kind in {PreconditionFailedError, ObjectNotFoundError}:
         return kind(f"{what}: {code or type(exc).__name__} {status or ''}".rstrip())
+    if kind is S3CredentialsError:
+        # The answer's body echoes the access key id and request details: the code says it all.
+        return kind(f"{what}: {code} {status or ''}: {_CREDENTIAL_HINT}")
     # One line: object_store's text carries the answer's XML body, newlines included.
     excerpt = " ".join(text[:300].split())
     return kind(f"{what}: {code or type(exc).__name__} {status or ''}: {excerpt}")
@@ -197,6 +227,8 @@ def translate_obstore_error(exc: BaseException, what: str) -> S3Error:
 def _obstore_kind(exc: BaseException, status: int, code: str) -> type[S3Error]:
     import obstore.exceptions as oe
 
+    if code in CREDENTIAL_CODES:
+        return S3CredentialsError
     # obstore's exception classes say what the answer was even when the text has no status.
     if isinstance(exc, (oe.AlreadyExistsError, oe.PreconditionError)):
         return PreconditionFailedError

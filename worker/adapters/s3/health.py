@@ -27,7 +27,8 @@ class _S3Check:
         self._bucket = bucket
         self._store: ObjectStore | None = None
         self._lock = threading.Lock()
-        self._secrets = [s.get_secret_value() for s in (config.secret_access_key,) if s is not None]
+        self._secrets = [s.get_secret_value() for s in (config.secret_access_key, config.session_token)
+                         if s is not None]
 
     def _probe(self) -> ObjectStore:
         with self._lock:

@@ -19,6 +19,12 @@ The contract is the boto3 transport's:
 * every PUT carries ``S3Config.sse`` (``x-amz-server-side-encryption``, and the KMS key id with
   ``aws:kms``): it is part of the store's configuration, so no PUT can go without it.
 
+* credentials and the region come from the store's
+  :class:`~worker.adapters.s3.credentials.CredentialChain`, shared with boto3: obstore signs
+  with what :class:`~worker.adapters.s3.credentials.ObstoreCredentials` hands it (static keys
+  with their session token, or botocore's default chain, refreshed before expiry), never with
+  credentials object_store finds on its own.
+
 No I/O happens in ``__init__``; credentials are resolved in :meth:`ObstoreTransport.open` and
 one store per bucket is built on first use.
 """
@@ -32,9 +38,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from worker.adapters.s3.config import S3Config
+from worker.adapters.s3.credentials import CredentialChain
 from worker.adapters.s3.errors import obstore_answer, translate_obstore_error, with_sse_hint
 from worker.app.ports import ObjectMeta
-from worker.errors import S3AccessError
+from worker.errors import S3AccessError, S3Error
 
 if TYPE_CHECKING:
     from obstore import GetOptions
@@ -51,27 +58,9 @@ def obstore_available() -> bool:
     return True
 
 
-def _credential_provider(config: S3Config) -> Any:
-    """boto3's default credential chain for obstore when ``config`` has no static keys, else None.
-
-    Same chain as boto3 (env, profiles, SSO, instance roles), refreshed by obstore.
-
-    Raises:
-        S3AccessError: no static keys and the chain finds no credentials.
-    """
-    if config.access_key_id is not None and config.secret_access_key is not None:
-        return None
-    import boto3
-    from obstore.auth.boto3 import Boto3CredentialProvider
-
-    try:
-        return Boto3CredentialProvider(boto3.session.Session(region_name=config.region))
-    except Exception as exc:
-        raise S3AccessError(f"no S3 credentials: no static keys and boto3's default chain found none ({exc})") from exc
-
-
-def _build_store(config: S3Config, bucket: str, credential_provider: Any) -> Any:
-    """obstore's ``S3Store`` for ``bucket`` with the adapter's settings.
+def _build_store(config: S3Config, bucket: str, chain: CredentialChain) -> Any:
+    """obstore's ``S3Store`` for ``bucket`` with the adapter's settings, signing with ``chain``
+    (resolved) in its region.
 
     Raises:
         S3AccessError: obstore refuses the configuration.
@@ -86,7 +75,7 @@ def _build_store(config: S3Config, bucket: str, credential_provider: Any) -> Any
     if config.endpoint_url is not None and config.endpoint_url.startswith("http://"):
         client_options["allow_http"] = True
     kwargs: dict[str, Any] = {
-        "region": config.region,
+        "region": chain.region,
         "virtual_hosted_style_request": not config.uses_path_style(),
         # Only the checksum makes the server refuse a torn body (see module docstring).
         "checksum_algorithm": "sha256",
@@ -102,13 +91,9 @@ def _build_store(config: S3Config, bucket: str, credential_provider: Any) -> Any
         kwargs["server_side_encryption"] = config.sse
     if config.sse_kms_key_id is not None:
         kwargs["sse_kms_key_id"] = config.sse_kms_key_id
-    if credential_provider is not None:
-        kwargs["credential_provider"] = credential_provider
-    else:
-        kwargs["access_key_id"] = config.access_key_id.get_secret_value() if config.access_key_id else None
-        kwargs["secret_access_key"] = (
-            config.secret_access_key.get_secret_value() if config.secret_access_key else None
-        )
+    # Static keys go through the provider too: given as keys, object_store would add an
+    # AWS_SESSION_TOKEN from the environment that belongs to other keys.
+    kwargs["credential_provider"] = chain.obstore_credentials()
     try:
         return S3Store(bucket, **kwargs)
     except Exception as exc:
@@ -117,16 +102,19 @@ def _build_store(config: S3Config, bucket: str, credential_provider: Any) -> Any
 
 def raw_obstore_store(config: S3Config, bucket: str) -> Any:
     """obstore's ``S3Store`` for ``bucket`` configured exactly like the adapter's (checksums,
-    timeouts, no obstore retries, same credentials). No request is sent.
+    timeouts, no obstore retries, same credentials and region). No S3 request is sent.
 
     For benchmarks that measure the library's own limits; SR code goes through ObjectStore.
 
     Raises:
         S3AccessError: obstore is not installed or refuses the configuration.
+        S3CredentialsError / S3UnavailableError: as :meth:`CredentialChain.resolve`.
     """
     if not obstore_available():
         raise S3AccessError("obstore requested but the obstore package is not installed")
-    return _build_store(config, bucket, _credential_provider(config))
+    chain = CredentialChain(config)
+    chain.resolve()
+    return _build_store(config, bucket, chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +160,22 @@ class ObstoreTransport:
     obstore stores are bound to a bucket; SR addresses several (truth, evidence, runpacks),
     so one store per bucket is created on first use and reused (they are thread-safe).
 
+    Args:
+        config: the adapter's settings.
+        chain: the credentials and region to sign with (the store shares one with its boto3
+            transport); ``None`` resolves one from ``config`` in :meth:`open`.
+
     Raises (every request method):
         S3Error subclasses, translated by
         :func:`~worker.adapters.s3.errors.translate_obstore_error`. No retries here.
         S3AccessError: the transport was not opened.
     """
 
-    def __init__(self, config: S3Config) -> None:
+    def __init__(self, config: S3Config, *, chain: CredentialChain | None = None) -> None:
         self._config = config
         self._stores: dict[str, Any] = {}
-        self._credential_provider: Any = None
+        self._given_chain = chain
+        self._chain: CredentialChain | None = None
         self._opened = False
         self._lock = threading.Lock()
 
@@ -191,33 +185,48 @@ class ObstoreTransport:
         return "obstore"
 
     def open(self) -> None:
-        """Resolve credentials (static keys, else boto3's default chain); no request is sent.
+        """Resolve credentials (static keys, else botocore's default chain); no S3 request is sent.
 
         Raises:
             S3AccessError: obstore is not installed.
+            S3CredentialsError / S3UnavailableError: as :meth:`CredentialChain.resolve`.
         """
         with self._lock:
             if self._opened:
                 return
             if not obstore_available():
                 raise S3AccessError("S3 client 'obstore' selected but the obstore package is not installed")
-            self._credential_provider = _credential_provider(self._config)
+            chain = self._given_chain if self._given_chain is not None else CredentialChain(self._config)
+            chain.resolve()
+            self._chain = chain
             self._opened = True
 
     def close(self) -> None:
         """Drop the per-bucket stores (idempotent)."""
         with self._lock:
             self._stores = {}
-            self._credential_provider = None
+            self._chain = None
             self._opened = False
+
+    def _translate(self, exc: BaseException, what: str) -> S3Error:
+        # A failed credential fetch reaches us as obstore's UnauthenticatedError whose text
+        # holds a Python traceback; the provider remembered the typed error instead.
+        from obstore.exceptions import UnauthenticatedError
+
+        chain = self._chain
+        failure = chain.take_failure() if chain is not None and isinstance(exc, UnauthenticatedError) else None
+        if failure is not None:
+            return type(failure)(f"{what}: {str(failure).removeprefix('obstore: ')}")
+        return translate_obstore_error(exc, what)
 
     def _store_for(self, bucket: str) -> Any:
         store = self._stores.get(bucket)
         if store is not None:
             return store
-        if not self._opened:
+        chain = self._chain
+        if not self._opened or chain is None:
             raise S3AccessError("ObjectStore used before open()/__enter__")
-        store = _build_store(self._config, bucket, self._credential_provider)
+        store = _build_store(self._config, bucket, chain)
         # Racing threads may both build one; either is fine, the dict keeps the last.
         self._stores[bucket] = store
         return store
@@ -231,7 +240,7 @@ class ObstoreTransport:
         try:
             obstore.put(store, key, data, mode="create" if create else "overwrite", use_multipart=False)
         except Exception as exc:
-            error = translate_obstore_error(exc, f"PUT s3://{bucket}/{key}")
+            error = self._translate(exc, f"PUT s3://{bucket}/{key}")
             raise with_sse_hint(error, status=obstore_answer(str(exc))[0], sse=self._config.sse) from exc
 
     def open_get(self, bucket: str, key: str, *, start: int = 0, end: int | None = None,
@@ -253,7 +262,7 @@ class ObstoreTransport:
             meta = result.meta
             first, last = result.range
         except Exception as exc:
-            raise translate_obstore_error(exc, what) from exc
+            raise self._translate(exc, what) from exc
         return _ObstoreGet(size=int(last) - int(first), etag=str(meta.get("e_tag") or "").strip('"'),
                            total=int(meta["size"]), result=result, what=what)
 
@@ -265,5 +274,5 @@ class ObstoreTransport:
         try:
             meta = obstore.head(store, key)
         except Exception as exc:
-            raise translate_obstore_error(exc, f"HEAD s3://{bucket}/{key}") from exc
+            raise self._translate(exc, f"HEAD s3://{bucket}/{key}") from exc
         return ObjectMeta(key=key, size=int(meta["size"]), etag=str(meta.get("e_tag") or "").strip('"'))

@@ -33,6 +33,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from worker.adapters.s3.boto3_transport import Boto3Transport
 from worker.adapters.s3.config import ClientLibrary, S3Config
 from worker.adapters.s3.counter import RequestCounter, Verb
+from worker.adapters.s3.credentials import CredentialChain
 from worker.adapters.s3.obstore_transport import ObstoreTransport
 from worker.adapters.s3.transport import (
     DEFAULT_CHUNK_SIZE,
@@ -83,6 +84,7 @@ class ObjectStore:
         self._on_request = on_request
         self._custom_transport = transport
         self._routes: Routes | None = None
+        self._chain: CredentialChain | None = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
@@ -97,10 +99,17 @@ class ObjectStore:
         self.close()
 
     def open(self) -> None:
-        """Create the clients if not yet created (idempotent, thread-safe; no request is sent).
+        """Create the clients if not yet created (idempotent, thread-safe; no S3 request is sent).
+
+        Both transports share one :class:`~worker.adapters.s3.credentials.CredentialChain`:
+        the same credentials and region, resolved once (static keys with their session token,
+        else the SDK's default chain; fetching them may ask a container, STS or SSO endpoint).
 
         Raises:
             S3AccessError: ``client_library="obstore"`` but obstore is not installed.
+            S3CredentialsError: no usable credentials (none found, a missing profile, an
+                expired SSO session); not retryable.
+            S3UnavailableError: a credential endpoint could not answer.
         """
         with self._lock:
             if self._routes is not None:
@@ -108,8 +117,11 @@ class ObjectStore:
             if self._custom_transport is not None:
                 routes = single_route(self._custom_transport)
             else:
-                obstore = ObstoreTransport(self.config) if self.config.client_library == "obstore" else None
-                routes = routes_for(self.config.client_library, boto3=Boto3Transport(self.config), obstore=obstore)
+                chain = self._chain = CredentialChain(self.config)
+                obstore = (ObstoreTransport(self.config, chain=chain)
+                           if self.config.client_library == "obstore" else None)
+                routes = routes_for(self.config.client_library, boto3=Boto3Transport(self.config, chain=chain),
+                                    obstore=obstore)
             opened: list[ObjectTransport] = []
             try:
                 # In operation order: obstore (PUT) before boto3, so a missing obstore package
@@ -130,6 +142,14 @@ class ObjectStore:
         if routes is not None:
             for transport in routes.transports():
                 transport.close()
+
+    def credential_source(self) -> str | None:
+        """Where the credentials of an opened store came from: ``"static keys"`` or the SDK
+        provider's name (``"env"``, ``"shared-credentials-file"``, ``"sso"``,
+        ``"assume-role-with-web-identity"``, ``"container-role"``, ``"iam-role"``, ...); ``None``
+        before :meth:`open` or with a custom transport. Never a secret."""
+        chain = self._chain
+        return chain.source if chain is not None and self._routes is not None else None
 
     def route_names(self) -> dict[Operation, ClientLibrary]:
         """Which client library serves each operation, e.g. ``{"PUT": "obstore", ...}``.

@@ -223,6 +223,17 @@ SELECT status, count(*)::bigint AS n
   FROM sr_runs
  GROUP BY status;
 
+-- name: outbox_stats
+-- The outbox gauges (sr_outbox_backlog, sr_outbox_oldest_age_seconds): unpublished rows and
+-- the age of the oldest, both by the database's clock (no worker clock skew), one round trip.
+-- The partial index sr_publications_unpublished_idx keeps it cheap however large the
+-- published history grows; an empty outbox yields (0, 0).
+SELECT count(*)::bigint AS backlog,
+       COALESCE(GREATEST(EXTRACT(EPOCH FROM now() - min(created_at)), 0), 0)::double precision
+           AS oldest_age_seconds
+  FROM sr_publications
+ WHERE published_at IS NULL;
+
 -- name: ping
 -- Readiness probe: the server answers and the session works.
 SELECT 1 AS ok;
