@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import string
 import time
@@ -292,13 +293,14 @@ def _status_count(dsn: str, status: str) -> int:
 def test_configuration_and_connection_errors_do_not_echo_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     password = "pwSecret" + _secret(20)
     monkeypatch.setenv("SR_PG_DSN", f"postgresql://sr:{password}@db/sr")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")  # keys come in pairs
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", password)
     monkeypatch.setenv("SR_BATCH_SIZE", "many")
     with pytest.raises(ConfigError) as bad_value:
-        load_settings(None, {"SR_KAFKA_SASL_PASSWORD": password})
+        load_settings(None, {**os.environ, "SR_KAFKA_SASL_PASSWORD": password})
     assert password not in str(bad_value.value) and "batch_size" in str(bad_value.value)
     monkeypatch.delenv("SR_BATCH_SIZE")
-    settings = load_settings(None, {"SR_KAFKA_SASL_PASSWORD": password})
+    settings = load_settings(None, {**os.environ, "SR_KAFKA_SASL_PASSWORD": password})
     assert settings.pg_conninfo().get_secret_value().endswith("@db/sr")  # the secrets really are configured
     assert settings.kafka_client_config()["sasl.password"] == password
     assert password not in repr(settings) and password not in str(settings.model_dump())

@@ -189,6 +189,10 @@ def configure_command_logging(command: str, settings: Settings | None, environ: 
     explicit = "log_level" in settings.model_fields_set
     level = settings.log_level if explicit or command in SERVICE_COMMANDS else "WARNING"
     configure_logging(level, fmt=settings.log_format)
+    # A one-shot command ends in one `sr: error:` line that says why; librdkafka's per-attempt
+    # complaints before it are noise there (SR_LOG_LEVEL shows them).
+    quiet_kafka = not explicit and command not in SERVICE_COMMANDS
+    logging.getLogger("sr.librdkafka").setLevel(logging.CRITICAL if quiet_kafka else logging.NOTSET)
     from worker.settings import unknown_setting_variables
 
     for name in unknown_setting_variables(environ):

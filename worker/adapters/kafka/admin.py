@@ -16,13 +16,13 @@ Failures come back as one line each:
 * an unreachable or slow cluster → :class:`~worker.errors.KafkaUnavailableError` once the
   overall timeout has passed.
 
-librdkafka's own log lines go to the ``sr.kafka.librdkafka`` logger instead of stderr, so a
-command's output is its result lines plus at most one error line.
+librdkafka's own log lines go to the ``sr.librdkafka`` logger (every SR client's, see
+:mod:`worker.adapters.kafka.config`) instead of stderr; one-shot commands keep it quiet, so
+a command's output is its result lines plus at most one error line.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -45,10 +45,6 @@ __all__ = [
     "TopicSpec",
 ]
 
-_LIBRDKAFKA_LOG = logging.getLogger("sr.kafka.librdkafka")
-# Without a handler of its own, Python's last-resort handler would print librdkafka's connection
-# chatter on stderr whenever logging is not configured (the CLI). Configured handlers still get it.
-_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 
 #: Client errors that mean "these credentials/this handshake will not be accepted": not retried.
 _AUTH_FAILURES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
@@ -147,7 +143,6 @@ class TopicAdmin:
         """The librdkafka properties of the admin client; client errors are appended to ``errors``."""
         return self._config.client_conf({
             "socket.timeout.ms": to_ms(self._request_timeout),
-            "logger": _LIBRDKAFKA_LOG,
             "error_cb": errors.append,
         })
 

@@ -20,6 +20,9 @@ __all__ = ["LIBRDKAFKA_LOGGER", "KafkaConfig", "to_ms"]
 #: client delivers them from its poll calls. Levels follow syslog: 3 → ERROR, 4 → WARNING,
 #: 5/6 → INFO, 7 (``SR_KAFKA_DEBUG=...`` contexts) → DEBUG.
 LIBRDKAFKA_LOGGER: Final = logging.getLogger("sr.librdkafka")
+# Without a handler of its own, Python's last-resort handler would print these lines as bare
+# text wherever SR's logging is not configured (a library user); configured handlers get them.
+LIBRDKAFKA_LOGGER.addHandler(logging.NullHandler())
 
 # Pass-through property names whose values must never appear in a message or a log line.
 _SECRET_WORDS = ("password", "secret", "token", "jaas", "key.pem", "keystore")
