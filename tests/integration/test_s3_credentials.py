@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.harness.aws_env import clear_aws_environment
 from tests.harness.servers import Servers
 from worker.adapters.s3 import ObjectStore
 from worker.errors import S3CredentialsError
@@ -40,10 +41,6 @@ from worker.settings import load_settings
 pytestmark = pytest.mark.integration
 
 TOKEN = "FwoGZXIvYXdzEXAMPLE-session-token//sr+integration="
-_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-                  "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                  "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
 
 
 # --------------------------------------------------------------------------- recording proxy
@@ -208,12 +205,7 @@ def _credential_endpoint() -> Iterator[str]:
 @pytest.fixture
 def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """No AWS credentials or profile from the machine: only what a test sets."""
-    for name in _AWS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
+    return clear_aws_environment(monkeypatch, tmp_path)
 
 
 def _library(head: dict[str, str]) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.harness.dockerfile import dockerfile_instructions
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -294,14 +296,7 @@ def test_docker_compose_config_when_available() -> None:
 
 
 def _instructions() -> list[tuple[str, str]]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    out = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            keyword, _, rest = stripped.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
+    return dockerfile_instructions(DOCKERFILE)
 
 
 def test_dockerfile() -> None:

@@ -16,6 +16,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import ClientError, CredentialRetrievalError, UnauthorizedSSOTokenError
 from pydantic import SecretStr, ValidationError
 
+from tests.harness.aws_env import clear_aws_environment
 from tests.harness.http_capture import OneRequestCapture
 from worker.adapters.s3 import ObjectStore, S3Config
 from worker.adapters.s3.boto3_transport import Boto3Transport
@@ -27,21 +28,12 @@ from worker.runtime.compose import s3_config
 from worker.settings import load_settings
 
 KEY, SECRET, TOKEN = "ASIAUNITTESTKEY", "unit-secret-key", "unit-session-token/+="
-_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-                  "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                  "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """An AWS environment with nothing in it: no keys, no profile, no files, no instance role."""
-    for name in _AWS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
+    return clear_aws_environment(monkeypatch, tmp_path)
 
 
 def _profile(aws_env: pytest.MonkeyPatch, tmp_path: Path, *, region: str | None, token: bool = True) -> None:
