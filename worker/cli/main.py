@@ -120,16 +120,9 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 
 def package_version() -> str:
     """SR's version: the installed distribution's (whatever its name), else the package's own."""
-    from importlib import metadata
+    from worker.version import installed_version
 
-    try:
-        for name in metadata.packages_distributions().get("worker", []):
-            return metadata.version(name)
-    except (metadata.PackageNotFoundError, OSError, ValueError):
-        pass
-    import worker
-
-    return str(getattr(worker, "__version__", "unknown"))
+    return installed_version()
 
 
 class _VersionAction(argparse.Action):

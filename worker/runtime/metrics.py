@@ -20,7 +20,6 @@ Units: durations in **seconds**, sizes in **bytes**, lag in **messages** (offset
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import platform
 import re
 import threading
@@ -40,8 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
-import worker as _worker_package
 from worker.core.models import RunStatus
+from worker.version import installed_version
 
 __all__ = [
     "DLQ_OTHER",
@@ -113,27 +112,10 @@ _ENGINE_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0
 _READY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                          600.0, 1800.0, 3600.0)
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-#: The importable top-level package whose distribution carries SR's version.
-_PACKAGE: Final = "worker"
-_UNKNOWN_VERSION: Final = "unknown"
 
 
-@functools.cache
-def sr_version() -> str:
-    """SR's version, from the installed distribution that provides the ``worker`` package.
-
-    The distribution is found through its files, not by name, so renaming the distribution
-    changes nothing here. Without installed metadata (a source tree on ``sys.path``) it is
-    ``worker.__version__``, else ``"unknown"``. Read once per process (scanning the installed
-    distributions takes ~0.1 s).
-    """
-    for dist in importlib.metadata.packages_distributions().get(_PACKAGE, []):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    version = getattr(_worker_package, "__version__", None)
-    return version if isinstance(version, str) and version else _UNKNOWN_VERSION
+#: SR's version for ``sr_build_info`` (:func:`worker.version.installed_version`), read once per process.
+sr_version = functools.cache(installed_version)
 
 
 def _label(value: object) -> str:
