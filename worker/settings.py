@@ -16,6 +16,7 @@ values are treated as secrets (never logged).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -280,13 +281,8 @@ class _ByFieldName(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource) -> None:
         super().__init__(settings_cls)
         self._source = source
-        self._field_of: dict[str, str] = {}
-        for name, info in settings_cls.model_fields.items():
-            alias = info.validation_alias
-            choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else []
-            for choice in choices:
-                if isinstance(choice, str):
-                    self._field_of[choice.lower()] = name
+        self._field_of = {alias.lower(): name for name, info in settings_cls.model_fields.items()
+                          for alias in aliases_of(info)}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
@@ -305,17 +301,18 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         return dict(_FILE_VALUES.get())
 
 
-def setting_variables() -> list[str]:
+def aliases_of(info: FieldInfo) -> list[str]:
+    """The environment names a field's ``validation_alias`` gives it (``AWS_REGION``, ...), upper case."""
+    alias = info.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else []
+    return [choice.upper() for choice in choices if isinstance(choice, str)]
+
+
+@functools.cache
+def setting_variables() -> tuple[str, ...]:
     """Every environment variable that sets a setting (``SR_PG_DSN``, ``AWS_ACCESS_KEY_ID``, ...)."""
-    names = []
-    for name, info in Settings.model_fields.items():
-        names.append(f"SR_{name.upper()}")
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.extend(str(choice).upper() for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            names.append(alias.upper())
-    return names
+    return tuple(variable for name, info in Settings.model_fields.items()
+                 for variable in (f"SR_{name.upper()}", *aliases_of(info)))
 
 
 def kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:

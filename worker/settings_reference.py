@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import AliasChoices, BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from worker.settings import Settings, Topics
+from worker.settings import Settings, Topics, aliases_of
 
 __all__ = ["BEGIN_MARKER", "DESCRIPTIONS", "END_MARKER", "render_reference", "replace_reference"]
 
@@ -132,12 +132,8 @@ def _type(info: FieldInfo) -> str:
 
 
 def _variables(name: str, info: FieldInfo) -> str:
-    names = [f"SR_{name.upper()}"]
-    alias = info.validation_alias
-    if isinstance(alias, AliasChoices):
-        names = [str(c).upper() for c in alias.choices if isinstance(c, str)]
-    elif isinstance(alias, str):
-        names = [alias.upper()]
+    # An alias replaces the SR_<NAME> variable (pydantic reads only the alias then).
+    names = aliases_of(info) or [f"SR_{name.upper()}"]
     return ", ".join(f"`{n}`" for n in names)
 
 
