@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.dockerfile import dockerfile_instructions
+from tests.harness.deploy_files import dashboard_panels, dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -456,12 +456,6 @@ def test_readme_warns_about_transaction_pooling() -> None:
 # --------------------------------------------------------------------------- Grafana
 
 
-def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in dash["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
 
 
 def test_dashboard() -> None:
@@ -475,7 +469,7 @@ def test_dashboard() -> None:
 
     exprs = []
     ids = set()
-    for panel in _panels(dash):
+    for panel in dashboard_panels(dash):
         if panel["type"] == "row":
             continue
         assert panel["id"] not in ids

@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.harness.dockerfile import dockerfile_instructions
+from tests.harness.deploy_files import dockerfile_instructions
 from worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

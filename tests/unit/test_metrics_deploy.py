@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.harness.deploy_files import dashboard_panels
 from worker.runtime.metrics import METRIC_NAMES, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,12 +122,6 @@ def test_an_unknown_series_is_caught() -> None:
 
 
 # ----------------------------------------------------------------------------- dashboard
-def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for panel in dash["panels"]:
-        out.append(panel)
-        out.extend(panel.get("panels", []))
-    return out
 
 
 def test_dashboard_charts_every_sr_series_with_existing_names_only() -> None:
@@ -135,7 +130,7 @@ def test_dashboard_charts_every_sr_series_with_existing_names_only() -> None:
     families = _families()
     used: set[str] = set()
     ids = set()
-    for panel in _panels(dash):
+    for panel in dashboard_panels(dash):
         assert panel["id"] not in ids, f"duplicate panel id {panel['id']}"
         ids.add(panel["id"])
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), panel["title"]
@@ -152,7 +147,7 @@ def test_dashboard_charts_every_sr_series_with_existing_names_only() -> None:
     assert any(name.startswith("python_") for name in used)
     # Panels do not overlap (Grafana would shove them around).
     cells: set[tuple[int, int]] = set()
-    for panel in _panels(dash):
+    for panel in dashboard_panels(dash):
         g = panel["gridPos"]
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not mine & cells, f"{panel['title']} overlaps another panel"
